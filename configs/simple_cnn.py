@@ -1,0 +1,45 @@
+"""Plain CNN on FER2013-shaped data: the first command a new user runs.
+
+Command (built-in synthetic faces, no download; ~3 minutes on 2 CPU cores):
+  python -m fer_flax.main --config configs/simple_cnn.py --workdir workdirs/simple_cnn
+
+Real FER2013:
+  python -m fer_flax.main --config configs/simple_cnn.py:real --workdir workdirs/simple_cnn_real \
+      --config.data.path=../shared/data/fer2013/fer2013.csv.gz
+
+`get_config(arg)` variants: '' (synthetic demo), 'real' (a longer schedule sized for FER2013),
+'smoke' (a few steps, for tests).
+"""
+
+from configs.common import get_base_config
+
+
+def get_config(arg: str = ""):
+    c = get_base_config()
+    c.model_name = "cnn"
+    c.model.variant = "tiny"
+    c.batch_size = 128
+    c.num_epochs = 4.0
+    c.optim.name = "sgd"
+    c.optim.lr = 0.1
+    c.optim.warmup_epochs = 0.5
+    c.optim.weight_decay = 5e-4
+    c.label_smoothing = 0.1
+    c.log_every_steps = 20
+    if arg == "real":
+        c.model.variant = "small"
+        c.num_epochs = 30.0
+        c.augment.erase_prob = 0.25
+    elif arg == "smoke":
+        c.data.synthetic_train = 512
+        c.data.synthetic_val = 256
+        c.data.synthetic_test = 256
+        c.batch_size = 64
+        c.eval_batch_size = 128
+        c.num_epochs = 2.0
+        c.log_every_steps = 4
+        c.progress_bar = False
+        c.wandb.mode = "disabled"
+    elif arg:
+        raise ValueError(f"Unknown config argument {arg!r}; valid: '', 'real', 'smoke'")
+    return c

@@ -1,0 +1,59 @@
+"""Model families. `config.model_name` names a module here, `config.model.variant` a row of its VARIANTS.
+
+Every family module defines:
+  VARIANTS: dict[str, dict]   variant name -> constructor keyword arguments
+  MODEL: the flax.linen Module class the variants configure
+
+and every model has the one signature `__call__(x, *, train) -> (logits, aux)`: `x` is float [B, 48, 48, 1]
+(normalised), `logits` float32 [B, num_classes], `aux` a dict of extras (GoogLeNet's auxiliary logits under
+"aux_logits" while training, empty otherwise). Dropout and stochastic depth draw from the "dropout" rng.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+import flax.linen as nn
+
+FAMILIES: tuple[str, ...] = ("cnn", "beefy", "resnet", "googlenet", "vit")
+
+
+def _family_module(model_name: str):
+    if model_name not in FAMILIES:
+        raise ValueError(f"Unknown model_name {model_name!r}; valid choices: {', '.join(FAMILIES)}")
+    try:
+        return importlib.import_module(f"fer_flax.models.{model_name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"fer_flax.models.{model_name}":
+            raise ValueError(f"Model family {model_name!r} is not available in this version") from e
+        raise
+
+
+def variants(model_name: str) -> tuple[str, ...]:
+    """The variant names of one family, in the order its file lists them."""
+    return tuple(_family_module(model_name).VARIANTS)
+
+
+def create_model(
+    model_name: str, *, variant: str, num_classes: int = 7, dtype: Any = "float32", **overrides: Any
+) -> nn.Module:
+    """Builds `model_name`'s `variant`; `overrides` replace individual constructor arguments."""
+    module = _family_module(model_name)
+    if variant not in module.VARIANTS:
+        raise ValueError(
+            f"Unknown variant {variant!r} for model {model_name!r}; valid choices: "
+            f"{', '.join(module.VARIANTS)}"
+        )
+    fields = {f.name for f in dataclasses.fields(module.MODEL)} - {"parent", "name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"Unknown model option(s) {unknown} for {model_name!r}; "
+            f"valid options: {', '.join(sorted(fields))}"
+        )
+    kwargs = {**module.VARIANTS[variant], **overrides, "num_classes": num_classes}
+    if "dtype" in fields:
+        kwargs["dtype"] = dtype
+    return module.MODEL(**kwargs)

@@ -1,0 +1,156 @@
+"""Where run metrics go: `<workdir>/metrics.jsonl`, the console, and Weights & Biases.
+
+wandb is offline by default (no login, no network; `wandb sync <workdir>/wandb/offline-run-*` uploads
+later), `online` on request, and `disabled` makes it a no-op that is never even imported. Only process 0
+writes anything, so multi-host runs produce one record.
+`wandb.watch` is PyTorch-only; `log_histograms` gives the same weight and gradient histograms for JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+from ml_collections import ConfigDict
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, config: ConfigDict, *, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._wandb_run = None
+        if not self.enabled:
+            return
+        mode = config.wandb.mode
+        if mode not in WANDB_MODES:
+            raise ValueError(f"Unknown config.wandb.mode {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
+        if mode != "disabled":
+            self._wandb_run = _start_wandb(workdir, config)
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        """Appends one JSON line (flushed at once, so a killed run keeps what it logged) and logs to wandb."""
+        if not self.enabled:
+            return
+        record = {
+            "step": int(step),
+            "time": time.time(),
+            **{k: _to_python(v) for k, v in metrics.items()},
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb_run is not None:
+            self._wandb_run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
+
+    def log_histograms(self, step: int, trees: dict[str, Any], bins: int = 64) -> None:
+        """One wandb histogram per leaf, e.g. trees={'params': params, 'grads': grads}."""
+        if not self.enabled or self._wandb_run is None:
+            return
+        import wandb
+
+        payload = {}
+        for prefix, tree in trees.items():
+            for path, leaf in traverse_util.flatten_dict(jax.device_get(tree), sep="/").items():
+                values = np.asarray(leaf, dtype=np.float32).ravel()
+                payload[f"{prefix}/{path}"] = wandb.Histogram(np_histogram=np.histogram(values, bins=bins))
+        self._wandb_run.log(payload, step=step)
+
+    def close(self) -> None:
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+
+def _start_wandb(workdir: str, config: ConfigDict):
+    import wandb  # imported lazily: a run with wandb disabled never needs it
+
+    # Reuse the run id stored in the workdir so a resumed job continues the same wandb run.
+    id_path = os.path.join(workdir, "wandb_run_id.txt")
+    if os.path.exists(id_path):
+        with open(id_path) as f:
+            run_id = f.read().strip()
+    else:
+        run_id = secrets.token_hex(4)  # wandb ids are [a-z0-9]; 8 hex chars, as wandb makes
+        with open(id_path, "w") as f:
+            f.write(run_id)
+    return wandb.init(
+        project=config.wandb.project,
+        entity=config.wandb.entity,
+        mode=config.wandb.mode,
+        dir=workdir,
+        id=run_id,
+        resume="allow",
+        config=config.to_dict(),
+        name=os.path.basename(os.path.abspath(workdir)),
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+
+
+def _to_python(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray)) or hasattr(v, "item"):
+        v = np.asarray(v)
+        return v.item() if v.ndim == 0 else v.tolist()
+    return v
+
+
+class ProgressBar:
+    """A one-line progress display with images/s and ETA; plain periodic lines when not on a terminal."""
+
+    def __init__(self, total_steps: int, batch_size: int, *, enabled: bool = True, stream=sys.stderr):
+        self.total = total_steps
+        self.batch_size = batch_size
+        self.enabled = enabled and jax.process_index() == 0
+        self.stream = stream
+        self.tty = getattr(stream, "isatty", lambda: False)()
+        self._t0 = None
+        self._step0 = 0
+        self._last_print = 0.0
+
+    def start(self, step: int) -> None:
+        self._t0 = time.perf_counter()
+        self._step0 = step
+
+    def update(self, step: int, extra: str = "") -> None:
+        if not self.enabled or self._t0 is None:
+            return
+        now = time.perf_counter()
+        if now - self._last_print < (0.5 if self.tty else 15.0) and step < self.total:
+            return
+        self._last_print = now
+        done = step - self._step0
+        elapsed = max(now - self._t0, 1e-9)
+        rate = done / elapsed
+        eta = (self.total - step) / rate if rate > 0 else math.inf
+        frac = step / max(self.total, 1)
+        bar = "#" * int(frac * 24)
+        line = (
+            f"[{bar:<24}] step {step}/{self.total} {100 * frac:5.1f}% "
+            f"{rate * self.batch_size:7.1f} img/s ETA {_format_seconds(eta)} {extra}"
+        )
+        if self.tty:
+            self.stream.write("\r" + line[:160].ljust(160))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def pause(self) -> None:
+        """Ends the current line so other output starts on a fresh one."""
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _format_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "--:--"
+    s = int(s)
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
