@@ -4,10 +4,18 @@ XLA reads the flag when the backend starts, so it must be set before anything im
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Many tests compile the same small programs (the smoke CNN's steps, for instance), also in the
+# subprocesses some tests start. A persistent compilation cache shared by all of them turns the
+# repeats into cache hits; entries are keyed by program and jax version, so reuse is always safe.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fer_flax_test_xla_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest
 
@@ -20,3 +28,4 @@ def real_data_dir() -> Path:
     if not (REAL_DATA_DIR / "fer2013.csv.gz").exists():
         pytest.skip(f"real FER2013 not found at {REAL_DATA_DIR}")
     return REAL_DATA_DIR
+
