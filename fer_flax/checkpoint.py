@@ -85,29 +85,41 @@ class Checkpointer:
         return self.best.best_step()
 
     def restore_model(self, model_template: dict, which: str | int = "best") -> tuple[dict, int]:
-        """Params and batch_stats only: `which` is 'best', 'latest' or a step number."""
+        """Params and batch_stats only (no optimizer state): `which` is 'best', 'latest' or a step.
+
+        Arrays are placed as `model_template` (arrays or ShapeDtypeStructs) says: explicit restore
+        arguments, because Orbax would otherwise re-create the shardings saved with the checkpoint,
+        which fails when it was written on a different set of devices (trained on GPUs, evaluated on
+        a CPU)."""
+        template = _abstract(model_template)
+        latest_steps, best_steps = set(self.latest.all_steps()), set(self.best.all_steps())
         if which == "best":
             step = self.best.best_step()
             if step is None:
                 raise FileNotFoundError(f"No best checkpoint under {self.best.directory}")
-            restored = self.best.restore(
+        else:
+            step = self.latest.latest_step() if which == "latest" else int(which)
+        if which != "best" and step in latest_steps:
+            restored = self.latest.restore(
                 step,
-                args=ocp.args.Composite(model=ocp.args.StandardRestore(_abstract(model_template))),
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=template,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+                        partial_restore=True,
+                    )
+                ),
+            )
+            return restored["state"], step
+        if step in best_steps:  # also a best step that has left the rolling "latest" checkpoints
+            restored = self.best.restore(
+                step, args=ocp.args.Composite(model=ocp.args.StandardRestore(template))
             )
             return restored["model"], step
-        step = self.latest.latest_step() if which == "latest" else int(which)
-        if step is None or step not in self.latest.all_steps():
-            raise FileNotFoundError(
-                f"No checkpoint {which!r} under {self.latest.directory}; available steps: "
-                f"{sorted(self.latest.all_steps())}"
-            )
-        restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=_abstract(model_template), partial_restore=True)
-            ),
+        raise FileNotFoundError(
+            f"No checkpoint {which!r} under {os.path.dirname(str(self.latest.directory))}; steps "
+            f"available: {sorted(latest_steps | best_steps)} (best: {self.best.best_step()})"
         )
-        return restored["state"], step
 
     def wait_until_finished(self) -> None:
         self.latest.wait_until_finished()

@@ -49,7 +49,48 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._wandb_run is not None:
-            self._wandb_run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
+            # Numbers only: structured values (a confusion matrix as nested lists) stay in the JSONL;
+            # wandb gets those as media from `log_evaluation_media`.
+            scalars = {
+                k: v
+                for k, v in record.items()
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            self._wandb_run.log(scalars, step=step)
+
+    @property
+    def media_enabled(self) -> bool:
+        """Whether `log_evaluation_media` logs anything (wandb is on in this process): callers skip
+        computing sample predictions otherwise."""
+        return self.enabled and self._wandb_run is not None
+
+    def log_evaluation_media(
+        self,
+        step: int,
+        *,
+        confusion: Any,
+        images: np.ndarray,
+        labels: np.ndarray,
+        predictions: np.ndarray,
+        prefix: str = "val",
+    ) -> None:
+        """The confusion matrix and a grid of sample predictions (uint8 faces, true and predicted
+        labels) as wandb images under `<prefix>/confusion_matrix` and `<prefix>/predictions`."""
+        if not self.media_enabled:
+            return
+        import wandb
+
+        from fer_flax import plots  # matplotlib only when there is something to draw
+
+        confusion_fig = plots.confusion_figure(confusion, title=f"{prefix} confusion, step {step}")
+        grid_fig = plots.predictions_grid(images, labels, predictions)
+        self._wandb_run.log(
+            {
+                f"{prefix}/confusion_matrix": wandb.Image(plots.to_array(confusion_fig)),
+                f"{prefix}/predictions": wandb.Image(plots.to_array(grid_fig)),
+            },
+            step=step,
+        )
 
     def log_histograms(self, step: int, trees: dict[str, Any], bins: int = 64) -> None:
         """One wandb histogram per leaf, e.g. trees={'params': params, 'grads': grads}."""
@@ -93,6 +134,20 @@ def _start_wandb(workdir: str, config: ConfigDict):
         name=os.path.basename(os.path.abspath(workdir)),
         settings=wandb.Settings(silent=True, console="off"),
     )
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl in step order (a step's train record before its val record).
+    A resumed run may log a step twice: the last record for a (step, train|val) pair wins."""
+    by_key: dict[tuple[int, str], dict] = {}
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            kind = "val" if any(k.startswith("val/") for k in record) else "train"
+            by_key[(int(record["step"]), kind)] = record
+    return [by_key[k] for k in sorted(by_key)]
 
 
 def _to_python(v: Any) -> Any:

@@ -148,10 +148,19 @@ def eval_step(state: TrainState, batch: dict) -> dict:
     }
 
 
+def predict_step(state: TrainState, images: jax.Array) -> jax.Array:
+    """Predicted classes of uint8 images (for the sample grid logged at evaluations)."""
+    logits, _ = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, preprocess(images), train=False
+    )
+    return jnp.argmax(logits, -1)
+
+
 def evaluate(
     eval_step_fn, state: TrainState, split: ArraySplit, *, batch_size: int, mesh: jax.sharding.Mesh
-) -> dict[str, float]:
-    """Every example of `split` exactly once (the last batch padded and masked)."""
+) -> dict[str, Any]:
+    """Every example of `split` exactly once (the last batch padded and masked). The metrics of
+    `metrics.summarize` plus "confusion": the confusion matrix as nested lists (rows true class)."""
     state = parallel.replicate(state, mesh)  # a no-op for the training state, which already is
     totals = None
     for local_batch in input_pipeline.eval_batches(
@@ -163,7 +172,9 @@ def evaluate(
         out = eval_step_fn(state, parallel.to_global_batch(local_batch, mesh))
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
-    return metrics.summarize(totals["confusion"], totals["loss_sum"], int(totals["count"]))
+    out = metrics.summarize(totals["confusion"], totals["loss_sum"], int(totals["count"]))
+    out["confusion"] = np.asarray(totals["confusion"]).tolist()
+    return out
 
 
 # -------------------------------------------------------------------------------------- the loop
@@ -184,7 +195,8 @@ def step_plan(config: ConfigDict, num_train: int) -> dict[str, int]:
 def _check_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        # One probe per process: processes sharing a workdir would delete each other's file.
+        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -268,6 +280,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     )
     p_eval_step = jax.jit(eval_step)
     p_gradients = jax.jit(functools.partial(gradients, config=config))
+    p_predict = jax.jit(predict_step)
     run_eval = functools.partial(
         evaluate, p_eval_step, split=val_split, batch_size=config.eval_batch_size, mesh=mesh
     )
@@ -315,6 +328,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
             if val_metrics["accuracy"] > best["accuracy"]:
                 best = {"accuracy": val_metrics["accuracy"], "step": step}
             writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
+            if config.wandb.mode != "disabled":  # wandb: confusion matrix and sample predictions
+                samples = val_split.images[:16, :, :, None]
+                # Every process runs the (collective) prediction; only process 0 logs.
+                predictions = np.asarray(p_predict(state, samples))
+                writer.log_evaluation_media(
+                    step,
+                    confusion=val_metrics["confusion"],
+                    images=samples,
+                    labels=val_split.labels[:16],
+                    predictions=predictions,
+                )
             progress.pause()
             say(
                 f"step {step}/{total_steps} (epoch {step / plan['steps_per_epoch']:.2f}): "
@@ -344,6 +368,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     if is_main:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        _plot_curves(workdir, f"{config.model_name}/{config.model.variant}", say)
     say(
         f"Done. Final validation accuracy: {val_metrics['accuracy']:.4f} "
         f"(best checkpoint: step {summary['best_step']}). Workdir: {workdir}"
@@ -351,3 +376,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
     ckpt.close()
     return summary
+
+
+def _plot_curves(workdir: str, title: str, say) -> None:
+    """`<workdir>/curves.png`: train and val loss/accuracy against step, from metrics.jsonl."""
+    try:
+        from fer_flax import plots
+    except ImportError as e:  # a trained model matters more than its picture
+        say(f"Skipping curves.png: {e}")
+        return
+    plots.plot_training_curves(
+        os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"), title
+    )

@@ -45,6 +45,13 @@ def test_end_to_end_writes_outputs_and_best_checkpoint_reproduces_val_metrics(tm
     assert all(np.isfinite(r["train/loss"]) for r in train_records)
     assert train_records[-1]["train/loss"] < train_records[0]["train/loss"]
     assert val_records[16]["val/num_examples"] == 256
+    # The confusion matrix of every evaluation is logged (and kept in the summary) as nested lists.
+    confusion = np.asarray(val_records[16]["val/confusion"])
+    assert confusion.shape == (7, 7) and confusion.sum() == 256
+    assert np.trace(confusion) / 256 == val_records[16]["val/accuracy"]
+    assert summary["final_val"]["confusion"] == val_records[16]["val/confusion"]
+    with open(os.path.join(workdir, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(workdir, "config.json")) as f:
         resolved = json.load(f)
     assert resolved["config"]["model_name"] == "cnn"
