@@ -78,3 +78,72 @@ def get_base_config() -> ConfigDict:
     c.wandb.entity = config_dict.placeholder(str)
     c.wandb.histogram_every_steps = 200  # weight and gradient histograms; 0 disables
     return c
+
+
+def use_sgd_recipe(
+    c: ConfigDict,
+    *,
+    lr: float = 0.1,
+    epochs: float = 60.0,
+    warmup_epochs: float = 2.0,
+    weight_decay: float = 5e-4,
+    label_smoothing: float = 0.1,
+    erase_prob: float = 0.25,
+) -> None:
+    """The convolutional families' recipe: SGD with Nesterov momentum 0.9 (lr for batch 128), linear
+    warmup then cosine, L2 weight decay on kernels, label smoothing, and pad-crop / flip / ±10°
+    rotation / random-erasing augmentation."""
+    c.batch_size = 128
+    c.num_epochs = epochs
+    c.optim.update(
+        name="sgd",
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=weight_decay,
+        schedule="cosine",
+        warmup_epochs=warmup_epochs,
+    )
+    c.label_smoothing = label_smoothing
+    c.augment.update(pad_crop=4, flip=True, rotate_degrees=10.0, erase_prob=erase_prob)
+
+
+def use_adamw_recipe(
+    c: ConfigDict,
+    *,
+    lr: float,
+    epochs: float = 100.0,
+    warmup_epochs: float = 5.0,
+    weight_decay: float = 0.05,
+    grad_clip_norm: float = 1.0,
+) -> None:
+    """The transformers' recipe: AdamW with decoupled weight decay on kernels, long warmup then cosine,
+    gradient clipping, label smoothing 0.1 and the same mild augmentation. ViTs trained from scratch
+    on ~29k images need long schedules, hence 100 epochs."""
+    use_sgd_recipe(c, epochs=epochs)
+    c.optim.update(
+        name="adamw",
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        grad_clip_norm=grad_clip_norm,
+    )
+
+
+def use_smoke_settings(c: ConfigDict, variant: str | None = None) -> None:
+    """A few steps on a little synthetic data with nothing written but the essentials: for tests."""
+    if variant is not None:
+        c.model.variant = variant
+    c.data.update(synthetic_train=256, synthetic_val=128, synthetic_test=128)
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.num_epochs = 1.0
+    c.optim.warmup_epochs = 0.25
+    c.log_every_steps = 2
+    c.progress_bar = False
+    c.wandb.mode = "disabled"
+
+
+def check_arg(arg: str, valid: tuple[str, ...]) -> None:
+    if arg not in valid:
+        raise ValueError(f"Unknown config argument {arg!r}; valid: {', '.join(map(repr, valid))}")

@@ -16,43 +16,21 @@ Accuracy and runtime figures are added here once measured.
 FLOPs), 'smoke' (a few steps of the quarter-width net).
 """
 
-from configs.common import get_base_config
+from configs.common import check_arg, get_base_config, use_sgd_recipe, use_smoke_settings
 
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "small", "smoke"))
     c = get_base_config()
     c.model_name = "googlenet"
-    c.model.variant = "inception_v1_bn"
+    c.model.variant = "inception_v1_bn_small" if arg == "small" else "inception_v1_bn"
     c.aux_loss_weight = 0.3
-    c.batch_size = 128
-    c.num_epochs = 60.0
     # BatchNorm makes the usual ResNet recipe safe: SGD-Nesterov lr 0.1 at batch 128, cosine decay.
-    c.optim.name = "sgd"
-    c.optim.lr = 0.1
-    c.optim.momentum = 0.9
-    c.optim.nesterov = True
-    c.optim.weight_decay = 5e-4
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 2.0
-    c.label_smoothing = 0.1
-    c.augment.erase_prob = 0.25
+    use_sgd_recipe(c)
     # The course project found oversampling the rare classes essential. "sqrt" draws each class in
     # proportion to the square root of its size: disgust goes from 1.5% of the stream to ~4.9%, where
     # "balanced" (14%) would repeat its 436 images nine times as often and overfit them.
     c.data.sampling = "sqrt"
-    if arg == "small":
-        c.model.variant = "inception_v1_bn_small"
-    elif arg == "smoke":
-        c.model.variant = "inception_v1_bn_tiny"
-        c.data.synthetic_train = 256
-        c.data.synthetic_val = 128
-        c.data.synthetic_test = 128
-        c.batch_size = 32
-        c.eval_batch_size = 64
-        c.num_epochs = 1.0
-        c.log_every_steps = 2
-        c.progress_bar = False
-        c.wandb.mode = "disabled"
-    elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; valid: '', 'small', 'smoke'")
+    if arg == "smoke":
+        use_smoke_settings(c, "inception_v1_bn_tiny")
     return c

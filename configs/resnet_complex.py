@@ -14,42 +14,18 @@ steps of the smallest ResNet with the complex head, for tests). The ResNet-34 ve
 `--config.model.variant=resnet34_complex`.
 """
 
-from configs.common import get_base_config
+from configs.common import check_arg, get_base_config, use_sgd_recipe, use_smoke_settings
 
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"))
     c = get_base_config()
     c.model_name = "resnet"
     c.model.variant = "resnet18_complex"
-    c.batch_size = 128
-    c.num_epochs = 60.0
-    c.optim.name = "sgd"
-    c.optim.lr = 0.1
-    c.optim.momentum = 0.9
-    c.optim.nesterov = True
-    c.optim.weight_decay = 5e-4
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 2.0
-    c.label_smoothing = 0.1
-    c.augment.pad_crop = 4
-    c.augment.flip = True
-    c.augment.rotate_degrees = 10.0
-    c.augment.erase_prob = 0.25
+    use_sgd_recipe(c)
     if arg == "smoke":
         # The smallest trunk, with the complex head kept so the smoke run exercises it.
-        c.model.variant = "resnet10_half"
+        use_smoke_settings(c, "resnet10_half")
         c.model.head_widths = (512, 256)
         c.model.head_dropout = 0.5
-        c.data.synthetic_train = 256
-        c.data.synthetic_val = 128
-        c.data.synthetic_test = 128
-        c.batch_size = 32
-        c.eval_batch_size = 64
-        c.num_epochs = 1.0
-        c.optim.warmup_epochs = 0.25
-        c.log_every_steps = 2
-        c.progress_bar = False
-        c.wandb.mode = "disabled"
-    elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; valid: '', 'smoke'")
     return c

@@ -19,40 +19,15 @@ use configs/vit_tiny.py or the 'smoke' argument. Accuracy and runtime figures ar
 measured.
 """
 
-from configs.common import get_base_config
-
-_ARGS = ("", "p4", "smoke")
+from configs.common import check_arg, get_base_config, use_adamw_recipe, use_smoke_settings
 
 
 def get_config(arg: str = ""):
-    if arg not in _ARGS:
-        raise ValueError(f"Unknown config argument {arg!r}; valid: {', '.join(map(repr, _ARGS))}")
+    check_arg(arg, ("", "p4", "smoke"))
     c = get_base_config()
     c.model_name = "vit"
     c.model.variant = "vit_small_p4" if arg == "p4" else "vit_small_p6"
-    c.batch_size = 128
-    c.num_epochs = 100.0
-    c.optim.name = "adamw"
-    c.optim.lr = 5e-4
-    c.optim.weight_decay = 0.05
-    c.optim.schedule = "cosine"
-    c.optim.warmup_epochs = 5.0
-    c.optim.grad_clip_norm = 1.0
-    c.label_smoothing = 0.1
-    c.augment.pad_crop = 4
-    c.augment.flip = True
-    c.augment.rotate_degrees = 10.0
-    c.augment.erase_prob = 0.25
+    use_adamw_recipe(c, lr=5e-4)
     if arg == "smoke":
-        c.model.variant = "vit_micro"
-        c.data.synthetic_train = 256
-        c.data.synthetic_val = 128
-        c.data.synthetic_test = 128
-        c.batch_size = 32
-        c.eval_batch_size = 64
-        c.num_epochs = 1.0
-        c.optim.warmup_epochs = 0.25
-        c.log_every_steps = 2
-        c.progress_bar = False
-        c.wandb.mode = "disabled"
+        use_smoke_settings(c, "vit_micro")
     return c
