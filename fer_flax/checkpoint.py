@@ -24,6 +24,13 @@ import orbax.checkpoint as ocp
 BEST_METRIC = "val_accuracy"
 
 
+def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:
+    # Both managers save the same step after an evaluation. Multi-process, Orbax names its barriers
+    # by step alone, so without distinct prefixes the two saves collide ("Barrier
+    # _async_write_complete.8 is already ongoing") and the job hangs.
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -34,7 +41,12 @@ class Checkpointer:
         self.latest = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             item_names=("state", "data"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=not read_only,
+                read_only=read_only,
+                multiprocessing_options=_barrier_prefix("latest"),
+            ),
         )
         self.best = ocp.CheckpointManager(
             os.path.join(workdir, "best"),
@@ -46,6 +58,7 @@ class Checkpointer:
                 keep_checkpoints_without_metrics=False,
                 create=not read_only,
                 read_only=read_only,
+                multiprocessing_options=_barrier_prefix("best"),
             ),
         )
 

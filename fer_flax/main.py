@@ -1,6 +1,11 @@
 """Command line: `python -m fer_flax.main --config configs/simple_cnn.py --workdir workdirs/run`.
 
 Config overrides follow ml_collections: `--config.optim.lr=0.01`; unknown keys are rejected.
+
+Multi-process (several hosts, or one process per GPU): every process runs the same command, joined by
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the environment variables
+FER_FLAX_COORDINATOR / FER_FLAX_NUM_PROCESSES / FER_FLAX_PROCESS_ID). Under `srun` with several tasks
+the three are read from SLURM; `./launch.sh` sets everything up.
 """
 
 from __future__ import annotations
@@ -8,10 +13,19 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_flax import train
+from fer_flax import parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0 (env FER_FLAX_COORDINATOR)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process: number of processes (env FER_FLAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-process: this process's id in [0, num_processes) (env FER_FLAX_PROCESS_ID)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,7 +36,12 @@ def main(argv: list[str]) -> None:
     # unless the user asks for more with -v / --verbosity.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    # Before anything touches a device: jax.distributed must be initialised first.
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    # Only after a clean finish: the shutdown barrier waits for every process, and one that failed
+    # will never arrive (its error already ends this job through the coordination service).
+    parallel.shutdown_distributed()
 
 
 if __name__ == "__main__":

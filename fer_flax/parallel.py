@@ -1,12 +1,19 @@
-"""Device mesh and shardings: one code path for 1 CPU, 8 GPUs or many hosts.
+"""Device mesh, shardings and multi-host start-up: one code path for 1 CPU, 8 GPUs or many hosts.
 
 Everything runs under `jax.jit` over global arrays (no `pmap`, which is in maintenance mode in current
 JAX): batches are sharded along the mesh's `data` axis, the train state is replicated, and XLA inserts
 the all-reduces. Under jit, BatchNorm statistics and metrics are therefore global-batch values.
+
+Several processes (hosts, or one process per GPU under SLURM) join with `initialize_distributed`, which
+must run before anything else touches JAX. After it the same code runs unchanged: `jax.devices()` lists
+every device of every process, and each process feeds its own slice of each global batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -58,3 +65,129 @@ def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str,
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated_sharding(mesh))
+
+
+# ------------------------------------------------------------------------------------- multi-host
+
+ENV_COORDINATOR = "FER_FLAX_COORDINATOR"
+ENV_NUM_PROCESSES = "FER_FLAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "FER_FLAX_PROCESS_ID"
+# What JAX's own SLURM detection reads (jax/_src/clusters/slurm_cluster.py); all are set inside an
+# `srun` step but not all in a plain `sbatch` script, where starting JAX's detection would fail late.
+_SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedPlan:
+    """How this process joins the job: `single` (no initialisation), `explicit` (given address, count
+    and id) or `slurm` (JAX reads them from the SLURM step, one process per local GPU)."""
+
+    mode: str
+    coordinator_address: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
+
+
+def _int_from(value: Any, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def resolve_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> DistributedPlan:
+    """Decides how to start, without starting anything (so it is testable without processes).
+
+    Precedence: explicit arguments (the `--coordinator_address/--num_processes/--process_id` flags),
+    then `FER_FLAX_COORDINATOR/FER_FLAX_NUM_PROCESSES/FER_FLAX_PROCESS_ID`, then a SLURM step with
+    more than one task, else a single process. `num_processes=1` forces a single process even under
+    SLURM (what `launch.sh` sets for a one-node run in which one process drives every GPU).
+    """
+    env = os.environ if env is None else env
+    address = coordinator_address or env.get(ENV_COORDINATOR) or None
+    count = (
+        num_processes
+        if num_processes is not None
+        else _int_from(env.get(ENV_NUM_PROCESSES), ENV_NUM_PROCESSES)
+    )
+    pid = process_id if process_id is not None else _int_from(env.get(ENV_PROCESS_ID), ENV_PROCESS_ID)
+
+    if count == 1 and address is None:
+        if pid not in (None, 0):
+            raise ValueError(f"process_id={pid} but num_processes=1: a single process has id 0")
+        return DistributedPlan("single")
+    if address is not None or count is not None or pid is not None:
+        missing = [
+            f"--{flag} (or {var})"
+            for flag, var, value in (
+                ("coordinator_address", ENV_COORDINATOR, address),
+                ("num_processes", ENV_NUM_PROCESSES, count),
+                ("process_id", ENV_PROCESS_ID, pid),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ValueError(
+                "A multi-process run needs the coordinator address, the process count and this process's "
+                f"id; missing: {', '.join(missing)}. Example for 2 processes on one machine: "
+                "--coordinator_address=127.0.0.1:12345 --num_processes=2 --process_id=0 (and =1)."
+            )
+        if count < 1 or not 0 <= pid < count:
+            raise ValueError(f"process_id must be in [0, num_processes={count}), got {pid}")
+        if ":" not in address:
+            raise ValueError(f"coordinator address must be HOST:PORT, got {address!r}")
+        return DistributedPlan("explicit", address, count, pid)
+
+    tasks = _int_from(env.get("SLURM_NTASKS"), "SLURM_NTASKS") or 1
+    if tasks > 1:
+        absent = [v for v in _SLURM_STEP_VARS if v not in env]
+        if absent:
+            raise ValueError(
+                f"SLURM_NTASKS={tasks} but this process is not inside an srun step ({', '.join(absent)} "
+                "unset). Start it with srun (./launch.sh does), or set FER_FLAX_NUM_PROCESSES=1 to run "
+                "a single process."
+            )
+        return DistributedPlan("slurm", None, tasks, _int_from(env["SLURM_PROCID"], "SLURM_PROCID"))
+    return DistributedPlan("single")
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> DistributedPlan:
+    """Joins the multi-process job described by `resolve_distributed`; a no-op for a single process.
+
+    Call it first: `jax.distributed.initialize` must run before any JAX computation or device query.
+    """
+    plan = resolve_distributed(coordinator_address, num_processes, process_id)
+    if plan.mode == "single":
+        return plan
+    # Cross-process collectives on CPU (tests, CPU clusters); GPUs use NCCL whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if plan.mode == "explicit":
+        jax.distributed.initialize(
+            coordinator_address=plan.coordinator_address,
+            num_processes=plan.num_processes,
+            process_id=plan.process_id,
+            # Explicit values are the whole truth: don't let SLURM/MPI detection narrow the devices.
+            cluster_detection_method="deactivate",
+        )
+    else:
+        # JAX reads the coordinator (first node of the step), the count and the id from SLURM and
+        # gives each task the GPU numbered by its SLURM_LOCALID.
+        jax.distributed.initialize()
+    return plan
+
+
+def shutdown_distributed() -> None:
+    """Leaves the job cleanly (all processes meet at a barrier); a no-op when not initialised."""
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()

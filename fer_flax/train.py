@@ -313,7 +313,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     for step in range(start_step + 1, total_steps + 1):
         local_batch = next(train_iter)
         batch = parallel.to_global_batch(local_batch, mesh)
-        if config.wandb.histogram_every_steps and step % config.wandb.histogram_every_steps == 0:
+        # The gradient pass is a collective, so every process runs it whenever wandb is on (process 0
+        # logs); with wandb disabled nothing would receive the histograms, so skip the work.
+        log_histograms = config.wandb.mode != "disabled" and config.wandb.histogram_every_steps
+        if log_histograms and step % config.wandb.histogram_every_steps == 0:
             grads = p_gradients(state, batch, train_rng)
             writer.log_histograms(step, {"params": state.params, "grads": grads})
         state, step_metrics = p_train_step(state, batch, train_rng)

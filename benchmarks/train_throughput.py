@@ -1,0 +1,196 @@
+"""Training images/s of each model family, per compute dtype, plus the input pipeline's images/s.
+
+  python benchmarks/train_throughput.py [--families cnn,resnet] [--variants resnet=resnet18]
+      [--dtypes float32,bfloat16] [--batch 1024] [--steps 20] [--loader_seconds 3]
+      [--data ../shared/data/fer2013/fer2013_images.tar.gz] [--cache_dir D] [--json out.json]
+
+A family's variant is `--variants` when given, else its module's DEFAULT_VARIANT, else the first variant
+its registry lists (`fer_flax.models.variants`). Families that cannot be imported yet are reported and
+skipped. The train step is the real one (augmentation, loss, optimizer update, donated state) on a
+device-resident batch sharded over every device, so the figure excludes the input pipeline, which is
+measured separately (Grain iterator + transfer to the devices). Small settings run on a CPU:
+
+  python benchmarks/train_throughput.py --families cnn --batch 32 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs.common import get_base_config
+from fer_flax import input_pipeline, models, optim, parallel, train
+from fer_flax.data import load_splits
+from fer_flax.data.splits import NUM_CLASSES
+
+
+def default_variant(family: str) -> str:
+    """The family's DEFAULT_VARIANT if its module names one, else the first variant it lists."""
+    names = models.variants(family)  # raises ValueError for a family not in this version
+    preferred = getattr(importlib.import_module(f"fer_flax.models.{family}"), "DEFAULT_VARIANT", None)
+    return preferred if preferred in names else names[0]
+
+
+def measure_train(family: str, variant: str, dtype: str, batch: int, steps: int, mesh) -> dict[str, Any]:
+    config = get_base_config()
+    config.model_name, config.model.variant, config.dtype = family, variant, dtype
+    config.batch_size = batch
+    parallel.check_batch_divisible(batch, mesh)
+    model = train.create_model(config)
+    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
+    state = train.create_train_state(
+        model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
+    )
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    step = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    local = {
+        "image": rng.integers(0, 256, (batch // jax.process_count(), 48, 48, 1), dtype=np.uint8),
+        "label": rng.integers(0, NUM_CLASSES, batch // jax.process_count()).astype(np.int32),
+    }
+    device_batch = parallel.to_global_batch(local, mesh)
+    key = jax.random.key(1)
+
+    t0 = time.perf_counter()
+    state, metrics = step(state, device_batch, key)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    for _ in range(2):  # settle (allocator, autotuned kernels) before timing
+        state, metrics = step(state, device_batch, key)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, device_batch, key)
+    jax.block_until_ready((state, metrics))
+    seconds = time.perf_counter() - t0
+    loss = float(metrics["loss"])
+    return {
+        "family": family,
+        "variant": variant,
+        "dtype": dtype,
+        "batch": batch,
+        "params_m": num_params / 1e6,
+        "compile_s": compile_s,
+        "step_ms": 1000 * seconds / steps,
+        "images_per_s": steps * batch / seconds,
+        "finite_loss": bool(np.isfinite(loss)),
+    }
+
+
+def measure_loader(split, batch: int, seconds: float, mesh, num_workers: int) -> dict[str, Any]:
+    """The training stream as train_and_evaluate builds it (balanced sampling), including the copy
+    of each batch onto the devices."""
+    it = input_pipeline.make_train_iterator(
+        split,
+        global_batch_size=batch,
+        seed=0,
+        sampling="balanced",
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=num_workers,
+    )
+    jax.block_until_ready(parallel.to_global_batch(next(it), mesh))
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        jax.block_until_ready(parallel.to_global_batch(next(it), mesh))
+        n += batch
+    rate = n / (time.perf_counter() - t0)
+    if num_workers:
+        it.close()
+    return {"batch": batch, "num_workers": num_workers, "images_per_s": rate, "num_train": len(split)}
+
+
+def print_table(rows: list[dict], loader: dict | None) -> None:
+    header = f"{'family':<10} {'variant':<24} {'dtype':<9} {'batch':>6} {'params':>8} {'compile':>8} "
+    header += f"{'step ms':>8} {'images/s':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['family']:<10} {r['variant']:<24} {r['dtype']:<9} {r['batch']:>6}  {r['error']}")
+            continue
+        print(
+            f"{r['family']:<10} {r['variant']:<24} {r['dtype']:<9} {r['batch']:>6} "
+            f"{r['params_m']:>7.2f}M {r['compile_s']:>7.1f}s {r['step_ms']:>8.2f} "
+            f"{r['images_per_s']:>10,.0f}" + ("" if r["finite_loss"] else "  (non-finite loss!)")
+        )
+    if loader:
+        print(
+            f"{'input':<10} {'pipeline':<24} {'uint8':<9} {loader['batch']:>6} {'':>8} {'':>8} {'':>8} "
+            f"{loader['images_per_s']:>10,.0f}  (Grain, {loader['num_workers']} workers, + device copy)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--families", default=",".join(models.FAMILIES), help="comma-separated")
+    parser.add_argument("--variants", default="", help="family=variant,... (else the default)")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--batch", type=int, default=256, help="global batch")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--loader_seconds", type=float, default=3.0, help="0 skips the loader")
+    parser.add_argument("--loader_workers", type=int, default=0)
+    parser.add_argument("--data", default=None, help="FER2013 source for the loader (else synthetic)")
+    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "fer_flax_cache"))
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    chosen = dict(kv.split("=", 1) for kv in args.variants.split(",") if kv)
+    mesh = parallel.make_mesh()
+    print(f"jax {jax.__version__}, {jax.device_count()} device(s): {jax.devices()[0].device_kind}")
+    rows = []
+    for family in [f for f in args.families.split(",") if f]:
+        try:
+            variant = chosen.get(family) or default_variant(family)
+        except ValueError as e:
+            print(f"skipping {family}: {e}")
+            continue
+        for dtype in [d for d in args.dtypes.split(",") if d]:
+            try:
+                row = measure_train(family, variant, dtype, args.batch, args.steps, mesh)
+            except Exception as e:  # an OOM or a broken family must not lose the other rows
+                row = {"family": family, "variant": variant, "dtype": dtype, "batch": args.batch}
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            _write_json(args.json, rows, None)  # after every row: a time limit keeps what was measured
+
+    loader = None
+    if args.loader_seconds > 0:
+        if args.data:
+            data_config = get_base_config().data
+            data_config.path = args.data
+            split = load_splits(data_config, ("train",), cache_dir=args.cache_dir, announce=print)["train"]
+        else:
+            from fer_flax.data.synthetic import generate_synthetic
+
+            split = generate_synthetic(10_000, 0, 0, seed=0)["train"]
+        loader = measure_loader(split, args.batch, args.loader_seconds, mesh, args.loader_workers)
+
+    print()
+    print_table(rows, loader)
+    _write_json(args.json, rows, loader)
+
+
+def _write_json(path: str | None, rows: list[dict], loader: dict | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump({"devices": str(jax.devices()), "train": rows, "loader": loader}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
