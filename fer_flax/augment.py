@@ -42,9 +42,7 @@ def preprocess(images_uint8: jax.Array) -> jax.Array:
 def _pair(value: Any, name: str) -> tuple[float, float]:
     lo, hi = (float(v) for v in value)
     if not 0 < lo <= hi:
-        raise ValueError(
-            f"augment.{name} must be (min, max) with 0 < min <= max, got {tuple(value)}"
-        )
+        raise ValueError(f"augment.{name} must be (min, max) with 0 < min <= max, got {tuple(value)}")
     return lo, hi
 
 
@@ -67,9 +65,7 @@ def _read_config(cfg: Any) -> dict[str, Any]:
     if p["erase_scale"][1] > 1:
         raise ValueError(f"augment.erase_scale is an area fraction <= 1, got {p['erase_scale']}")
     if p["rotate"] < 0:
-        raise ValueError(
-            f"augment.rotate_degrees must be >= 0 (the range is ±d), got {p['rotate']}"
-        )
+        raise ValueError(f"augment.rotate_degrees must be >= 0 (the range is ±d), got {p['rotate']}")
     if not 0 <= p["erase_prob"] <= 1:
         raise ValueError(f"augment.erase_prob must be in [0, 1], got {p['erase_prob']}")
     return p

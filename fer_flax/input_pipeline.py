@@ -52,15 +52,11 @@ def class_sampling_weights(
     """
     labels = np.asarray(labels)
     if mode not in SAMPLING_MODES:
-        raise ValueError(
-            f"unknown sampling mode {mode!r}; expected one of {', '.join(SAMPLING_MODES)}"
-        )
+        raise ValueError(f"unknown sampling mode {mode!r}; expected one of {', '.join(SAMPLING_MODES)}")
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise ValueError(
-            f"labels must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}"
-        )
+        raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
     if explicit is not None and mode != "explicit":
         raise ValueError(
             f"class weights were given but sampling is {mode!r}; set sampling='explicit' to use "
@@ -86,9 +82,7 @@ def class_sampling_weights(
                 f"got {target.size}: {list(np.ravel(target))}"
             )
         if not np.all(np.isfinite(target)) or np.any(target < 0):
-            raise ValueError(
-                f"explicit class weights must be finite and >= 0, got {target.tolist()}"
-            )
+            raise ValueError(f"explicit class weights must be finite and >= 0, got {target.tolist()}")
         if target.sum() == 0:
             raise ValueError("explicit class weights are all zero; at least one must be positive")
         empty = np.flatnonzero((target > 0) & (counts == 0))
@@ -147,13 +141,10 @@ def _check_layout(global_batch_size: int, process_index: int, process_count: int
     if global_batch_size <= 0:
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
     if process_count <= 0 or not 0 <= process_index < process_count:
-        raise ValueError(
-            f"process_index {process_index} is not in [0, process_count={process_count})"
-        )
+        raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
     if global_batch_size % process_count:
         raise ValueError(
-            f"global_batch_size {global_batch_size} is not divisible by "
-            f"process_count {process_count}"
+            f"global_batch_size {global_batch_size} is not divisible by process_count {process_count}"
         )
     return global_batch_size // process_count
 
@@ -201,9 +192,7 @@ def make_train_iterator(
         # Shuffle before repeat: grain's repeat hands the absolute position to the shuffle, which
         # reseeds per epoch (seed + epoch), so every epoch is a new permutation of all N examples.
         positions = (
-            grain.MapDataset.range(len(split))
-            .shuffle(seed=_derived_seed(seed, _SHUFFLE_TAG))
-            .repeat(None)
+            grain.MapDataset.range(len(split)).shuffle(seed=_derived_seed(seed, _SHUFFLE_TAG)).repeat(None)
         )
     else:
         # grain's random_map seeds each element's RNG from (seed, absolute stream position), so
@@ -219,9 +208,7 @@ def make_train_iterator(
         .map(_Gather(split))
     )
     it_ds = ds.to_iter_dataset(
-        grain.ReadOptions(
-            num_threads=num_threads, prefetch_buffer_size=prefetch if num_threads else 0
-        )
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch if num_threads else 0)
     )
     if num_workers > 0:
         # Grain's multiprocessing reads its absl flags. Under `app.run` they are parsed already;

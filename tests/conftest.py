@@ -28,4 +28,3 @@ def real_data_dir() -> Path:
     if not (REAL_DATA_DIR / "fer2013.csv.gz").exists():
         pytest.skip(f"real FER2013 not found at {REAL_DATA_DIR}")
     return REAL_DATA_DIR
-

@@ -43,9 +43,7 @@ def run(c: ConfigDict, images, seed=0) -> np.ndarray:
 
 def images(b=16, seed=0) -> np.ndarray:
     """Asymmetric random images, already in the normalised float range."""
-    return augment.preprocess(
-        np.random.default_rng(seed).integers(0, 256, (b, 48, 48, 1), dtype=np.uint8)
-    )
+    return augment.preprocess(np.random.default_rng(seed).integers(0, 256, (b, 48, 48, 1), dtype=np.uint8))
 
 
 def test_config_keys_match_common_config():
@@ -57,9 +55,7 @@ def test_preprocess():
     x[:, 0, :3] = [0, 128, 255]
     y = augment.preprocess(x)
     assert y.shape == (2, 48, 48, 1) and y.dtype == jnp.float32
-    np.testing.assert_allclose(
-        y[0, 0, :3, 0], [-2.0, (128 / 255 - 0.5) / 0.25, 2.0], rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(y[0, 0, :3, 0], [-2.0, (128 / 255 - 0.5) / 0.25, 2.0], rtol=0, atol=1e-6)
 
 
 def test_shape_dtype_with_everything_on():
@@ -94,9 +90,7 @@ def test_determinism():
 def test_everything_off_is_identity_and_traces_nothing():
     x = images()
     np.testing.assert_array_equal(run(cfg(), x), x)
-    jaxpr = jax.make_jaxpr(functools.partial(augment.augment_batch, cfg=cfg()))(
-        jax.random.key(0), x
-    )
+    jaxpr = jax.make_jaxpr(functools.partial(augment.augment_batch, cfg=cfg()))(jax.random.key(0), x)
     assert not jaxpr.eqns
 
 
@@ -171,9 +165,7 @@ def test_rotation_rotates():
 
 def test_erasing_replaces_one_rectangle_with_zero():
     # Non-zero everywhere, so every erased pixel shows.
-    x = np.broadcast_to(
-        np.linspace(0.5, 1.0, 48 * 48, dtype=np.float32).reshape(48, 48, 1), (32, 48, 48, 1)
-    )
+    x = np.broadcast_to(np.linspace(0.5, 1.0, 48 * 48, dtype=np.float32).reshape(48, 48, 1), (32, 48, 48, 1))
     y = run(cfg(erase_prob=1.0, erase_scale=(0.05, 0.2)), x)
     for xi, yi in zip(x, y, strict=True):
         changed = (yi != xi)[..., 0]

@@ -37,9 +37,7 @@ def _row(label: int | str, img: np.ndarray, usage: str = "Training") -> str:
     return f"{label},{_pixels(img)},{usage}"
 
 
-def _write(
-    path: Path, lines: list[str], *, newline: str = "\n", gz: bool = False, bom: bool = False
-) -> Path:
+def _write(path: Path, lines: list[str], *, newline: str = "\n", gz: bool = False, bom: bool = False) -> Path:
     data = (newline.join(lines) + newline).encode()
     if bom:
         data = b"\xef\xbb\xbf" + data

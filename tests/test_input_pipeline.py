@@ -148,9 +148,7 @@ def test_none_visits_every_example_once_per_epoch():
 @pytest.mark.parametrize("sampling", ["none", "balanced"])
 def test_determinism(sampling):
     split = make_split()
-    make = lambda seed: ip.make_train_iterator(
-        split, global_batch_size=64, seed=seed, sampling=sampling
-    )
+    make = lambda seed: ip.make_train_iterator(split, global_batch_size=64, seed=seed, sampling=sampling)
     assert_same_batches(take(make(3), 4), take(make(3), 4))
     a, b = take(make(3), 4), take(make(4), 4)
     assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, b, strict=True))
@@ -168,9 +166,7 @@ def test_stream_does_not_depend_on_batch_size(sampling):
     stream = lambda b, k: np.concatenate(
         [
             decode(x)
-            for x in take(
-                ip.make_train_iterator(split, global_batch_size=b, seed=0, sampling=sampling), k
-            )
+            for x in take(ip.make_train_iterator(split, global_batch_size=b, seed=0, sampling=sampling), k)
         ]
     )
     np.testing.assert_array_equal(stream(96, 4), stream(32, 12))
@@ -197,9 +193,7 @@ def test_resume_is_exact(sampling):
 def test_process_slices_partition_the_global_batch(sampling, process_count):
     split = make_split()
     batch = 64
-    single = take(
-        ip.make_train_iterator(split, global_batch_size=batch, seed=2, sampling=sampling), 6
-    )
+    single = take(ip.make_train_iterator(split, global_batch_size=batch, seed=2, sampling=sampling), 6)
     per_process = [
         take(
             ip.make_train_iterator(
@@ -247,13 +241,9 @@ def test_worker_processes_give_the_same_stream_and_resume():
 
 def test_layout_errors():
     split = make_split()
-    with pytest.raises(
-        ValueError, match=r"global_batch_size 10 is not divisible by process_count 3"
-    ):
+    with pytest.raises(ValueError, match=r"global_batch_size 10 is not divisible by process_count 3"):
         ip.make_train_iterator(split, global_batch_size=10, seed=0, process_count=3)
-    with pytest.raises(
-        ValueError, match=r"global_batch_size 10 is not divisible by process_count 4"
-    ):
+    with pytest.raises(ValueError, match=r"global_batch_size 10 is not divisible by process_count 4"):
         ip.eval_batches(split, global_batch_size=10, process_count=4)
     with pytest.raises(ValueError, match="must be positive"):
         ip.make_train_iterator(split, global_batch_size=0, seed=0)
@@ -302,11 +292,7 @@ def test_eval_process_slices(process_count):
     batch = 200  # the last global batch holds 31 real examples: some processes get only padding
     single = list(ip.eval_batches(split, global_batch_size=batch))
     per_process = [
-        list(
-            ip.eval_batches(
-                split, global_batch_size=batch, process_index=p, process_count=process_count
-            )
-        )
+        list(ip.eval_batches(split, global_batch_size=batch, process_index=p, process_count=process_count))
         for p in range(process_count)
     ]
     assert all(len(batches) == len(single) for batches in per_process)

@@ -194,9 +194,7 @@ def _read_csv(path: Path, splits: tuple[str, ...]) -> dict[str, ArraySplit]:
             first = f.readline()
             line_no = 1
             if not first.strip() and not f.read(1):
-                raise FERDataError(
-                    path, "empty file (expected the header 'emotion,pixels,Usage')", line=1
-                )
+                raise FERDataError(path, "empty file (expected the header 'emotion,pixels,Usage')", line=1)
             _check_header(path, first)
             for line_no, raw in enumerate(f, start=2):
                 line = raw.rstrip(b"\r\n")
@@ -302,9 +300,7 @@ def _parse_pixels_slow(path: Path, field: bytes, line_no: int) -> np.ndarray:
     out = np.empty(NUM_PIXELS, np.uint8)
     for i, token in enumerate(tokens):
         if not _INT_TOKEN.fullmatch(token):
-            raise FERDataError(
-                path, f"pixel {i + 1} is not an integer: {_quote(token)}", line=line_no
-            )
+            raise FERDataError(path, f"pixel {i + 1} is not an integer: {_quote(token)}", line=line_no)
         value = int(token)
         if not 0 <= value <= 255:
             raise FERDataError(path, f"pixel {i + 1} = {value} is outside 0..255", line=line_no)
@@ -340,9 +336,7 @@ class _ImageCollector:
             raise self._error(rel, f"images must sit in a class folder ({', '.join(CLASS_NAMES)})")
         label = _CLASS_INDEX.get(parts[-2].lower())
         if label is None:
-            raise self._error(
-                rel, f"unknown class folder {parts[-2]!r}; valid: {', '.join(CLASS_NAMES)}"
-            )
+            raise self._error(rel, f"unknown class folder {parts[-2]!r}; valid: {', '.join(CLASS_NAMES)}")
         prefix = _PREFIX_SPLIT.match(parts[-1])
         if prefix:
             return _PREFIX_TO_SPLIT[prefix.group(1).lower()], label
@@ -393,8 +387,7 @@ class _ImageCollector:
         if total == 0:
             raise FERDataError(
                 self.source,
-                f"empty: no images ({', '.join('*' + e for e in IMAGE_EXTENSIONS)}) found"
-                + empty_hint,
+                f"empty: no images ({', '.join('*' + e for e in IMAGE_EXTENSIONS)}) found" + empty_hint,
             )
         missing = [s for s in self.splits if self.counts[s] == 0]
         if missing:

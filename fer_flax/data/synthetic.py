@@ -231,9 +231,7 @@ def render_faces(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise ValueError(
-            f"labels must be in 0..{NUM_CLASSES - 1}, got {labels.min()}..{labels.max()}"
-        )
+        raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}, got {labels.min()}..{labels.max()}")
     n = labels.shape[0]
     params = _draw_params(labels.astype(np.int64), rng)
     out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
@@ -244,9 +242,7 @@ def render_faces(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def generate_synthetic(
-    num_train: int, num_val: int, num_test: int, seed: int = 0
-) -> dict[str, ArraySplit]:
+def generate_synthetic(num_train: int, num_val: int, num_test: int, seed: int = 0) -> dict[str, ArraySplit]:
     """Procedurally drawn 48x48 grayscale faces for splits 'train', 'val', 'test'.
 
     Each split has FER2013's training class proportions and its own random stream (spawned from
@@ -265,9 +261,7 @@ def generate_synthetic(
     return out
 
 
-def save_preview_grid(
-    path: str | os.PathLike, per_class: int = 8, seed: int = 0, scale: int = 3
-) -> None:
+def save_preview_grid(path: str | os.PathLike, per_class: int = 8, seed: int = 0, scale: int = 3) -> None:
     """Write a PNG grid of synthetic faces: one row of `per_class` faces per class, named."""
     from PIL import Image, ImageDraw  # imported here: only the preview needs Pillow
 
