@@ -12,6 +12,50 @@ from fer_flax import models, optim, parallel, train
 from fer_flax.augment import preprocess
 from fer_flax.data.synthetic import generate_synthetic
 
+# Every variant's parameter count with 7 classes, pinned: a change to any architecture shows up here
+# (and in the README table, which benchmarks/model_table.py regenerates). The per-family test files
+# derive the smaller variants' counts by hand.
+PINNED_PARAMETER_COUNTS = {
+    ("cnn", "tiny"): 319_351,
+    ("cnn", "small"): 1_274_599,
+    ("cnn", "medium"): 7_049_543,
+    ("cnn", "large"): 13_069_511,
+    ("cnn", "plain"): 1_274_375,
+    ("beefy", "small"): 515_943,
+    ("beefy", "wide"): 8_070_791,
+    ("beefy", "base"): 8_218_055,
+    ("beefy", "deep"): 8_259_799,
+    ("beefy", "large"): 14_488_775,
+    ("resnet", "resnet10_half"): 1_227_623,
+    ("resnet", "resnet18_half_s2"): 2_796_263,
+    ("resnet", "resnet18_half"): 2_796_263,
+    ("resnet", "resnet10"): 4_900_551,
+    ("resnet", "resnet18_imagenet_stem"): 11_173_831,
+    ("resnet", "resnet18_s2"): 11_171_271,
+    ("resnet", "resnet18"): 11_171_271,
+    ("resnet", "resnet18_complex"): 11_564_231,
+    ("resnet", "resnet34"): 21_279_431,
+    ("resnet", "resnet34_complex"): 21_672_391,
+    ("googlenet", "inception_v1_bn_tiny"): 421_165,
+    ("googlenet", "inception_v1_tiny"): 650_705,
+    ("googlenet", "inception_v1_bn_small"): 1_669_093,
+    ("googlenet", "inception_v1_noaux"): 5_971_895,
+    ("googlenet", "inception_v1_bn"): 8_218_165,
+    ("googlenet", "inception_v1"): 10_315_973,
+    ("vit", "vit_micro"): 74_055,
+    ("vit", "vit_spt_lsa_micro"): 83_251,
+    ("vit", "vit_hybrid_micro"): 83_767,
+    ("vit", "cct_2_3x2"): 292_424,
+    ("vit", "vit_spt_lsa_tiny"): 2_713_427,
+    ("vit", "cct_7_3x1"): 3_836_680,
+    ("vit", "vit_tiny_p6_gap"): 5_359_495,
+    ("vit", "vit_tiny_p4"): 5_371_207,
+    ("vit", "vit_hybrid_small"): 20_047_047,
+    ("vit", "vit_small_p6"): 21_336_199,
+    ("vit", "vit_small_p4"): 21_359_239,
+}
+
+
 SMOKE_CONFIGS = {
     "cnn": "simple_cnn",
     "beefy": "beefy",
@@ -112,3 +156,13 @@ def test_every_variant_gives_finite_logits_for_a_real_face(family, variant):
     assert logits.shape == (1, 7) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
     assert aux == {}  # extras (GoogLeNet's auxiliary logits) exist only in training
+
+
+def test_every_variant_has_its_pinned_parameter_count():
+    listed = {(f, v) for f in models.FAMILIES for v in models.variants(f)}
+    assert listed == set(PINNED_PARAMETER_COUNTS), "a variant was added or removed: pin its count"
+    x = jnp.zeros((1, 48, 48, 1))
+    for (family, variant), expected in PINNED_PARAMETER_COUNTS.items():
+        model = models.create_model(family, variant=variant)
+        shapes = jax.eval_shape(lambda m=model: m.init({"params": jax.random.key(0)}, x, train=False))
+        assert sum(p.size for p in jax.tree.leaves(shapes["params"])) == expected, (family, variant)
