@@ -69,9 +69,16 @@ def get_base_config() -> ConfigDict:
     # Cadence, checkpoints and logging.
     c.log_every_steps = 50
     c.eval_every_epochs = 1.0
+    # Full-state checkpoints for resume: every N steps, and always at each evaluation; 0 = only at
+    # evaluations. Keep at least 2 so a corrupt newest checkpoint has a good one to fall back to.
+    c.checkpoint_every_steps = 0
     c.checkpoint_keep = 2  # most recent checkpoints kept for resume
     c.checkpoint_keep_best = 1  # best-by-val-accuracy checkpoints kept
     c.progress_bar = True
+    # A non-finite loss or gradient: "stop" raises (naming the step and the last good checkpoint);
+    # "skip" keeps the previous parameters, optimizer state and BatchNorm statistics for that step
+    # and counts it in `train/skipped_updates`. A non-finite state is never checkpointed either way.
+    c.nonfinite = "stop"
     c.wandb = ConfigDict()
     c.wandb.mode = "offline"  # offline | online | disabled
     c.wandb.project = "fer_flax"

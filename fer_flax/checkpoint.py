@@ -9,12 +9,21 @@ One manager with `best_fn` would delete the newest checkpoint whenever it is not
 a resume would then silently go back in time.
 
 Saves are atomic (Orbax writes to a temporary directory and renames it), so a kill mid-save leaves the
-previous checkpoint restorable.
+previous checkpoint restorable; the temporary directories such a kill leaves behind are deleted when
+the next run opens the workdir. A newest checkpoint that cannot be restored (half-written, corrupted)
+is moved to `<workdir>/corrupt_checkpoints/` with a `CorruptCheckpointWarning` naming it and the older
+checkpoint the run falls back to.
+
+The best checkpoint of a step is written (and finished) before the full state of the same step, so a
+kill between the two never leaves a resumable step whose best-model candidate is missing.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import time
+import warnings
 from typing import Any
 
 import grain
@@ -35,9 +44,55 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+class CorruptCheckpointWarning(UserWarning):
+    """The newest checkpoint could not be restored; the run fell back to an older one."""
+
+
+class NoRestorableCheckpointError(RuntimeError):
+    """No checkpoint in the workdir can be restored into this run's state."""
+
+
+# ------------------------------------------------------------------------------- test kill hook
+
+# FER_FLAX_TEST_KILL_AT="<where>:<step>[:<signal>]" makes the process send itself a signal (SIGKILL
+# unless TERM or INT is given) at one precise moment, so tests can interrupt a run
+# deterministically: where = "step" (right after step <step> is dispatched), "eval" (inside the
+# evaluation at <step>, after its first batch) or "save" (inside the save of checkpoints/<step>,
+# after every array is written, just before Orbax commits it). Unset, it does nothing.
+KILL_ENV = "FER_FLAX_TEST_KILL_AT"
+
+
+def maybe_kill_for_test(where: str, step: int) -> None:
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[:2] == [where, str(step)]:
+        sig = signal.Signals[f"SIG{parts[2]}"] if len(parts) > 2 else signal.SIGKILL
+        os.kill(os.getpid(), sig)
+
+
+def _temporary_path_class() -> type | None:
+    """Orbax's atomic-rename commit with the "save" test hook in front; None (Orbax's default) unless
+    the hook asks for a kill inside a save."""
+    if not os.environ.get(KILL_ENV, "").startswith("save:"):
+        return None
+    from orbax.checkpoint._src.path import atomicity  # internal: imported only for the test hook
+
+    class KillBeforeCommit(atomicity.AtomicRenameTemporaryPath):
+        async def finalize(self, *args, **kwargs):
+            final = self.get_final()
+            if final.parent.name == "checkpoints" and final.name.isdigit():
+                maybe_kill_for_test("save", int(final.name))
+            return await super().finalize(*args, **kwargs)
+
+    return KillBeforeCommit
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 2, keep_best: int = 1, read_only: bool = False):
         workdir = os.path.abspath(workdir)
+        self.workdir = workdir
         self.latest = ocp.CheckpointManager(
             os.path.join(workdir, "checkpoints"),
             item_names=("state", "data"),
@@ -45,6 +100,9 @@ class Checkpointer:
                 max_to_keep=keep,
                 create=not read_only,
                 read_only=read_only,
+                # Delete the `<step>.orbax-checkpoint-tmp-*` folders of saves that a kill interrupted.
+                cleanup_tmp_directories=not read_only,
+                temporary_path_class=_temporary_path_class(),
                 multiprocessing_options=_barrier_prefix("latest"),
             ),
         )
@@ -57,13 +115,28 @@ class Checkpointer:
                 best_mode="max",
                 keep_checkpoints_without_metrics=False,
                 create=not read_only,
+                cleanup_tmp_directories=not read_only,
                 read_only=read_only,
                 multiprocessing_options=_barrier_prefix("best"),
             ),
         )
 
     def save(self, step: int, state: Any, data_iterator: Any, *, val_metrics: dict[str, float] | None):
-        """Saves the full state for resume and, with validation metrics, a best-model candidate."""
+        """Saves the full state for resume and, with validation metrics, a best-model candidate.
+
+        A step already on disk is not written again: a run resumed from an earlier checkpoint
+        recomputes exactly the same state, and Orbax refuses to overwrite a step."""
+        if val_metrics is not None and step not in self.best.all_steps():
+            model = {"params": state.params, "batch_stats": state.batch_stats}
+            self.best.save(
+                step,
+                args=ocp.args.Composite(model=ocp.args.StandardSave(model)),
+                metrics={BEST_METRIC: float(val_metrics["accuracy"])},
+            )
+            # Committed before the resumable state of the same step (see the module docstring).
+            self.best.wait_until_finished()
+        if step in self.latest.all_steps():
+            return
         self.latest.save(
             step,
             args=ocp.args.Composite(
@@ -71,28 +144,65 @@ class Checkpointer:
                 data=grain.checkpoint.CheckpointSave(data_iterator),
             ),
         )
-        if val_metrics is not None:
-            model = {"params": state.params, "batch_stats": state.batch_stats}
-            self.best.save(
-                step,
-                args=ocp.args.Composite(model=ocp.args.StandardSave(model)),
-                metrics={BEST_METRIC: float(val_metrics["accuracy"])},
-            )
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
     def restore_latest(self, state_template: Any, data_iterator: Any) -> Any:
-        """Restores the newest full state (sharded like `state_template`) and the iterator in place."""
-        step = self.latest.latest_step()
-        restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(state_template)),
-                data=grain.checkpoint.CheckpointRestore(data_iterator),
-            ),
+        """Restores the newest restorable full state (sharded like `state_template`) and sets the
+        iterator's position in place.
+
+        A checkpoint that fails to restore (truncated, zeroed or missing files) is skipped for the
+        next older one, with a `CorruptCheckpointWarning` naming both, and moved to
+        `<workdir>/corrupt_checkpoints/` so later saves of that step can proceed. When none can be
+        restored (e.g. the model changed shape), raises `NoRestorableCheckpointError` and moves
+        nothing."""
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            try:
+                restored = self.latest.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract(state_template)),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    ),
+                )
+            except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+                failures.append((step, _describe(e)))
+                continue
+            if failures:
+                self._set_aside([s for s, _ in failures])
+                bad = "; ".join(f"step {s} ({why})" for s, why in failures)
+                warnings.warn(
+                    f"Checkpoint(s) in {self.latest.directory} could not be restored: {bad}. "
+                    f"Falling back to the previous good checkpoint, step {step}; the bad one(s) were "
+                    f"moved to {self._corrupt_dir()}.",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+            return restored["state"]
+        detail = "; ".join(f"step {s}: {why}" for s, why in failures) or "none found"
+        raise NoRestorableCheckpointError(
+            f"No checkpoint in {self.latest.directory} can be restored into this run's state ({detail}). "
+            "If the model, optimizer or parameter shapes changed since they were written, train in a "
+            "new --workdir."
         )
-        return restored["state"]
+
+    def _corrupt_dir(self) -> str:
+        return os.path.join(self.workdir, "corrupt_checkpoints")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            os.makedirs(self._corrupt_dir(), exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in steps:
+                src = os.path.join(str(self.latest.directory), str(step))
+                os.replace(src, os.path.join(self._corrupt_dir(), f"{step}-{stamp}"))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("fer_flax_corrupt_checkpoints_moved")
+        self.latest.reload()
 
     def best_step(self) -> int | None:
         return self.best.best_step()
@@ -141,3 +251,8 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _describe(e: Exception, limit: int = 300) -> str:
+    text = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -2,6 +2,10 @@
 
 Config overrides follow ml_collections: `--config.optim.lr=0.01`; unknown keys are rejected.
 
+Rerunning the same command resumes from the workdir's latest checkpoint. SIGTERM or Ctrl-C (SIGINT)
+finishes the current step, writes a checkpoint, prints where it stopped and exits with status 143 or
+130.
+
 Multi-process (several hosts, or one process per GPU): every process runs the same command, joined by
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the environment variables
 FER_FLAX_COORDINATOR / FER_FLAX_NUM_PROCESSES / FER_FLAX_PROCESS_ID). Under `srun` with several tasks
@@ -9,6 +13,8 @@ the three are read from SLURM; `./launch.sh` sets everything up.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -38,7 +44,12 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     # Before anything touches a device: jax.distributed must be initialised first.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except train.TrainingInterrupted as e:
+        # SIGTERM/SIGINT: a checkpoint is written and the message printed; exit 128 + signal number
+        # (143 / 130) so schedulers and shells see an interrupted job, not a finished one.
+        sys.exit(e.exit_code)
     # Only after a clean finish: the shutdown barrier waits for every process, and one that failed
     # will never arrive (its error already ends this job through the coordination service).
     parallel.shutdown_distributed()

@@ -11,6 +11,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -132,17 +134,40 @@ def _loss_and_grads(state: TrainState, batch: dict, rng: jax.Array, config: Conf
 def train_step(
     state: TrainState, batch: dict, rng: jax.Array, *, config: ConfigDict, schedule: optax.Schedule
 ) -> tuple[TrainState, dict]:
-    """One optimizer step. Randomness is `fold_in(rng, step)`, so a resumed run draws the same numbers."""
+    """One optimizer step. Randomness is `fold_in(rng, step)`, so a resumed run draws the same numbers.
+
+    The metrics include `finite` (loss and gradient norm both finite). With
+    `config.nonfinite == "skip"` a non-finite step keeps the previous parameters, optimizer state
+    and BatchNorm statistics (the step counter still advances, so the data and RNG stay aligned)."""
     step_rng = jax.random.fold_in(rng, state.step)
     loss, logits, batch_stats, grads = _loss_and_grads(state, batch, step_rng, config)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if config.nonfinite == "skip":
+
+        def keep_if_bad(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_state = new_state.replace(
+            params=keep_if_bad(new_state.params, state.params),
+            opt_state=keep_if_bad(new_state.opt_state, state.opt_state),
+            batch_stats=keep_if_bad(new_state.batch_stats, state.batch_stats),
+        )
     step_metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "learning_rate": schedule(state.step),
+        "finite": finite,
     }
     return new_state, step_metrics
+
+
+def state_is_finite(state: TrainState) -> jax.Array:
+    """Whether every floating-point leaf of the state (parameters, statistics, optimizer) is finite."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def gradients(state: TrainState, batch: dict, rng: jax.Array, *, config: ConfigDict):
@@ -198,6 +223,50 @@ def evaluate(
 # -------------------------------------------------------------------------------------- the loop
 
 
+NONFINITE_MODES = ("stop", "skip")
+
+# The settings that define a run: resuming a workdir with any of them changed is refused. Everything
+# else (num_epochs, optim.lr and the schedule, augmentation, cadence, ...) may change on a resume:
+# the change is recorded in `<workdir>/config_history.jsonl`.
+RUN_IDENTITY_KEYS = (
+    "model_name",
+    "model",
+    "seed",
+    "batch_size",
+    "optim.name",
+    "data.path",
+    "data.synthetic_train",
+    "data.synthetic_val",
+    "data.synthetic_seed",
+    "data.sampling",
+    "data.class_weights",
+)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT stopped training after a checkpoint was written; rerun the command to resume."""
+
+    def __init__(self, signum: int, step: int, checkpoint_dir: str):
+        self.signum, self.step, self.checkpoint_dir = signum, step, checkpoint_dir
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"Interrupted by {name} at step {step}; checkpoint written to {checkpoint_dir}/{step}. "
+            "Rerun the same command to resume."
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient (config.nonfinite == "stop"), or a non-finite state to be saved."""
+
+
+class IncompatibleWorkdirError(ValueError):
+    """The workdir holds a run whose defining settings differ from this config's."""
+
+
 def step_plan(config: ConfigDict, num_train: int) -> dict[str, int]:
     """All epoch <-> step arithmetic in one place."""
     steps_per_epoch = max(1, math.ceil(num_train / config.batch_size))
@@ -219,13 +288,119 @@ def _check_workdir(workdir: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise PermissionError(f"workdir {workdir!r} is not writable: {e}") from e
+        raise PermissionError(
+            f"workdir {workdir!r} is not writable ({type(e).__name__}: {e}); choose a --workdir in a "
+            "folder you can write to."
+        ) from e
+
+
+def _check_run_settings(config: ConfigDict) -> None:
+    if config.nonfinite not in NONFINITE_MODES:
+        raise ValueError(
+            f"Unknown config.nonfinite {config.nonfinite!r}; valid choices: {', '.join(NONFINITE_MODES)}"
+        )
+    if config.checkpoint_every_steps < 0:
+        raise ValueError(
+            f"config.checkpoint_every_steps={config.checkpoint_every_steps} must be >= 0 "
+            "(0: checkpoint at each evaluation only)"
+        )
+    if config.checkpoint_keep < 1:
+        raise ValueError(f"config.checkpoint_keep={config.checkpoint_keep} must be >= 1 (2 recommended)")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _json_config(config: ConfigDict) -> dict[str, Any]:
+    """The config as config.json stores it (tuples become lists), so the two compare equal."""
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (value in the workdir's config.json, value now)} for every differing key; raises
+    `IncompatibleWorkdirError` when a key of `RUN_IDENTITY_KEYS` differs. Empty for a new workdir."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        old = _flatten(json.load(f).get("config", {}))
+    new = _flatten(_json_config(config))
+    missing = object()
+    changes = {
+        k: (old.get(k, missing), new.get(k, missing))
+        for k in sorted(set(old) | set(new))
+        if old.get(k, missing) != new.get(k, missing)
+    }
+
+    def show(v):
+        return "(absent)" if v is missing else repr(v)
+
+    def defines_run(key):
+        return any(key == p or key.startswith(p + ".") for p in RUN_IDENTITY_KEYS)
+
+    refused = {k: v for k, v in changes.items() if defines_run(k)}
+    if refused:
+        lines = "\n".join(
+            f"  {k}: {show(a)} in the workdir -> {show(b)} now" for k, (a, b) in refused.items()
+        )
+        raise IncompatibleWorkdirError(
+            f"Workdir {workdir} holds a run with a different configuration; refusing to resume it:\n"
+            f"{lines}\nThese settings define a run ({', '.join(RUN_IDENTITY_KEYS)}) and cannot change "
+            "on resume; others (num_epochs, optim.lr, the schedule, augmentation, cadence, ...) can. "
+            "Use a new --workdir, or rerun with the workdir's values."
+        )
+    return {k: (None if a is missing else a, None if b is missing else b) for k, (a, b) in changes.items()}
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT handlers that ask the loop to stop at the end of the current step.
+
+    A second signal of either kind restores the previous handlers and re-delivers itself, so a
+    second Ctrl-C aborts at once. Installed only in the main thread of a single-process run:
+    multi-process, JAX's distributed runtime handles SIGTERM (pre-emption) itself."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        if self.signum is None:
+            # Only a flag: printing here could re-enter a print the main thread is in the middle of.
+            self.signum = signum
+            return
+        self._restore()
+        signal.raise_signal(signum)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-    Returns the final summary (also written to `<workdir>/summary.json`).
+    Returns the final summary (also written to `<workdir>/summary.json`). Raises
+    `TrainingInterrupted` after SIGTERM/SIGINT (a checkpoint of the last finished step is written
+    first) and `NonFiniteError` on a non-finite loss or gradient with `config.nonfinite == "stop"`.
     """
     workdir = os.path.abspath(workdir)
     _check_workdir(workdir)
@@ -233,10 +408,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     say = print if is_main else (lambda *a, **k: None)
 
     # Fail on configuration mistakes before any data is read or anything is compiled.
+    _check_run_settings(config)
     model = create_model(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh, name="batch_size")
     parallel.check_batch_divisible(config.eval_batch_size, mesh, name="eval_batch_size")
+    changes = config_changes(workdir, config)
 
     cache_dir = config.data.cache_dir or default_cache_dir(workdir)
     data = load_splits(config.data, ("train", "val"), cache_dir=cache_dir, announce=say)
@@ -266,13 +443,24 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
     )
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
     start_step = 0
     if ckpt.latest_step() is not None:
         state = ckpt.restore_latest(state, train_iter)
         start_step = int(jax.device_get(state.step))
-        say(f"Resumed from {workdir}/checkpoints/{start_step} (step {start_step} of {total_steps}).")
+        say(f"Resumed from {checkpoint_dir}/{start_step} (step {start_step} of {total_steps}).")
+    if is_main:
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start_step)
 
     if is_main:
+        if changes:
+            say(
+                "Settings changed since this workdir's last run (recorded in config_history.jsonl): "
+                + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            )
+            with open(os.path.join(workdir, "config_history.jsonl"), "a") as f:
+                record = {"time": time.time(), "resumed_at_step": start_step, "changes": changes}
+                f.write(json.dumps(record, default=str) + "\n")
         with open(os.path.join(workdir, "config.json"), "w") as f:
             resolved = {
                 "config": config.to_dict(),
@@ -299,90 +487,138 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     p_eval_step = jax.jit(eval_step)
     p_gradients = jax.jit(functools.partial(gradients, config=config))
     p_predict = jax.jit(predict_step)
+    p_state_is_finite = jax.jit(state_is_finite)
+    step = start_step
+
+    def eval_step_with_test_hook(state, batch):
+        out = p_eval_step(state, batch)
+        checkpoint_lib.maybe_kill_for_test("eval", step)
+        return out
+
     run_eval = functools.partial(
-        evaluate, p_eval_step, split=val_split, batch_size=config.eval_batch_size, mesh=mesh
+        evaluate, eval_step_with_test_hook, split=val_split, batch_size=config.eval_batch_size, mesh=mesh
     )
 
     progress = tracking.ProgressBar(total_steps, config.batch_size, enabled=config.progress_bar)
     progress.start(start_step)
-    pending: list[dict] = []
+    pending: list[tuple[int, dict]] = []
     window_start, window_steps = time.perf_counter(), 0
     train_seconds = 0.0
+    skipped_updates = 0
     val_metrics: dict[str, float] | None = None
-    best = {"accuracy": -1.0, "step": None}
-    for step in range(start_step + 1, total_steps + 1):
-        local_batch = next(train_iter)
-        batch = parallel.to_global_batch(local_batch, mesh)
-        # The gradient pass is a collective, so every process runs it whenever wandb is on (process 0
-        # logs); with wandb disabled nothing would receive the histograms, so skip the work.
-        log_histograms = config.wandb.mode != "disabled" and config.wandb.histogram_every_steps
-        if log_histograms and step % config.wandb.histogram_every_steps == 0:
-            grads = p_gradients(state, batch, train_rng)
-            writer.log_histograms(step, {"params": state.params, "grads": grads})
-        state, step_metrics = p_train_step(state, batch, train_rng)
-        pending.append(step_metrics)
-        window_steps += 1
+    every = config.checkpoint_every_steps
 
-        if step % config.log_every_steps == 0 or step == total_steps:
-            fetched = jax.device_get(pending)
-            pending = []
-            elapsed = time.perf_counter() - window_start
-            train_seconds += elapsed
-            summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            if not np.isfinite(summary["loss"]):
-                raise FloatingPointError(
-                    f"Non-finite training loss {summary['loss']} at step {step}; last checkpoint: "
-                    f"{ckpt.latest_step()} in {workdir}/checkpoints"
-                )
-            summary["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
-            summary["epoch"] = step / plan["steps_per_epoch"]
-            writer.write(step, {f"train/{k}": v for k, v in summary.items()})
-            progress.update(step, f"loss {summary['loss']:.3f}")
-            window_start, window_steps = time.perf_counter(), 0
-        else:
-            progress.update(step)
-
-        if step % plan["eval_every_steps"] == 0 or step == total_steps:
-            jax.block_until_ready(state)
-            train_seconds += time.perf_counter() - window_start
-            val_metrics = run_eval(state)
-            if val_metrics["accuracy"] > best["accuracy"]:
-                best = {"accuracy": val_metrics["accuracy"], "step": step}
-            writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
-            if config.wandb.mode != "disabled":  # wandb: confusion matrix and sample predictions
-                samples = val_split.images[:16, :, :, None]
-                # Every process runs the (collective) prediction; only process 0 logs.
-                predictions = np.asarray(p_predict(state, samples))
-                writer.log_evaluation_media(
-                    step,
-                    confusion=val_metrics["confusion"],
-                    images=samples,
-                    labels=val_split.labels[:16],
-                    predictions=predictions,
-                )
-            progress.pause()
-            say(
-                f"step {step}/{total_steps} (epoch {step / plan['steps_per_epoch']:.2f}): "
-                f"val accuracy {val_metrics['accuracy']:.4f}, "
-                f"balanced {val_metrics['balanced_accuracy']:.4f}, "
-                f"macro-F1 {val_metrics['macro_f1']:.4f}, loss {val_metrics['loss']:.4f}"
+    def flush_train_metrics(step: int) -> None:
+        """Fetches the metrics of the steps since the last record, stops on a non-finite step
+        (nonfinite == "stop") and writes one record: means over the finite steps."""
+        nonlocal pending, window_start, window_steps, train_seconds, skipped_updates
+        fetched = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
+        pending = []
+        bad = [i for i, m in enumerate(fetched) if not m["finite"]]
+        if bad and config.nonfinite == "stop":
+            first = fetched[bad[0]]
+            raise NonFiniteError(
+                f"Non-finite training loss ({float(first['loss'])}) or gradient norm "
+                f"({float(first['grad_norm'])}) at step {steps[bad[0]]}. Last good checkpoint: "
+                f"{_last_good(ckpt, checkpoint_dir)} (nothing later was saved). Lower the learning "
+                "rate or set --config.nonfinite=skip to skip such updates."
             )
-            ckpt.save(step, state, train_iter, val_metrics=val_metrics)
-            window_start, window_steps = time.perf_counter(), 0
+        skipped_updates += len(bad)
+        elapsed = time.perf_counter() - window_start
+        train_seconds += elapsed
+        good = [m for m in fetched if m["finite"]] or fetched
+        summary = {k: float(np.mean([m[k] for m in good])) for k in fetched[0] if k != "finite"}
+        summary["skipped_updates"] = len(bad)
+        summary["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
+        summary["epoch"] = step / plan["steps_per_epoch"]
+        writer.write(step, {f"train/{k}": v for k, v in summary.items()})
+        progress.update(step, f"loss {summary['loss']:.3f}")
+        window_start, window_steps = time.perf_counter(), 0
 
-    ckpt.wait_until_finished()
+    def save(step: int, state: TrainState, val_metrics: dict | None) -> None:
+        if not bool(p_state_is_finite(state)):
+            raise NonFiniteError(
+                f"Refusing to checkpoint a non-finite state at step {step}. Last good checkpoint: "
+                f"{_last_good(ckpt, checkpoint_dir)}."
+            )
+        ckpt.save(step, state, train_iter, val_metrics=val_metrics)
+
+    try:
+        with _StopRequest() as stop:
+            for step in range(start_step + 1, total_steps + 1):
+                local_batch = next(train_iter)
+                batch = parallel.to_global_batch(local_batch, mesh)
+                # The gradient pass is a collective, so every process runs it whenever wandb is on
+                # (process 0 logs); with wandb disabled nothing would receive the histograms.
+                log_histograms = config.wandb.mode != "disabled" and config.wandb.histogram_every_steps
+                if log_histograms and step % config.wandb.histogram_every_steps == 0:
+                    grads = p_gradients(state, batch, train_rng)
+                    writer.log_histograms(step, {"params": state.params, "grads": grads})
+                state, step_metrics = p_train_step(state, batch, train_rng)
+                pending.append((step, step_metrics))
+                window_steps += 1
+                checkpoint_lib.maybe_kill_for_test("step", step)
+
+                is_eval = step % plan["eval_every_steps"] == 0 or step == total_steps
+                is_checkpoint = is_eval or (every > 0 and step % every == 0)
+                stopping = stop.signum is not None
+                # A record at every checkpoint too: the metric windows then depend on the step
+                # alone, so a run resumed from any checkpoint logs exactly what an uninterrupted
+                # one does.
+                if step % config.log_every_steps == 0 or step == total_steps or is_checkpoint or stopping:
+                    flush_train_metrics(step)
+                else:
+                    progress.update(step)
+
+                if is_eval:
+                    jax.block_until_ready(state)
+                    train_seconds += time.perf_counter() - window_start
+                    val_metrics = run_eval(state)
+                    writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
+                    if config.wandb.mode != "disabled":  # wandb: confusion matrix, sample predictions
+                        samples = val_split.images[:16, :, :, None]
+                        # Every process runs the (collective) prediction; only process 0 logs.
+                        predictions = np.asarray(p_predict(state, samples))
+                        writer.log_evaluation_media(
+                            step,
+                            confusion=val_metrics["confusion"],
+                            images=samples,
+                            labels=val_split.labels[:16],
+                            predictions=predictions,
+                        )
+                    progress.pause()
+                    say(
+                        f"step {step}/{total_steps} (epoch {step / plan['steps_per_epoch']:.2f}): "
+                        f"val accuracy {val_metrics['accuracy']:.4f}, "
+                        f"balanced {val_metrics['balanced_accuracy']:.4f}, "
+                        f"macro-F1 {val_metrics['macro_f1']:.4f}, loss {val_metrics['loss']:.4f}"
+                    )
+                if is_checkpoint or stopping:
+                    save(step, state, val_metrics if is_eval else None)
+                    window_start, window_steps = time.perf_counter(), 0
+                if stopping:
+                    ckpt.wait_until_finished()
+                    interrupted = TrainingInterrupted(stop.signum, step, checkpoint_dir)
+                    progress.pause()
+                    say(str(interrupted))
+                    raise interrupted
+    finally:
+        # Whatever ends the loop, a save already under way (of a good state) is completed.
+        ckpt.wait_until_finished()
+
     if val_metrics is None:  # resumed a finished run: report what its checkpoint gives
         val_metrics = run_eval(state)
-    if ckpt.best_step() is not None and best["step"] is None:
-        best = {"accuracy": None, "step": ckpt.best_step()}
+    best_step = ckpt.best_step()
     summary = {
         "model_name": config.model_name,
         "variant": config.model.variant,
         "num_params": num_params,
         "final_step": int(jax.device_get(state.step)),
         "final_val": val_metrics,
-        "best_val_accuracy": best["accuracy"],
-        "best_step": ckpt.best_step(),
+        "best_val_accuracy": _best_accuracy(workdir, best_step) if is_main else None,
+        "best_step": best_step,
+        "skipped_updates_this_run": skipped_updates,
         "train_seconds_this_run": train_seconds,
         "data_path": config.data.path,
     }
@@ -397,6 +633,44 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
     ckpt.close()
     return summary
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Drops the records a killed run wrote after its last checkpoint (they are about to be recomputed)
+    and any line a kill cut short, so metrics.jsonl reads as if the run had never stopped."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        lines = f.readlines()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and isinstance(record, dict) and record.get("step", 0) <= last_step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+
+def _last_good(ckpt: checkpoint_lib.Checkpointer, checkpoint_dir: str) -> str:
+    step = ckpt.latest_step()
+    return "none (no checkpoint was written)" if step is None else f"{checkpoint_dir}/{step}"
+
+
+def _best_accuracy(workdir: str, best_step: int | None) -> float | None:
+    """The validation accuracy logged for the best checkpoint (the last record of that step)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if best_step is None or not os.path.exists(path):
+        return None
+    for record in tracking.read_metrics(path):
+        if record["step"] == best_step and "val/accuracy" in record:
+            return record["val/accuracy"]
+    return None
 
 
 def _plot_curves(workdir: str, title: str, say) -> None:

@@ -198,7 +198,7 @@ ROW_ERRORS = [
     ("1," + _with_pixel(6, "256") + ",Training", "pixel 7 = 256 is outside 0..255"),
     ("1," + _with_pixel(6, "-1") + ",Training", "pixel 7 = -1 is outside 0..255"),
     # 2**64 + 5 would wrap to 5 in a fixed-width parse; it must be reported, not read as 5.
-    ("1," + _with_pixel(2303, str(2**64 + 5)) + ",Training", f"pixel 2304 = {2**64 + 5} is"),
+    ("1," + _with_pixel(2303, str(2**64 + 5)) + ",Training", f"pixel 2304 = '{2**64 + 5}' is outside"),
     ("1," + " ".join(_GOOD) + ",Validation", "unknown Usage 'Validation'; valid: Training, Pub"),
     ("1," + " ".join(_GOOD) + ",", "unknown Usage ''"),
 ]

@@ -267,13 +267,22 @@ def _check_header(path: Path, first: bytes) -> None:
     raise FERDataError(path, problem, line=1)
 
 
+def _small_int(token: bytes) -> int | None:
+    """The value of an integer token, or None when it has more than 9 significant digits (far out
+    of any range here; `int()` would even refuse one of over 4300 digits)."""
+    sign = -1 if token.startswith(b"-") else 1
+    digits = token.lstrip(b"+-").lstrip(b"0") or b"0"
+    return None if len(digits) > 9 else sign * int(digits)
+
+
 def _parse_label(path: Path, field: bytes, line_no: int) -> int:
     token = field.strip()
     if not _INT_TOKEN.fullmatch(token):
         raise FERDataError(path, f"label {_quote(token)} is not an integer", line=line_no)
-    label = int(token)
-    if not 0 <= label < NUM_CLASSES:
-        raise FERDataError(path, f"label {label} is outside 0..{NUM_CLASSES - 1}", line=line_no)
+    label = _small_int(token)
+    if label is None or not 0 <= label < NUM_CLASSES:
+        shown = _quote(token) if label is None else label
+        raise FERDataError(path, f"label {shown} is outside 0..{NUM_CLASSES - 1}", line=line_no)
     return label
 
 
@@ -301,9 +310,10 @@ def _parse_pixels_slow(path: Path, field: bytes, line_no: int) -> np.ndarray:
     for i, token in enumerate(tokens):
         if not _INT_TOKEN.fullmatch(token):
             raise FERDataError(path, f"pixel {i + 1} is not an integer: {_quote(token)}", line=line_no)
-        value = int(token)
-        if not 0 <= value <= 255:
-            raise FERDataError(path, f"pixel {i + 1} = {value} is outside 0..255", line=line_no)
+        value = _small_int(token)
+        if value is None or not 0 <= value <= 255:
+            shown = _quote(token) if value is None else value
+            raise FERDataError(path, f"pixel {i + 1} = {shown} is outside 0..255", line=line_no)
         out[i] = value
     return out
 
@@ -363,12 +373,15 @@ class _ImageCollector:
     def _decode(self, rel: str, data: bytes) -> np.ndarray:
         try:
             with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                size, mode = im.size, im.mode
+                # The size is known from the header: checking it before decoding means a corrupt
+                # header claiming a huge image is rejected without decoding (or allocating) it.
+                size = im.size
                 if size != (IMAGE_SIZE, IMAGE_SIZE):
                     raise self._error(
                         rel, f"image is {size[0]}x{size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
                     )
+                im.load()
+                mode = im.mode
                 if mode == "L":
                     return np.asarray(im, dtype=np.uint8)
                 if mode not in ("RGB", "RGBA", "LA", "P", "1"):
