@@ -12,12 +12,9 @@ import pytest
 from configs import beefy as beefy_config
 from fer_flax import models
 from fer_flax.models import beefy
+from tests.model_helpers import conv_bn_params, count_params, init_shapes, init_variables
 
 SMALLEST = next(iter(beefy.VARIANTS))
-
-
-def _conv_bn(cin: int, cout: int, k: int) -> int:
-    return k * k * cin * cout + 2 * cout  # bias-free conv + BatchNorm scale and shift
 
 
 def _expected_params(
@@ -34,37 +31,25 @@ def _expected_params(
     blocks = (
         (blocks_per_stage,) * num_stages if isinstance(blocks_per_stage, int) else tuple(blocks_per_stage)
     )
-    n = _conv_bn(1, width, 3)  # widen conv of stage 1
+    n = conv_bn_params(1, width, 3)  # widen conv of stage 1
     cin, size = width, 48
     for i in range(num_stages):
         w = width * 2**i
         if i > 0:
             size //= 2
             if downsample == "maxpool":
-                n += _conv_bn(cin, w, 3)  # widen conv before the pool
+                n += conv_bn_params(cin, w, 3)  # widen conv before the pool
                 cin = w
         for _ in range(blocks[i]):
-            n += _conv_bn(cin, w, 3) + _conv_bn(w, w, 3)
+            n += conv_bn_params(cin, w, 3) + conv_bn_params(w, w, 3)
             if cin != w:
-                n += _conv_bn(cin, w, 1)  # projection skip of a strided block
+                n += conv_bn_params(cin, w, 1)  # projection skip of a strided block
             cin = w
     features = cin if pooling == "avg" else cin * size * size
     for h in head_widths:
         n += features * h + 2 * h  # bias-free Dense + BatchNorm
         features = h
     return n + features * num_classes + num_classes
-
-
-def _count(tree) -> int:
-    return sum(leaf.size for leaf in jax.tree.leaves(tree))
-
-
-def _init(model, x):
-    return model.init({"params": jax.random.key(0)}, x, train=False)
-
-
-def _init_shapes(model):
-    return jax.eval_shape(lambda x: _init(model, x), jnp.zeros((1, 48, 48, 1)))
 
 
 def test_smallest_variant_param_counts_by_hand():
@@ -80,30 +65,31 @@ def test_smallest_variant_param_counts_by_hand():
     #   total                                                        515_943
     assert SMALLEST == "small"
     model = models.create_model("beefy", variant=SMALLEST)
-    assert _count(_init_shapes(model)["params"]) == 515_943
+    assert count_params(init_shapes(model)["params"]) == 515_943
     # Strided downsampling drops the widen convs and adds a strided first block with a 1×1 skip:
     #   stage2 block  3*3*32*64 + 3*3*64*64 = 55296 + 2 BN 256 + proj 32*64 = 2048 + BN 128 =  57_728
     #   stage3 block  3*3*64*128 + 3*3*128*128 = 221184 + 512 + proj 8192 + 256             = 230_144
     #   total  352 + 18_560 + 57_728 + 230_144 + 33_280 + 1_799                             = 341_863
     model = models.create_model("beefy", variant=SMALLEST, downsample="strided")
-    assert _count(_init_shapes(model)["params"]) == 341_863
+    assert count_params(init_shapes(model)["params"]) == 341_863
     # Flattening the final 12×12×128 map instead of pooling it: the head Dense grows from 128*256 to
     # 12*12*128*256 = 4_718_592 weights, so 515_943 - 32_768 + 4_718_592 = 5_201_767.
     model = models.create_model("beefy", variant=SMALLEST, pooling="flatten")
-    assert _count(_init_shapes(model)["params"]) == 5_201_767
+    assert count_params(init_shapes(model)["params"]) == 5_201_767
 
 
 @pytest.mark.parametrize("variant", list(beefy.VARIANTS))
 def test_variant_param_count_matches_architecture(variant):
     model = models.create_model("beefy", variant=variant)
-    shapes = _init_shapes(model)
-    assert _count(shapes["params"]) == _expected_params(**beefy.VARIANTS[variant])
+    shapes = init_shapes(model)
+    assert count_params(shapes["params"]) == _expected_params(**beefy.VARIANTS[variant])
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes["params"]))
 
 
 def test_variants_are_ordered_and_sized_as_documented():
     counts = {
-        v: _count(_init_shapes(models.create_model("beefy", variant=v))["params"]) for v in beefy.VARIANTS
+        v: count_params(init_shapes(models.create_model("beefy", variant=v))["params"])
+        for v in beefy.VARIANTS
     }
     assert list(counts.values()) == sorted(counts.values())
     assert counts["small"] < 1_000_000
@@ -127,7 +113,7 @@ def test_every_variant_traces_both_modes(variant):
     model = models.create_model("beefy", variant=variant)
     x = jnp.zeros((2, 48, 48, 1))
     (eval_logits, eval_aux), (train_logits, train_aux), state = jax.eval_shape(
-        lambda x: _forward_both_modes(model, _init(model, x), x, jax.random.key(2)), x
+        lambda x: _forward_both_modes(model, init_variables(model, x), x, jax.random.key(2)), x
     )
     for logits in (eval_logits, train_logits):
         assert logits.shape == (2, 7)
@@ -140,7 +126,7 @@ def test_every_variant_traces_both_modes(variant):
 def smallest():
     """The smallest variant initialised for real once (compiling init dominates this file's time)."""
     model = models.create_model("beefy", variant=SMALLEST)
-    variables = jax.jit(lambda x: _init(model, x))(jnp.zeros((2, 48, 48, 1)))
+    variables = jax.jit(lambda x: init_variables(model, x))(jnp.zeros((2, 48, 48, 1)))
     return model, variables
 
 
@@ -175,7 +161,7 @@ def test_downsampling_halves_resolution_per_stage(downsample):
 
     def features(x):
         _, state = model.apply(
-            _init(model, x), x, train=False, capture_intermediates=True, mutable=["intermediates"]
+            init_variables(model, x), x, train=False, capture_intermediates=True, mutable=["intermediates"]
         )
         return state["intermediates"]
 
@@ -189,10 +175,10 @@ def test_downsampling_halves_resolution_per_stage(downsample):
 def test_options_activation_and_per_stage_blocks():
     x = jnp.zeros((1, 48, 48, 1))
     model = models.create_model("beefy", variant=SMALLEST, activation="gelu", blocks_per_stage=(1, 2, 3))
-    shapes = jax.eval_shape(lambda x: _init(model, x), x)
+    shapes = jax.eval_shape(lambda x: init_variables(model, x), x)
     assert "stage3_block3" in shapes["params"] and "stage1_block2" not in shapes["params"]
     expected = _expected_params(**{**beefy.VARIANTS[SMALLEST], "blocks_per_stage": (1, 2, 3)})
-    assert _count(shapes["params"]) == expected
+    assert count_params(shapes["params"]) == expected
 
 
 @pytest.mark.parametrize(
@@ -208,7 +194,7 @@ def test_rejects_bad_options(override, match):
     model = models.create_model("beefy", variant=SMALLEST, **override)
     x = jnp.zeros((1, 48, 48, 1))
     with pytest.raises(ValueError, match=match):
-        jax.eval_shape(lambda x: _init(model, x), x)
+        jax.eval_shape(lambda x: init_variables(model, x), x)
 
 
 def test_rejects_unknown_variant():
@@ -221,7 +207,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_logits():
     x = jnp.zeros((2, 48, 48, 1))
 
     def run(x):
-        variables = _init(model, x)
+        variables = init_variables(model, x)
         out, state = model.apply(
             variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
         )

@@ -12,42 +12,27 @@ import pytest
 from configs import resnet18, resnet34, resnet_complex
 from fer_flax import models
 from fer_flax.models import resnet
+from tests.model_helpers import conv_bn_params, count_params, init_shapes, init_variables
 
 SMALLEST = next(iter(resnet.VARIANTS))
-
-
-def _conv_bn(cin: int, cout: int, k: int) -> int:
-    return k * k * cin * cout + 2 * cout  # bias-free conv + BatchNorm scale and shift
 
 
 def _expected_params(
     stage_sizes, widths=(64, 128, 256, 512), stem="s1", head_widths=(), num_classes=7, **_
 ) -> int:
     """Parameter count re-derived from the module docstring, independently of the module code."""
-    n = _conv_bn(1, widths[0], 7 if stem == "imagenet" else 3)
+    n = conv_bn_params(1, widths[0], 7 if stem == "imagenet" else 3)
     cin = widths[0]
     for i, (blocks, width) in enumerate(zip(stage_sizes, widths, strict=True)):
         for j in range(blocks):
-            n += _conv_bn(cin, width, 3) + _conv_bn(width, width, 3)
+            n += conv_bn_params(cin, width, 3) + conv_bn_params(width, width, 3)
             if cin != width or (i > 0 and j == 0):
-                n += _conv_bn(cin, width, 1)  # projection shortcut
+                n += conv_bn_params(cin, width, 1)  # projection shortcut
             cin = width
     for h in head_widths:
         n += cin * h + 2 * h  # bias-free Dense + BatchNorm
         cin = h
     return n + cin * num_classes + num_classes
-
-
-def _count(tree) -> int:
-    return sum(leaf.size for leaf in jax.tree.leaves(tree))
-
-
-def _init(model, x):
-    return model.init({"params": jax.random.key(0)}, x, train=False)
-
-
-def _init_shapes(model):
-    return jax.eval_shape(lambda x: _init(model, x), jnp.zeros((1, 48, 48, 1)))
 
 
 def test_smallest_variant_param_count_by_hand():
@@ -61,7 +46,7 @@ def test_smallest_variant_param_count_by_hand():
     #   total                                                                               1_227_623
     assert SMALLEST == "resnet10_half"
     model = models.create_model("resnet", variant=SMALLEST)
-    assert _count(_init_shapes(model)["params"]) == 1_227_623
+    assert count_params(init_shapes(model)["params"]) == 1_227_623
 
 
 def test_resnet18_and_34_match_torchvision_counts():
@@ -71,14 +56,14 @@ def test_resnet18_and_34_match_torchvision_counts():
     # ResNet-34 likewise: 21_797_672 - 9408 - 513_000 + 576 + 3591 = 21_279_431.
     for variant, expected in (("resnet18", 11_171_271), ("resnet34", 21_279_431)):
         model = models.create_model("resnet", variant=variant)
-        assert _count(_init_shapes(model)["params"]) == expected
+        assert count_params(init_shapes(model)["params"]) == expected
 
 
 @pytest.mark.parametrize("variant", list(resnet.VARIANTS))
 def test_variant_param_count_matches_architecture(variant):
     model = models.create_model("resnet", variant=variant)
-    shapes = _init_shapes(model)
-    assert _count(shapes["params"]) == _expected_params(**resnet.VARIANTS[variant])
+    shapes = init_shapes(model)
+    assert count_params(shapes["params"]) == _expected_params(**resnet.VARIANTS[variant])
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes["params"]))
 
 
@@ -92,7 +77,9 @@ def smallest():
     model = models.create_model("resnet", variant=SMALLEST)
     zero_model = models.create_model("resnet", variant=SMALLEST, zero_init_residual=True)
     x = jnp.zeros((2, 48, 48, 1))
-    variables, zero_variables = jax.jit(lambda x: (_init(model, x), _init(zero_model, x)))(x)
+    variables, zero_variables = jax.jit(lambda x: (init_variables(model, x), init_variables(zero_model, x)))(
+        x
+    )
     return model, variables, zero_model, zero_variables
 
 
@@ -110,7 +97,7 @@ def test_every_variant_traces_both_modes(variant):
     model = models.create_model("resnet", variant=variant)
     x = jnp.zeros((2, 48, 48, 1))
     (eval_logits, eval_aux), (train_logits, train_aux), state = jax.eval_shape(
-        lambda x: _forward_both_modes(model, _init(model, x), x), x
+        lambda x: _forward_both_modes(model, init_variables(model, x), x), x
     )
     for logits in (eval_logits, train_logits):
         assert logits.shape == (2, 7)
@@ -143,7 +130,7 @@ def test_stem_sets_stage_resolutions(stem, first, last):
     x = jnp.zeros((1, 48, 48, 1))
 
     def features(x):
-        variables = _init(model, x)
+        variables = init_variables(model, x)
         _, state = model.apply(
             variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
         )
@@ -156,7 +143,7 @@ def test_stem_sets_stage_resolutions(stem, first, last):
 
 def test_complex_head_layers():
     model = models.create_model("resnet", variant="resnet18_complex")
-    params = _init_shapes(model)["params"]
+    params = init_shapes(model)["params"]
     assert params["head_dense_0"]["kernel"].shape == (512, 512)
     assert params["head_dense_1"]["kernel"].shape == (512, 256)
     assert "bias" not in params["head_dense_0"]  # BatchNorm follows
@@ -198,7 +185,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_logits():
     x = jnp.zeros((2, 48, 48, 1))
 
     def run(x):
-        variables = _init(model, x)
+        variables = init_variables(model, x)
         out, state = model.apply(
             variables, x, train=False, capture_intermediates=True, mutable=["intermediates"]
         )
@@ -217,10 +204,10 @@ def test_rejects_unknown_variant_and_options():
     x = jnp.zeros((1, 48, 48, 1))
     model = models.create_model("resnet", variant=SMALLEST, stem="7x7")
     with pytest.raises(ValueError, match="stem"):
-        jax.eval_shape(lambda x: _init(model, x), x)
+        jax.eval_shape(lambda x: init_variables(model, x), x)
     model = models.create_model("resnet", variant=SMALLEST, stage_sizes=(1, 1, 1))
     with pytest.raises(ValueError, match="same length"):
-        jax.eval_shape(lambda x: _init(model, x), x)
+        jax.eval_shape(lambda x: init_variables(model, x), x)
 
 
 @pytest.mark.parametrize(

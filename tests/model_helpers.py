@@ -1,0 +1,24 @@
+"""Helpers the per-family model tests share (not a test module)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def conv_bn_params(cin: int, cout: int, k: int) -> int:
+    """Parameters of a bias-free k×k conv followed by BatchNorm (scale and shift)."""
+    return k * k * cin * cout + 2 * cout
+
+
+def count_params(tree) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+
+def init_variables(model, x):
+    return model.init({"params": jax.random.key(0)}, x, train=False)
+
+
+def init_shapes(model):
+    """The variables' shapes and dtypes for a 48×48 input, without computing anything."""
+    return jax.eval_shape(lambda x: init_variables(model, x), jnp.zeros((1, 48, 48, 1)))
