@@ -32,6 +32,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_flax.models.layers import batch_norm, he_normal_fan_out
+
 ACTIVATIONS: dict[str, Callable] = {
     "relu": nn.relu,
     "gelu": nn.gelu,
@@ -41,13 +43,6 @@ ACTIVATIONS: dict[str, Callable] = {
 }
 DOWNSAMPLES: tuple[str, ...] = ("maxpool", "strided")
 POOLINGS: tuple[str, ...] = ("avg", "flatten")
-
-# He initialisation suits ReLU-family convs.
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
 
 
 class ConvBNAct(nn.Module):
@@ -60,9 +55,9 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         x = nn.Conv(
-            self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init, dtype=self.dtype
+            self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_out, dtype=self.dtype
         )(x)
-        return ACTIVATIONS[self.activation](_batch_norm(train, self.dtype)(x))
+        return ACTIVATIONS[self.activation](batch_norm(train, self.dtype)(x))
 
 
 class ResidualBlock(nn.Module):
@@ -84,25 +79,25 @@ class ResidualBlock(nn.Module):
             strides=s,
             padding=1,
             use_bias=False,
-            kernel_init=_conv_init,
+            kernel_init=he_normal_fan_out,
             dtype=self.dtype,
         )(x)
-        y = act(_batch_norm(train, self.dtype)(y))
+        y = act(batch_norm(train, self.dtype)(y))
         y = nn.Conv(
-            self.features, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init, dtype=self.dtype
+            self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_out, dtype=self.dtype
         )(y)
-        y = _batch_norm(train, self.dtype)(y)
+        y = batch_norm(train, self.dtype)(y)
         if x.shape[-1] != self.features or self.strides != 1:
             x = nn.Conv(
                 self.features,
                 (1, 1),
                 strides=s,
                 use_bias=False,
-                kernel_init=_conv_init,
+                kernel_init=he_normal_fan_out,
                 dtype=self.dtype,
                 name="proj_conv",
             )(x)
-            x = _batch_norm(train, self.dtype, name="proj_bn")(x)
+            x = batch_norm(train, self.dtype, name="proj_bn")(x)
         y = act(x + y)
         return nn.Dropout(self.dropout, deterministic=not train)(y)
 
@@ -168,7 +163,7 @@ class BeefyModel(nn.Module):
         x = jnp.mean(x, axis=(1, 2)) if self.pooling == "avg" else x.reshape((x.shape[0], -1))
         for k, features in enumerate(self.head_widths):
             x = nn.Dense(features, use_bias=False, dtype=self.dtype, name=f"head_dense_{k}")(x)
-            x = act(_batch_norm(train, self.dtype, name=f"head_bn_{k}")(x))
+            x = act(batch_norm(train, self.dtype, name=f"head_bn_{k}")(x))
             x = nn.Dropout(self.head_dropout, deterministic=not train)(x)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
         return logits.astype(jnp.float32), {}

@@ -13,6 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_flax.models.layers import batch_norm
+
 
 class PlainCNN(nn.Module):
     num_classes: int = 7
@@ -31,7 +33,7 @@ class PlainCNN(nn.Module):
                 # A bias right before BatchNorm is redundant (and its gradient is pure rounding noise).
                 x = nn.Conv(width, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype)(x)
                 if self.batch_norm:
-                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+                    x = batch_norm(train, self.dtype)(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))

@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_flax.models.layers import batch_norm
+
 # Table 1 of the paper: (#1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj) per inception module, in
 # stage order; a 3×3/2 max-pool separates the stages. Output channels = #1×1 + #3×3 + #5×5 + pool proj:
 # 3a 256, 3b 480 | 4a 512, 4b 512, 4c 512, 4d 528, 4e 832 | 5a 832, 5b 1024.
@@ -137,7 +139,7 @@ class ConvUnit(nn.Module):
             name="conv",
         )(x)
         if self.batch_norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="bn")(x)
+            x = batch_norm(train, self.dtype, name="bn")(x)
         return nn.relu(x)
 
 

@@ -26,10 +26,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-STEMS: tuple[str, ...] = ("s1", "s2", "imagenet")
+from fer_flax.models.layers import batch_norm, he_normal_fan_out
 
-# He initialisation (fan-out, as torchvision's ResNets) suits the ReLU convs.
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+STEMS: tuple[str, ...] = ("s1", "s2", "imagenet")
 
 
 class BasicBlock(nn.Module):
@@ -49,19 +48,13 @@ class BasicBlock(nn.Module):
                 strides=strides,
                 padding=padding,
                 use_bias=False,  # BatchNorm follows every conv
-                kernel_init=_conv_init,
+                kernel_init=he_normal_fan_out,
                 dtype=self.dtype,
                 name=name,
             )
 
         def norm(name, scale_init=nn.initializers.ones):
-            return nn.BatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                scale_init=scale_init,
-                dtype=self.dtype,
-                name=name,
-            )
+            return batch_norm(train, self.dtype, name=name, scale_init=scale_init)
 
         s = (self.strides, self.strides)
         y = conv(self.features, (3, 3), s, ((1, 1), (1, 1)), "conv_0")(x)
@@ -107,11 +100,11 @@ class ResNet(nn.Module):
             strides=strides,
             padding=padding,
             use_bias=False,
-            kernel_init=_conv_init,
+            kernel_init=he_normal_fan_out,
             dtype=self.dtype,
             name="stem_conv",
         )(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="stem_bn")(x)
+        x = batch_norm(train, self.dtype, name="stem_bn")(x)
         x = nn.relu(x)
         if self.stem == "imagenet":
             # Explicit padding 1 (with -inf) as in torchvision: 24×24 → 12×12.
