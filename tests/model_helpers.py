@@ -22,3 +22,12 @@ def init_variables(model, x):
 def init_shapes(model):
     """The variables' shapes and dtypes for a 48×48 input, without computing anything."""
     return jax.eval_shape(lambda x: init_variables(model, x), jnp.zeros((1, 48, 48, 1)))
+
+
+def mlp_head_params(features: int, head_widths, num_classes: int) -> int:
+    """Parameters of (bias-free Dense → BatchNorm) per hidden width, then the Dense classifier."""
+    n = 0
+    for h in head_widths:
+        n += features * h + 2 * h
+        features = h
+    return n + features * num_classes + num_classes

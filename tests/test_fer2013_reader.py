@@ -17,8 +17,8 @@ from fer_flax.data import cache, fer2013
 from fer_flax.data.cache import load_fer2013_cached
 from fer_flax.data.fer2013 import read_fer2013
 from fer_flax.data.splits import CLASS_NAMES, FERDataError
+from tests.conftest import REAL_DATA_DIR as REAL_DATA
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/fer2013"
 HEADER = "emotion,pixels,Usage"
 
 

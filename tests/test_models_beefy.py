@@ -12,7 +12,13 @@ import pytest
 from configs import beefy as beefy_config
 from fer_flax import models
 from fer_flax.models import beefy
-from tests.model_helpers import conv_bn_params, count_params, init_shapes, init_variables
+from tests.model_helpers import (
+    conv_bn_params,
+    count_params,
+    init_shapes,
+    init_variables,
+    mlp_head_params,
+)
 
 SMALLEST = next(iter(beefy.VARIANTS))
 
@@ -46,10 +52,7 @@ def _expected_params(
                 n += conv_bn_params(cin, w, 1)  # projection skip of a strided block
             cin = w
     features = cin if pooling == "avg" else cin * size * size
-    for h in head_widths:
-        n += features * h + 2 * h  # bias-free Dense + BatchNorm
-        features = h
-    return n + features * num_classes + num_classes
+    return n + mlp_head_params(features, head_widths, num_classes)
 
 
 def test_smallest_variant_param_counts_by_hand():

@@ -12,7 +12,13 @@ import pytest
 from configs import resnet18, resnet34, resnet_complex
 from fer_flax import models
 from fer_flax.models import resnet
-from tests.model_helpers import conv_bn_params, count_params, init_shapes, init_variables
+from tests.model_helpers import (
+    conv_bn_params,
+    count_params,
+    init_shapes,
+    init_variables,
+    mlp_head_params,
+)
 
 SMALLEST = next(iter(resnet.VARIANTS))
 
@@ -29,10 +35,7 @@ def _expected_params(
             if cin != width or (i > 0 and j == 0):
                 n += conv_bn_params(cin, width, 1)  # projection shortcut
             cin = width
-    for h in head_widths:
-        n += cin * h + 2 * h  # bias-free Dense + BatchNorm
-        cin = h
-    return n + cin * num_classes + num_classes
+    return n + mlp_head_params(cin, head_widths, num_classes)
 
 
 def test_smallest_variant_param_count_by_hand():
