@@ -44,8 +44,10 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     # Before anything touches a device: jax.distributed must be initialised first.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    config = _CONFIG.value
+    parallel.configure_cpu_devices(config.cpu_devices, (config.batch_size, config.eval_batch_size))
     try:
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train.train_and_evaluate(config, _WORKDIR.value)
     except train.TrainingInterrupted as e:
         # SIGTERM/SIGINT: a checkpoint is written and the message printed; exit 128 + signal number
         # (143 / 130) so schedulers and shells see an interrupted job, not a finished one.

@@ -21,6 +21,7 @@ PINNED_PARAMETER_COUNTS = {
     ("cnn", "medium"): 7_049_543,
     ("cnn", "large"): 13_069_511,
     ("cnn", "plain"): 1_274_375,
+    ("cnn", "cpu"): 1_718_247,
     ("beefy", "small"): 515_943,
     ("beefy", "wide"): 8_070_791,
     ("beefy", "base"): 8_218_055,

@@ -32,7 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, he_normal_fan_out
+from fer_flax.models.layers import batch_norm, he_normal_fan_out, max_pool
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": nn.relu,
@@ -147,7 +147,7 @@ class BeefyModel(nn.Module):
                 x = ConvBNAct(features, self.activation, self.dtype, name=f"stage{i + 1}_widen")(
                     x, train=train
                 )
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x, (2, 2), strides=(2, 2))
             elif i > 0:
                 first_stride = 2
             for j in range(num_blocks):

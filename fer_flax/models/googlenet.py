@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax.models.layers import batch_norm
+from fer_flax.models.layers import batch_norm, max_pool
 
 # Table 1 of the paper: (#1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj) per inception module, in
 # stage order; a 3×3/2 max-pool separates the stages. Output channels = #1×1 + #3×3 + #5×5 + pool proj:
@@ -166,7 +166,7 @@ class Inception(nn.Module):
         b3 = ConvUnit(self.c3, 3, **unit, name="b3")(b3, train=train)
         b5 = ConvUnit(self.c5_reduce, 1, **unit, name="b5_reduce")(x, train=train)
         b5 = ConvUnit(self.c5, 5, **unit, name="b5")(b5, train=train)
-        bp = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+        bp = max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
         bp = ConvUnit(self.pool_proj, 1, **unit, name="pool_proj")(bp, train=train)
         return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
@@ -231,7 +231,7 @@ class GoogLeNet(nn.Module):
         c64, c192 = _scaled(64, self.width), _scaled(192, self.width)
         if self.stem == "imagenet":
             x = ConvUnit(c64, 7, strides=2, **unit, name="stem_conv1")(x, train=train)
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         else:
             x = ConvUnit(c64, 3, **unit, name="stem_conv1")(x, train=train)
         if self.lrn:
@@ -241,7 +241,7 @@ class GoogLeNet(nn.Module):
         if self.lrn:
             x = local_response_norm(x)
         if self.stem != "fer_hires":
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         return x
 
     @nn.compact
@@ -256,7 +256,7 @@ class GoogLeNet(nn.Module):
         aux_logits = []
         for stage_index, stage in enumerate(self.stages):
             if stage_index > 0:
-                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+                x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
             for name, channels in stage:
                 x = Inception(
                     *(_scaled(c, self.width) for c in channels),

@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, he_normal_fan_out
+from fer_flax.models.layers import batch_norm, he_normal_fan_out, max_pool
 
 STEMS: tuple[str, ...] = ("s1", "s2", "imagenet")
 
@@ -108,7 +108,7 @@ class ResNet(nn.Module):
         x = nn.relu(x)
         if self.stem == "imagenet":
             # Explicit padding 1 (with -inf) as in torchvision: 24×24 → 12×12.
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(num_blocks):

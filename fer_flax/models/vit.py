@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_flax.models.layers import max_pool
+
 STEMS = ("patch", "conv", "cct", "spt")
 POOLS = ("cls", "gap", "seq")
 POS_EMBS = ("learned", "sincos", "none")
@@ -260,7 +262,7 @@ class VisionTransformer(nn.Module):
             for i, width in enumerate(self.stem_widths):
                 x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"stem_conv{i}")(x)
                 x = nn.relu(x)
-                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
             return x
         # "spt": the image and its four half-patch diagonal shifts, cut into pxp patches.
         b, h, w, c = x.shape
