@@ -1,0 +1,95 @@
+"""benchmarks/compare_torch.py times the same networks in PyTorch as in fer_flax: same parameter counts,
+and with fer_flax's weights copied in, the same eval-mode logits. Skipped when torch is not installed."""
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from benchmarks import compare_torch as ct  # noqa: E402
+from fer_flax import models, optim, parallel  # noqa: E402
+from fer_flax.augment import preprocess  # noqa: E402
+
+
+def _randomise_norms(variables: dict, seed: int) -> dict:
+    """Non-trivial BatchNorm scales, shifts and running statistics (and dense biases), so a mapping
+    mistake in the converter changes the logits."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        name = path[-1].key
+        x = np.asarray(x)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, x.shape).astype(x.dtype)
+        if name in ("bias", "mean"):
+            return (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
+        return x
+
+    return jax.tree_util.tree_map_with_path(draw, variables)
+
+
+@pytest.mark.parametrize("spec", ["cnn", "beefy", "resnet18"])
+def test_torch_model_is_the_same_network(spec):
+    family, variant = ct.resolve_model(spec)
+    model = models.create_model(family, variant=variant)
+    x = jax.numpy.zeros((1, 48, 48, 1))
+    variables = jax.jit(lambda k: model.init({"params": k}, x, train=False))(jax.random.key(0))
+    variables = _randomise_norms(variables, seed=1)
+    tmodel = ct.torch_model_like(model)
+    assert ct.count_torch_params(tmodel) == ct.count_flax_params(variables["params"])
+
+    ct.load_flax_variables(tmodel, variables)
+    images = np.random.default_rng(2).integers(0, 256, (4, 48, 48, 1), dtype=np.uint8)
+    forward = jax.jit(lambda v, im: model.apply(v, preprocess(im), train=False)[0])
+    want = np.asarray(forward(variables, images))
+    tmodel.eval()
+    scale = max(1.0, float(np.abs(want).max()))
+    for fmt in ct.MEMORY_FORMATS.values():
+        tmodel = tmodel.to(memory_format=fmt)
+        x_t = ct.torch_preprocess(torch.from_numpy(images).permute(0, 3, 1, 2)).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            got = tmodel(x_t).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_weight_decay_groups_follow_the_flax_mask():
+    model = models.create_model("beefy", variant="small")
+    params = jax.eval_shape(
+        lambda: model.init({"params": jax.random.key(0)}, jax.numpy.zeros((1, 48, 48, 1)), train=False)
+    )["params"]
+    mask = jax.tree.leaves(optim.weight_decay_mask(params))
+    sizes = [leaf.size for leaf in jax.tree.leaves(params)]
+    decay, no_decay = ct.decay_param_groups(ct.torch_model_like(model), 5e-4)
+    assert len(decay["params"]) == sum(mask)
+    decayed = sum(s for s, m in zip(sizes, mask, strict=True) if m)
+    assert sum(p.numel() for p in decay["params"]) == decayed
+    assert sum(p.numel() for p in no_decay["params"]) == sum(sizes) - decayed
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (5e-4, 0.0)
+
+
+def test_torch_augment_is_the_identity_when_off_and_stays_in_range():
+    x = ct.torch_preprocess(torch.randint(0, 256, (6, 1, 48, 48), dtype=torch.uint8))
+    off = ct.make_config("cnn", "tiny", 8, augment=False).augment
+    torch.testing.assert_close(ct.torch_augment(x, off), x, atol=1e-5, rtol=1e-5)
+    on = ct.make_config("cnn", "tiny", 8, augment=True).augment
+    y = ct.torch_augment(x, on)
+    assert y.shape == x.shape
+    assert float(y.min()) >= float(x.min()) - 1e-5 and float(y.max()) <= float(x.max()) + 1e-5
+
+
+def test_compare_runs_both_frameworks_on_tiny_settings():
+    row = ct.compare(
+        "cnn",
+        "tiny",
+        batch=4,
+        windows=1,
+        steps=1,
+        warmup=1,
+        memory_format="channels_last",
+        augment=True,
+        mesh=parallel.make_mesh(),
+    )
+    assert row["params"] == row["torch_params"]
+    assert row["torch_images_per_s"] > 0 and row["flax_images_per_s"] > 0
+    assert np.isfinite(row["torch_final_loss"]) and np.isfinite(row["flax_final_loss"])
