@@ -17,8 +17,29 @@ def get_base_config() -> ConfigDict:
     c.model_name = "cnn"
     c.model = ConfigDict({"variant": "small"})
     c.dtype = "float32"  # compute dtype; parameters and optimizer state are always float32
+    # CPU runs via `fer_flax.main`: split the CPU into this many JAX devices (0 = auto: one per core,
+    # reduced until it divides the batch sizes) so the data-parallel step uses every core, because
+    # XLA:CPU runs each convolution on one thread. 1 disables. Ignored when XLA_FLAGS fixes the count.
+    c.cpu_devices = 0
     c.aux_loss_weight = 0.3  # weight of auxiliary-classifier losses (GoogLeNet) in the training loss
     c.label_smoothing = 0.0
+
+    # Training loss (fer_flax/losses.py); class counts and prior come from the TRAINING split only.
+    c.loss = ConfigDict()
+    # Per-class loss weights: none | inverse (1/n_c) | sqrt_inverse (1/sqrt(n_c)) | explicit
+    # (loss.class_weights); normalised so their mean over the training label distribution is 1.
+    c.loss.class_weighting = "none"
+    c.loss.class_weights = config_dict.placeholder(tuple)  # 7 weights, for class_weighting == "explicit"
+    # Logit-adjusted loss (Menon et al. 2021): train on logits + tau * log(prior); evaluation uses the
+    # raw logits. 1.0 is the paper's choice; 0 disables.
+    c.loss.logit_adjustment_tau = 0.0
+
+    # Mixup / CutMix of training batches (fer_flax/mixing.py), after augmentation; an alpha of 0 disables.
+    c.mix = ConfigDict()
+    c.mix.mixup_alpha = 0.0  # lambda ~ Beta(alpha, alpha); 0.2 is a common choice
+    c.mix.cutmix_alpha = 0.0  # box area fraction ~ Beta(alpha, alpha); 1.0 is a common choice
+    c.mix.prob = 1.0  # probability that a batch is mixed at all
+    c.mix.switch_prob = 0.5  # probability of cutmix rather than mixup when both alphas are > 0
 
     # Data: no path means the built-in synthetic faces. A path is a FER2013 CSV (.csv / .csv.gz) or an
     # image-folder tree (train/<class>/*.jpg, test/<class>/...) or a .tar/.tar.gz of one.
@@ -44,10 +65,18 @@ def get_base_config() -> ConfigDict:
     c.augment.rotate_degrees = 10.0  # uniform in [-d, d]; 0 disables
     c.augment.erase_prob = 0.0  # random erasing probability per image
     c.augment.erase_scale = (0.02, 0.2)
+    # Ten-crop training: each image becomes tta.py's 10 views (4 corners + centre of side crop_size,
+    # resized back to 48, and their mirrors), the augmentations above applied per crop. The model and
+    # BatchNorm then see 10x batch_size images per step. crop_size is also eval_tta's ten-crop size.
+    c.augment.ten_crop = False
+    c.augment.crop_size = 44
 
     # Optimisation; batch sizes are global (across all devices and hosts).
     c.batch_size = 128
     c.eval_batch_size = 512
+    # Test-time augmentation of the training loop's evaluations (and so of best-checkpoint selection):
+    # none | flip | tencrop (of augment.crop_size). Match the training views: tencrop after ten_crop.
+    c.eval_tta = "none"
     c.num_epochs = 10.0
     c.optim = ConfigDict()
     c.optim.name = "sgd"  # sgd | adamw
@@ -57,7 +86,7 @@ def get_base_config() -> ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.weight_decay = 5e-4  # decoupled for adamw, L2 for sgd; never applied to biases or norms
-    c.optim.schedule = "cosine"  # cosine | constant | step
+    c.optim.schedule = "cosine"  # cosine | constant | step | plateau
     c.optim.warmup_epochs = 1.0
     c.optim.step_epochs = (
         30.0,
@@ -65,6 +94,27 @@ def get_base_config() -> ConfigDict:
     )  # step schedule: epochs at which lr is multiplied by step_factor
     c.optim.step_factor = 0.1
     c.optim.grad_clip_norm = config_dict.placeholder(float)
+    # schedule == "plateau": warmup, then optim.lr times a scale that drops by plateau_factor after
+    # plateau_patience evaluations in a row whose validation accuracy did not beat the best by more
+    # than plateau_min_delta. The plateau_cooldown evaluations after a drop are not counted, and the
+    # scale never goes below plateau_min_scale. The state lives in the optimizer state (checkpointed).
+    c.optim.plateau_factor = 0.5
+    c.optim.plateau_patience = 3  # evaluations without improvement before a drop (>= 1)
+    c.optim.plateau_min_delta = 0.0  # absolute accuracy gain that counts as an improvement
+    c.optim.plateau_cooldown = 0  # evaluations after a drop that do not count as bad
+    c.optim.plateau_min_scale = 0.01  # lower bound of the scale (0.01: lr never below lr / 100)
+
+    # Exponential moving average of the weights and BatchNorm statistics, updated after every step
+    # and kept in the train state (checkpointed, resumed). 0 disables it; 0.999 averages over about
+    # the last 1000 steps. With EMA on, every evaluation also scores the EMA weights (val_ema/...).
+    c.ema = ConfigDict()
+    c.ema.decay = 0.0
+    # Decay min(decay, (1 + step) / (10 + step)): the average forgets the random initialisation in
+    # tens of steps instead of ~1/(1 - decay), which matters for short runs and early evaluations.
+    c.ema.warmup = True
+    # Which weights best/ keeps and which accuracy selects it: "raw", "ema", or "best" (whichever has
+    # the higher validation accuracy at that evaluation; raw on a tie).
+    c.ema.select = "best"
 
     # Cadence, checkpoints and logging.
     c.log_every_steps = 50
@@ -96,10 +146,13 @@ def use_sgd_recipe(
     weight_decay: float = 5e-4,
     label_smoothing: float = 0.1,
     erase_prob: float = 0.25,
+    ema_decay: float = 0.999,
+    eval_tta: str = "flip",
 ) -> None:
     """The convolutional families' recipe: SGD with Nesterov momentum 0.9 (lr for batch 128), linear
-    warmup then cosine, L2 weight decay on kernels, label smoothing, and pad-crop / flip / ±10°
-    rotation / random-erasing augmentation."""
+    warmup then cosine, L2 weight decay on kernels, label smoothing, pad-crop / flip / ±10°
+    rotation / random-erasing augmentation, an EMA of the weights (best/ keeps whichever of raw and
+    EMA validates better) and flip test-time augmentation in the evaluations."""
     c.batch_size = 128
     c.num_epochs = epochs
     c.optim.update(
@@ -113,6 +166,8 @@ def use_sgd_recipe(
     )
     c.label_smoothing = label_smoothing
     c.augment.update(pad_crop=4, flip=True, rotate_degrees=10.0, erase_prob=erase_prob)
+    c.ema.decay = ema_decay
+    c.eval_tta = eval_tta
 
 
 def use_adamw_recipe(
@@ -149,6 +204,10 @@ def use_smoke_settings(c: ConfigDict, variant: str | None = None) -> None:
     c.log_every_steps = 2
     c.progress_bar = False
     c.wandb.mode = "disabled"
+    # Tests of a family need one evaluation per run, not four (raw/EMA x flip): EMA and TTA have
+    # their own tests.
+    c.ema.decay = 0.0
+    c.eval_tta = "none"
 
 
 def check_arg(arg: str, valid: tuple[str, ...]) -> None:

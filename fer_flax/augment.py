@@ -10,6 +10,12 @@ Geometry: pad-crop alone is an exact integer window of the reflect-padded image
 composed into ONE affine map and the image is resampled once, bilinearly, with mirror boundaries
 (no edge repeat, numpy's `reflect`): corners uncovered by a rotation show mirrored face instead of
 a constant, and values never leave the input's range. Erasing comes last.
+
+Ten-crop training (`augment.ten_crop`): every training image becomes the ten views of
+`fer_flax.tta.ten_crop` (four corners and the centre of side `augment.crop_size`, resized back to 48x48,
+and their mirrors), the labels repeated; the augmentations above then run on each crop with its own
+key. It is the training counterpart of `--tta tencrop`; the model and BatchNorm see ten times the
+batch.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fer_flax import tta
 from fer_flax.data.splits import IMAGE_SIZE
 
 # Normalisation (x/255 - MEAN) / STD. FER2013 Training pixels have mean 0.506 and std 0.255
@@ -215,3 +222,23 @@ def augment_batch(rng: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
         return img
 
     return jax.vmap(one)(jax.random.split(rng, images.shape[0]), images)
+
+
+def ten_crop_size(cfg: Any) -> int | None:
+    """The crop side when `cfg.ten_crop` (the `config.augment` keys) is on, else None; validated."""
+    if not bool(cfg.ten_crop):
+        return None
+    crop_size = int(cfg.crop_size)
+    if not 0 < crop_size <= IMAGE_SIZE:
+        raise ValueError(f"augment.crop_size must be in [1, {IMAGE_SIZE}], got {cfg.crop_size}")
+    return crop_size
+
+
+def ten_crop_batch(images: jax.Array, labels: jax.Array, crop_size: int) -> tuple[jax.Array, jax.Array]:
+    """images [B, 48, 48, C] -> [10B, 48, 48, C] with `tta.ten_crop`'s views; labels [B, ...] -> [10B, ...].
+
+    Example i's crops are rows 10i .. 10i+9 (in tta's view order), so each device's shard of a batch
+    makes its own crops and `x.reshape(B, 10, ...)` groups them back by image."""
+    crops = tta.ten_crop(images, crop_size)
+    views = crops.shape[1]
+    return crops.reshape(-1, *crops.shape[2:]), jnp.repeat(labels, views, axis=0)

@@ -4,7 +4,9 @@ Two managers, because they answer different questions:
   <workdir>/checkpoints/<step>  the most recent `keep` full states (params, batch_stats, optimizer state,
                                 step) plus the Grain iterator state of every process: what resume needs.
   <workdir>/best/<step>         the `keep_best` best weights (params, batch_stats) by validation accuracy:
-                                what evaluation needs, without optimizer state.
+                                what evaluation needs, without optimizer state. With an EMA, these
+                                are the raw or the EMA weights (config.ema.select), in the same
+                                layout; `best/<step>/selection` (JSON) says which.
 One manager with `best_fn` would delete the newest checkpoint whenever it is not among the best, and
 a resume would then silently go back in time.
 
@@ -108,7 +110,7 @@ class Checkpointer:
         )
         self.best = ocp.CheckpointManager(
             os.path.join(workdir, "best"),
-            item_names=("model",),
+            item_names=("model", "selection"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep_best,
                 best_fn=lambda metrics: metrics[BEST_METRIC],
@@ -121,16 +123,34 @@ class Checkpointer:
             ),
         )
 
-    def save(self, step: int, state: Any, data_iterator: Any, *, val_metrics: dict[str, float] | None):
-        """Saves the full state for resume and, with validation metrics, a best-model candidate.
+    def save(
+        self,
+        step: int,
+        state: Any,
+        data_iterator: Any,
+        *,
+        val_metrics: dict[str, float] | None,
+        best_weights: str = "raw",
+    ):
+        """Saves the full state for resume and, with validation metrics, a best-model candidate:
+        the raw weights, or with `best_weights="ema"` the EMA ones (`val_metrics` are then the EMA
+        weights' metrics), stored under the same names so inference needs no EMA knowledge.
 
         A step already on disk is not written again: a run resumed from an earlier checkpoint
         recomputes exactly the same state, and Orbax refuses to overwrite a step."""
         if val_metrics is not None and step not in self.best.all_steps():
-            model = {"params": state.params, "batch_stats": state.batch_stats}
+            if best_weights == "ema":
+                model = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+            elif best_weights == "raw":
+                model = {"params": state.params, "batch_stats": state.batch_stats}
+            else:
+                raise ValueError(f"best_weights must be 'raw' or 'ema', got {best_weights!r}")
+            selection = {"weights": best_weights, BEST_METRIC: float(val_metrics["accuracy"])}
             self.best.save(
                 step,
-                args=ocp.args.Composite(model=ocp.args.StandardSave(model)),
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardSave(model), selection=ocp.args.JsonSave(selection)
+                ),
                 metrics={BEST_METRIC: float(val_metrics["accuracy"])},
             )
             # Committed before the resumable state of the same step (see the module docstring).
@@ -207,8 +227,26 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.best.best_step()
 
-    def restore_model(self, model_template: dict, which: str | int = "best") -> tuple[dict, int]:
+    def best_selection(self, step: int | None = None) -> dict | None:
+        """`{"weights": "raw" | "ema", "val_accuracy": ...}` of best checkpoint `step` (default: the
+        best); None for a best checkpoint written before this record existed (raw weights)."""
+        step = self.best.best_step() if step is None else step
+        if step is None:
+            return None
+        try:
+            restored = self.best.restore(step, args=ocp.args.Composite(selection=ocp.args.JsonRestore()))
+        except Exception:  # no such item: an older best checkpoint
+            return None
+        return dict(restored["selection"])
+
+    def restore_model(
+        self, model_template: dict, which: str | int = "best", *, weights: str = "raw"
+    ) -> tuple[dict, int]:
         """Params and batch_stats only (no optimizer state): `which` is 'best', 'latest' or a step.
+
+        `weights="ema"` takes the EMA weights and statistics of a full checkpoint (latest or a step
+        still in checkpoints/) instead, returned under the same names. A best checkpoint holds one set,
+        the one chosen in training (see `best_selection`), so it only takes the default.
 
         Arrays are placed as `model_template` (arrays or ShapeDtypeStructs) says: explicit restore
         arguments, because Orbax would otherwise re-create the shardings saved with the checkpoint,
@@ -216,6 +254,13 @@ class Checkpointer:
         a CPU)."""
         template = _abstract(model_template)
         latest_steps, best_steps = set(self.latest.all_steps()), set(self.best.all_steps())
+        if weights not in ("raw", "ema"):
+            raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
+        if weights == "ema" and which == "best":
+            raise ValueError(
+                "the best checkpoint holds only the weights selected in training (config.ema.select; "
+                "best/<step>/selection says which); for the EMA weights use checkpoint 'latest' or a step"
+            )
         if which == "best":
             step = self.best.best_step()
             if step is None:
@@ -223,17 +268,38 @@ class Checkpointer:
         else:
             step = self.latest.latest_step() if which == "latest" else int(which)
         if which != "best" and step in latest_steps:
+            # The EMA leaves are stored as ema_params / ema_batch_stats of the train state.
+            names = {"params": "ema_params", "batch_stats": "ema_batch_stats"} if weights == "ema" else {}
+            stored = {names.get(k, k): v for k, v in template.items()}
             restored = self.latest.restore(
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.PyTreeRestore(
-                        item=template,
-                        restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+                        item=stored,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(stored),
                         partial_restore=True,
                     )
                 ),
             )
-            return restored["state"], step
+            result = {k: restored["state"][names.get(k, k)] for k in template}
+            # A partial restore hands back the template's placeholders for names the checkpoint
+            # lacks (the EMA of a run trained without one) instead of failing: refuse them here.
+            missing = [
+                jax.tree_util.keystr(path)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(result)
+                if isinstance(leaf, jax.ShapeDtypeStruct)
+            ]
+            if missing:
+                what = "EMA weights (the run kept no EMA)" if weights == "ema" else "weights"
+                raise ValueError(
+                    f"checkpoint {step} in {self.latest.directory} holds no {what}: missing {missing[:3]}"
+                )
+            return result, step
+        if weights == "ema":
+            raise FileNotFoundError(
+                f"step {step} is not among the full checkpoints under {self.latest.directory} "
+                f"({sorted(latest_steps)}), and only those hold the EMA weights"
+            )
         if step in best_steps:  # also a best step that has left the rolling "latest" checkpoints
             restored = self.best.restore(
                 step, args=ocp.args.Composite(model=ocp.args.StandardRestore(template))

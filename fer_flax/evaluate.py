@@ -2,13 +2,19 @@
 
 Command:
   python -m fer_flax.evaluate --workdir W [--workdir W2 ...] [--checkpoint best|latest|STEP]
-      [--data PATH] [--split train|val|test] [--tta none|flip|tencrop] [--out report.json]
+      [--weights raw|ema] [--data PATH] [--split train|val|test] [--tta none|flip|tencrop]
+      [--out report.json]
 
 It reads the run's config from `W/config.json`, restores only what inference needs (params and
 batch statistics; no optimizer state), runs every example of the split exactly once (padded, masked
 batches), prints a summary and writes a JSON report plus `<report>.confusion.png` and
 `<report>.reliability.png` beside it. Without `--out` the report goes to
-`W/eval/<split>-<checkpoint>-<tta>.json`, where `fer_flax.leaderboard` finds it.
+`W/eval/<split>-<checkpoint>-<tta>.json` (`<split>-<checkpoint>-ema-<tta>.json` for `--weights ema`),
+where `fer_flax.leaderboard` finds it.
+
+A run trained with an EMA (`config.ema.decay > 0`) keeps both weight sets in its full checkpoints:
+`--weights ema` with `--checkpoint latest|STEP` evaluates the EMA ones. Its `best/` checkpoint holds
+one set, selected in training by `config.ema.select`; the report's `weights` says which.
 
 Protocol: this command (and `fer_flax.multiseed`, which calls it) is the only place the `test` split
 is ever read. Training selects checkpoints on `val`. The default split is `val`: reading `test` is
@@ -85,14 +91,46 @@ def parse_checkpoint(which: str | int) -> str | int:
     raise ValueError(f"--checkpoint must be 'best', 'latest' or a step number, got {which!r}")
 
 
+WEIGHTS = ("raw", "ema")
+
+
 def restore_for_inference(
-    workdir: str, checkpoint: str | int = "best", *, mesh: jax.sharding.Mesh | None = None
+    workdir: str,
+    checkpoint: str | int = "best",
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    weights: str = "raw",
 ) -> tuple[nn.Module, dict, ConfigDict, int]:
     """(model, variables, config, step): the model rebuilt from `<workdir>/config.json` and its
-    params + batch statistics from checkpoint 'best', 'latest' or a step, replicated over `mesh`."""
+    params + batch statistics from checkpoint 'best', 'latest' or a step, replicated over `mesh`.
+
+    `weights="ema"` takes the EMA weights of a full checkpoint ('latest' or a step) of a run trained
+    with `config.ema.decay > 0`. 'best' holds the one set selected in training (`config.ema.select`),
+    so it takes only the default."""
+    return _restore(workdir, checkpoint, mesh=mesh, weights=weights)[:4]
+
+
+def _restore(
+    workdir: str, checkpoint: str | int, *, mesh: jax.sharding.Mesh | None, weights: str
+) -> tuple[nn.Module, dict, ConfigDict, int, str]:
+    """`restore_for_inference` plus which weights were restored: "raw" or "ema" (for a best
+    checkpoint, what its selection record says; "raw" for one written before EMA existed)."""
     workdir = os.path.abspath(workdir)
     config = load_run_config(workdir)
     which = parse_checkpoint(checkpoint)
+    if weights not in WEIGHTS:
+        raise ValueError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "ema":
+        if not train.ema_enabled(config):
+            raise ValueError(
+                f"the run in {workdir} kept no EMA of its weights (config.ema.decay is 0 or absent); "
+                "--weights ema needs a run trained with --config.ema.decay > 0 (e.g. 0.999)"
+            )
+        if which == "best":
+            raise ValueError(
+                "--weights ema needs --checkpoint latest or a step: best/ holds only the weights "
+                f"selected in training (config.ema.select={config.ema.select!r})"
+            )
     model = train.create_model(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     abstract = jax.eval_shape(lambda: train.initial_variables(model, jax.random.key(0)))
@@ -103,7 +141,11 @@ def restore_for_inference(
     )
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
     try:
-        variables, step = ckpt.restore_model(template, which)
+        variables, step = ckpt.restore_model(template, which, weights=weights)
+        restored_weights = weights
+        if weights == "raw" and (which == "best" or step not in ckpt.latest.all_steps()):
+            selection = ckpt.best_selection(step)
+            restored_weights = selection["weights"] if selection else "raw"
     except FileNotFoundError:
         raise
     except Exception as e:  # Orbax reports a structure/shape mismatch with many exception types
@@ -114,7 +156,7 @@ def restore_for_inference(
         ) from e
     finally:
         ckpt.close()
-    return model, variables, config, int(step)
+    return model, variables, config, int(step), restored_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +168,7 @@ class Member:
     variables: dict
     config: ConfigDict
     step: int
+    weights: str = "raw"  # "raw" or "ema": which weights of the run these are
 
     def describe(self) -> dict:
         return {
@@ -133,18 +176,23 @@ class Member:
             "model_name": self.config.model_name,
             "variant": self.config.model.variant,
             "checkpoint_step": self.step,
+            "weights": self.weights,
         }
 
 
 def load_members(
-    workdirs: Sequence[str], checkpoint: str | int = "best", *, mesh: jax.sharding.Mesh | None = None
+    workdirs: Sequence[str],
+    checkpoint: str | int = "best",
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    weights: str = "raw",
 ) -> list[Member]:
     if not workdirs:
         raise ValueError("at least one workdir is needed")
     members = []
     for w in workdirs:
-        model, variables, config, step = restore_for_inference(w, checkpoint, mesh=mesh)
-        members.append(Member(os.path.abspath(w), model, variables, config, step))
+        model, variables, config, step, restored = _restore(w, checkpoint, mesh=mesh, weights=weights)
+        members.append(Member(os.path.abspath(w), model, variables, config, step, restored))
     return members
 
 
@@ -322,8 +370,12 @@ def load_eval_split(
 # ---------------------------------------------------------------------------------------- reports
 
 
-def default_report_path(workdirs: Sequence[str], split: str, checkpoint: str | int, tta_mode: str) -> str:
-    name = f"{split}-{checkpoint if not isinstance(checkpoint, int) else f'step{checkpoint}'}-{tta_mode}"
+def default_report_path(
+    workdirs: Sequence[str], split: str, checkpoint: str | int, tta_mode: str, weights: str = "raw"
+) -> str:
+    name = f"{split}-{checkpoint if not isinstance(checkpoint, int) else f'step{checkpoint}'}"
+    # The EMA weights of a checkpoint get their own report instead of overwriting the raw weights' one.
+    name += f"-ema-{tta_mode}" if weights == "ema" else f"-{tta_mode}"
     if len(workdirs) > 1:
         name = f"ensemble{len(workdirs)}-{name}"
     return os.path.join(os.path.abspath(workdirs[0]), "eval", name + ".json")
@@ -404,14 +456,17 @@ def evaluate_workdirs(
     out: str | None = None,
     figures: bool = True,
     announce: Callable = print,
+    weights: str = "raw",
 ) -> dict:
     """The whole command as a library call: restore, read the split, evaluate, write the report.
+    `weights`: "raw" or "ema" (the EMA weights of checkpoint 'latest' or a step; see
+    `restore_for_inference`).
 
     Returns the report (as written to JSON, with a `files` entry)."""
     tta.check_mode(tta_mode)
     which = parse_checkpoint(checkpoint)
     mesh = parallel.make_mesh()
-    members = load_members(workdirs, which, mesh=mesh)
+    members = load_members(workdirs, which, mesh=mesh, weights=weights)
     split_data, data_config = load_eval_split(members, split, data_path, announce=announce)
     batch_size = batch_size or members[0].config.eval_batch_size
     report = evaluate_split(
@@ -422,10 +477,12 @@ def evaluate_workdirs(
         "data_path": data_config.path,
         "data_source": "fer2013" if data_config.path else f"synthetic (seed {data_config.synthetic_seed})",
         "checkpoint": which,
+        # Which weights were evaluated, "raw" or "ema" (per model for an ensemble).
+        "weights": members[0].weights if len(members) == 1 else [m.weights for m in members],
         "workdirs": [m.workdir for m in members],
         **report,
     }
-    out = out or default_report_path(workdirs, split, which, tta_mode)
+    out = out or default_report_path(workdirs, split, which, tta_mode, weights)
     if jax.process_index() == 0:
         report["files"] = write_report(report, out, figures=figures)
     return report
@@ -441,6 +498,13 @@ def define_flags() -> None:
         "workdir", None, "Training workdir; repeat the flag for an ensemble (probabilities averaged)."
     )
     flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
+    flags.DEFINE_enum(
+        "weights",
+        "raw",
+        list(WEIGHTS),
+        "With --checkpoint latest|STEP: the raw weights or their EMA (runs with config.ema.decay > 0). "
+        "best/ holds the weights selected in training (config.ema.select); the report names them.",
+    )
     flags.DEFINE_string(
         "data", None, "FER2013 CSV (.csv/.csv.gz), image folder or .tar.gz; default: the run's own data."
     )
@@ -468,6 +532,7 @@ def main(argv: list[str]) -> None:
             crop_size=f.crop_size,
             batch_size=f.batch_size,
             out=f.out,
+            weights=f.weights,
         )
     except (FileNotFoundError, ValueError) as e:  # includes FERDataError: say what and where, no trace
         sys.exit(f"error: {e}")

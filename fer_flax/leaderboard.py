@@ -87,9 +87,12 @@ def run_record(workdir: str) -> dict:
 
     best_step = summary.get("best_step") if summary else None
     if best_step not in val and val:
-        # Earliest step with the highest accuracy, as the best-checkpoint manager keeps it.
-        best_step = max(sorted(val), key=lambda s: val[s]["val/accuracy"])
+        # Earliest step with the highest accuracy, as the best-checkpoint manager keeps it (with an
+        # EMA, the accuracy of the weights selected at each evaluation).
+        best_step = max(sorted(val), key=lambda s: val[s].get("selected/accuracy", val[s]["val/accuracy"]))
     best = val.get(best_step, {})
+    if best.get("selected/weights") == "ema":  # best/ holds the EMA weights: report their numbers
+        best = {k.replace("val_ema/", "val/", 1): v for k, v in best.items() if k.startswith("val_ema/")}
     test = test_report(workdir)
     return {
         "workdir": workdir,

@@ -25,8 +25,9 @@ from flax.training import train_state
 from ml_collections import ConfigDict
 
 from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import input_pipeline, metrics, models, optim, parallel, tracking
-from fer_flax.augment import augment_batch, preprocess
+from fer_flax import ema as ema_lib
+from fer_flax import input_pipeline, losses, metrics, mixing, models, optim, parallel, tracking, tta
+from fer_flax.augment import augment_batch, preprocess, ten_crop_batch, ten_crop_size
 from fer_flax.data import NUM_CLASSES, ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import IMAGE_SIZE
 
@@ -35,6 +36,24 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class TrainState(train_state.TrainState):
     batch_stats: Any = None
+
+
+class EmaTrainState(TrainState):
+    """The train state of a run with config.ema.decay > 0: plus the EMA of params and batch_stats
+    (fer_flax/ema.py). A separate class rather than None-valued fields on TrainState: Orbax records
+    None fields in the checkpoint's tree structure, so checkpoints written before EMA existed would
+    no longer restore into a run without EMA."""
+
+    ema_params: Any = None
+    ema_batch_stats: Any = None
+
+    def ema_weights(self) -> EmaTrainState:
+        """This state with the EMA weights and statistics in place of the raw ones (for evaluation)."""
+        return self.replace(params=self.ema_params, batch_stats=self.ema_batch_stats)
+
+
+def has_ema(state: TrainState) -> bool:
+    return isinstance(state, EmaTrainState)
 
 
 # ----------------------------------------------------------------------------------------- set-up
@@ -60,17 +79,28 @@ def initial_variables(model: nn.Module, rng: jax.Array) -> dict:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, mesh: jax.sharding.Mesh
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    mesh: jax.sharding.Mesh,
+    *,
+    ema: bool = False,
 ) -> TrainState:
-    """Initialises directly into replicated device memory (no host round trip of the parameters)."""
+    """Initialises directly into replicated device memory (no host round trip of the parameters).
+    With `ema`, the EMA weights and statistics start as copies of the initial ones."""
 
     def init(rng):
         variables = initial_variables(model, rng)
-        return TrainState.create(
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
+        if not ema:
+            return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats, tx=tx)
+        return EmaTrainState.create(
             apply_fn=model.apply,
-            params=variables["params"],
-            batch_stats=variables.get("batch_stats", {}),
+            params=params,
+            batch_stats=batch_stats,
             tx=tx,
+            ema_params=jax.tree.map(jnp.copy, params),
+            ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         )
 
     lowered = jax.jit(init, out_shardings=parallel.replicated_sharding(mesh)).lower(rng)
@@ -98,17 +128,41 @@ def compile_once(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
 
 
 def classification_loss(
-    logits: jax.Array, labels: jax.Array, *, num_classes: int, label_smoothing: float
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    num_classes: int,
+    label_smoothing: float,
+    terms: losses.LossTerms = losses.NO_TERMS,
 ) -> jax.Array:
-    """Per-example softmax cross-entropy against (optionally smoothed) one-hot labels, in float32."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    """Per-example softmax cross-entropy in float32 against integer labels [B] (one-hot) or soft targets
+    [B, K] (mixup/cutmix), optionally smoothed. `terms` adds the training split's class weights and
+    logit adjustment (`losses.training_loss_terms`); evaluation passes none and scores raw logits."""
+    targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
+    return losses.training_loss(logits, targets, label_smoothing=label_smoothing, terms=terms)
 
 
-def _loss_and_grads(state: TrainState, batch: dict, rng: jax.Array, config: ConfigDict):
+def _loss_and_grads(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    config: ConfigDict,
+    class_counts: np.ndarray | None = None,
+):
     aug_rng, dropout_rng = jax.random.split(rng)
-    images = augment_batch(aug_rng, preprocess(batch["image"]), config.augment)
-    labels = batch["label"]
+    # Class weights and prior are constants of the training split, computed here at trace time.
+    terms = losses.training_loss_terms(config.loss, class_counts)
+    images = preprocess(batch["image"])
+    labels = jax.nn.one_hot(batch["label"], NUM_CLASSES)
+    crop_size = ten_crop_size(config.augment)
+    if crop_size is not None:
+        # Each image becomes its ten crops (labels repeated), augmented one by one below; the mean
+        # loss then averages over every crop.
+        images, labels = ten_crop_batch(images, labels, crop_size)
+    images = augment_batch(aug_rng, images, config.augment)
+    # Mixing draws from a key folded out of the augmentation's, so turning it on changes no other
+    # draw (and with mixing off nothing is traced: runs without it are exactly what they were).
+    images, labels = mixing.mix_batch(jax.random.fold_in(aug_rng, 1), images, labels, config.mix)
 
     def loss_fn(params):
         (logits, aux), updates = state.apply_fn(
@@ -119,7 +173,10 @@ def _loss_and_grads(state: TrainState, batch: dict, rng: jax.Array, config: Conf
             mutable=["batch_stats"],
         )
         loss_of = functools.partial(
-            classification_loss, num_classes=NUM_CLASSES, label_smoothing=config.label_smoothing
+            classification_loss,
+            num_classes=NUM_CLASSES,
+            label_smoothing=config.label_smoothing,
+            terms=terms,
         )
         loss = loss_of(logits, labels).mean()
         # GoogLeNet-style auxiliary classifiers: present only in training, weighted from config.
@@ -128,22 +185,43 @@ def _loss_and_grads(state: TrainState, batch: dict, rng: jax.Array, config: Conf
         return loss, (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if crop_size is not None:
+        # One prediction per image, its crops' mean logits (as ten-crop TTA), for the training accuracy.
+        views = tta.num_views("tencrop")
+        logits = logits.astype(jnp.float32).reshape(-1, views, logits.shape[-1]).mean(axis=1)
     return loss, logits, batch_stats, grads
 
 
 def train_step(
-    state: TrainState, batch: dict, rng: jax.Array, *, config: ConfigDict, schedule: optax.Schedule
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    config: ConfigDict,
+    schedule: optax.Schedule,
+    class_counts: np.ndarray | None = None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step. Randomness is `fold_in(rng, step)`, so a resumed run draws the same numbers.
+    `class_counts` [K] (the training split's label counts) feeds `config.loss`'s class weights and prior.
 
     The metrics include `finite` (loss and gradient norm both finite). With
-    `config.nonfinite == "skip"` a non-finite step keeps the previous parameters, optimizer state
-    and BatchNorm statistics (the step counter still advances, so the data and RNG stay aligned)."""
+    `config.nonfinite == "skip"` a non-finite step keeps the previous parameters, optimizer state,
+    BatchNorm statistics and EMA (the step counter still advances, so the data and RNG stay aligned).
+    The logged `learning_rate` is the one applied: the schedule's times the reduce-on-plateau scale."""
     step_rng = jax.random.fold_in(rng, state.step)
-    loss, logits, batch_stats, grads = _loss_and_grads(state, batch, step_rng, config)
+    loss, logits, batch_stats, grads = _loss_and_grads(
+        state, batch, step_rng, config, class_counts=class_counts
+    )
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if has_ema(state):
+        # Averages what this step produced: the updated weights and the statistics of this batch.
+        decay = ema_lib.decay_at(config.ema.decay, state.step, warmup=config.ema.warmup)
+        new_state = new_state.replace(
+            ema_params=ema_lib.update(state.ema_params, new_state.params, decay),
+            ema_batch_stats=ema_lib.update(state.ema_batch_stats, new_state.batch_stats, decay),
+        )
     if config.nonfinite == "skip":
 
         def keep_if_bad(new, old):
@@ -154,11 +232,16 @@ def train_step(
             opt_state=keep_if_bad(new_state.opt_state, state.opt_state),
             batch_stats=keep_if_bad(new_state.batch_stats, state.batch_stats),
         )
+        if has_ema(state):
+            new_state = new_state.replace(
+                ema_params=keep_if_bad(new_state.ema_params, state.ema_params),
+                ema_batch_stats=keep_if_bad(new_state.ema_batch_stats, state.ema_batch_stats),
+            )
     step_metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         "grad_norm": grad_norm,
-        "learning_rate": schedule(state.step),
+        "learning_rate": schedule(state.step) * optim.plateau_scale(state.opt_state),
         "finite": finite,
     }
     return new_state, step_metrics
@@ -170,23 +253,41 @@ def state_is_finite(state: TrainState) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def gradients(state: TrainState, batch: dict, rng: jax.Array, *, config: ConfigDict):
+def gradients(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    config: ConfigDict,
+    class_counts: np.ndarray | None = None,
+):
     """The gradients `train_step` would apply at this step (for histograms; not on the hot path)."""
-    return _loss_and_grads(state, batch, jax.random.fold_in(rng, state.step), config)[3]
+    step_rng = jax.random.fold_in(rng, state.step)
+    return _loss_and_grads(state, batch, step_rng, config, class_counts=class_counts)[3]
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
-    """Sums over the valid (mask=True) examples of a padded batch: exact whatever the batch size."""
-    logits, _ = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        preprocess(batch["image"]),
-        train=False,
-    )
+def eval_step(
+    state: TrainState, batch: dict, *, tta_mode: str = "none", crop_size: int = tta.DEFAULT_CROP_SIZE
+) -> dict:
+    """Sums over the valid (mask=True) examples of a padded batch: exact whatever the batch size.
+
+    `tta_mode` (config.eval_tta: none | flip | tencrop, ten-crop of side `crop_size`) averages the
+    logits over `fer_flax.tta`'s views, so a model trained on crops is selected on what it will be
+    tested with. The loss is the plain cross-entropy of those logits: no smoothing, no class weights,
+    no logit adjustment (those shape training only)."""
+    if tta_mode not in tta.TTA_MODES:
+        raise ValueError(f"Unknown config.eval_tta {tta_mode!r}; valid choices: {', '.join(tta.TTA_MODES)}")
+
+    def logits_of(images: jax.Array) -> jax.Array:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return state.apply_fn(variables, images, train=False)[0]
+
+    logits = tta.apply_with_tta(logits_of, preprocess(batch["image"]), tta_mode, crop_size)
     mask = batch["mask"]
-    losses = classification_loss(logits, batch["label"], num_classes=NUM_CLASSES, label_smoothing=0.0)
+    per_example = classification_loss(logits, batch["label"], num_classes=NUM_CLASSES, label_smoothing=0.0)
     return {
         "confusion": metrics.confusion_matrix(batch["label"], jnp.argmax(logits, -1), mask, NUM_CLASSES),
-        "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
+        "loss_sum": jnp.sum(jnp.where(mask, per_example, 0.0)),
         "count": jnp.sum(mask.astype(jnp.int32)),
     }
 
@@ -224,6 +325,7 @@ def evaluate(
 
 
 NONFINITE_MODES = ("stop", "skip")
+EMA_SELECT = ("raw", "ema", "best")
 
 # The settings that define a run: resuming a workdir with any of them changed is refused. Everything
 # else (num_epochs, optim.lr and the schedule, augmentation, cadence, ...) may change on a resume:
@@ -306,6 +408,36 @@ def _check_run_settings(config: ConfigDict) -> None:
         )
     if config.checkpoint_keep < 1:
         raise ValueError(f"config.checkpoint_keep={config.checkpoint_keep} must be >= 1 (2 recommended)")
+    if not 0.0 <= config.ema.decay < 1.0:
+        raise ValueError(f"config.ema.decay={config.ema.decay} must be in [0, 1) (0 disables EMA)")
+    if config.ema.select not in EMA_SELECT:
+        raise ValueError(
+            f"Unknown config.ema.select {config.ema.select!r}; valid choices: {', '.join(EMA_SELECT)}"
+        )
+    optim.check_plateau_settings(config.optim)
+    # The loss, mixing, ten-crop and TTA settings are otherwise read only when the first step compiles
+    # or at the first evaluation: check them before any data is read.
+    losses.check_loss_config(config.loss)
+    mixing.read_mix_config(config.mix)
+    ten_crop_size(config.augment)
+    if config.eval_tta not in tta.TTA_MODES:
+        raise ValueError(
+            f"Unknown config.eval_tta {config.eval_tta!r}; valid choices: {', '.join(tta.TTA_MODES)}"
+        )
+
+
+def ema_enabled(config: ConfigDict) -> bool:
+    """Whether the run keeps an EMA (a config.json from before EMA existed has no `ema`: no EMA)."""
+    return "ema" in config and config.ema.decay > 0
+
+
+def _state_layout(flat_config: dict[str, Any]) -> dict[str, bool]:
+    """The settings that decide which leaves the train state has (so a checkpoint can be restored
+    only with the same answers), as {description: value} of a flattened config."""
+    return {
+        "EMA (ema.decay > 0)": (flat_config.get("ema.decay") or 0) > 0,
+        "reduce-on-plateau (optim.schedule == 'plateau')": flat_config.get("optim.schedule") == "plateau",
+    }
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -345,6 +477,10 @@ def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any
         return any(key == p or key.startswith(p + ".") for p in RUN_IDENTITY_KEYS)
 
     refused = {k: v for k, v in changes.items() if defines_run(k)}
+    # Switching EMA or reduce-on-plateau on or off adds or removes train-state leaves: refused too,
+    # with this message rather than the restore's shape mismatch.
+    old_layout, new_layout = _state_layout(old), _state_layout(new)
+    refused.update({k: (old_layout[k], new_layout[k]) for k in old_layout if old_layout[k] != new_layout[k]})
     if refused:
         lines = "\n".join(
             f"  {k}: {show(a)} in the workdir -> {show(b)} now" for k, (a, b) in refused.items()
@@ -426,7 +562,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     )
     tx = optim.create_optimizer(config.optim, schedule)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = create_train_state(model, tx, init_rng, mesh)
+    use_ema = ema_enabled(config)
+    state = create_train_state(model, tx, init_rng, mesh, ema=use_ema)
+    use_plateau = optim.get_plateau(state.opt_state) is not None
     num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
 
     train_iter = input_pipeline.make_train_iterator(
@@ -481,13 +619,24 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     )
 
     writer = tracking.MetricWriter(workdir, config)
+    # The training split's label counts, baked into the step as constants: the loss's class weights and
+    # logit-adjustment prior (config.loss). Never the validation split's.
+    train_counts = train_split.class_counts()
     p_train_step = jax.jit(
-        functools.partial(train_step, config=config, schedule=schedule), donate_argnums=(0,)
+        functools.partial(train_step, config=config, schedule=schedule, class_counts=train_counts),
+        donate_argnums=(0,),
     )
-    p_eval_step = jax.jit(eval_step)
-    p_gradients = jax.jit(functools.partial(gradients, config=config))
+    p_eval_step = jax.jit(
+        functools.partial(eval_step, tta_mode=config.eval_tta, crop_size=config.augment.crop_size)
+    )
+    p_gradients = jax.jit(functools.partial(gradients, config=config, class_counts=train_counts))
     p_predict = jax.jit(predict_step)
     p_state_is_finite = jax.jit(state_is_finite)
+    # Replicated like the rest of the state, so the train step sees the shardings it was compiled for.
+    p_plateau = jax.jit(
+        functools.partial(optim.plateau_update, optim=config.optim),
+        out_shardings=parallel.replicated_sharding(mesh),
+    )
     step = start_step
 
     def eval_step_with_test_hook(state, batch):
@@ -506,6 +655,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     train_seconds = 0.0
     skipped_updates = 0
     val_metrics: dict[str, float] | None = None
+    val_ema_metrics: dict[str, float] | None = None
+    best_weights = "raw"  # which weights the evaluation of this step selects for best/
     every = config.checkpoint_every_steps
 
     def flush_train_metrics(step: int) -> None:
@@ -536,13 +687,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         progress.update(step, f"loss {summary['loss']:.3f}")
         window_start, window_steps = time.perf_counter(), 0
 
-    def save(step: int, state: TrainState, val_metrics: dict | None) -> None:
+    def save(step: int, state: TrainState, val_metrics: dict | None, best_weights: str = "raw") -> None:
         if not bool(p_state_is_finite(state)):
             raise NonFiniteError(
                 f"Refusing to checkpoint a non-finite state at step {step}. Last good checkpoint: "
                 f"{_last_good(ckpt, checkpoint_dir)}."
             )
-        ckpt.save(step, state, train_iter, val_metrics=val_metrics)
+        ckpt.save(step, state, train_iter, val_metrics=val_metrics, best_weights=best_weights)
 
     try:
         with _StopRequest() as stop:
@@ -575,7 +726,23 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
                     jax.block_until_ready(state)
                     train_seconds += time.perf_counter() - window_start
                     val_metrics = run_eval(state)
-                    writer.write(step, {f"val/{k}": v for k, v in val_metrics.items()})
+                    record = {f"val/{k}": v for k, v in val_metrics.items()}
+                    best_weights, selected_metrics = "raw", val_metrics
+                    if use_ema:
+                        val_ema_metrics = run_eval(state.ema_weights())
+                        record.update({f"val_ema/{k}": v for k, v in val_ema_metrics.items()})
+                        best_weights = select_weights(config.ema.select, val_metrics, val_ema_metrics)
+                        selected_metrics = val_ema_metrics if best_weights == "ema" else val_metrics
+                        record["selected/weights"] = best_weights
+                        record["selected/accuracy"] = selected_metrics["accuracy"]
+                    if use_plateau:
+                        # Driven by the raw weights' validation accuracy: those are what the learning
+                        # rate moves. Updated before the checkpoint of this step, which therefore
+                        # holds the state a resumed run needs.
+                        plateau = p_plateau(optim.get_plateau(state.opt_state), val_metrics["accuracy"])
+                        state = state.replace(opt_state=optim.set_plateau(state.opt_state, plateau))
+                        record.update({f"plateau/{k}": v for k, v in plateau._asdict().items()})
+                    writer.write(step, record)
                     if config.wandb.mode != "disabled":  # wandb: confusion matrix, sample predictions
                         samples = val_split.images[:16, :, :, None]
                         # Every process runs the (collective) prediction; only process 0 logs.
@@ -593,9 +760,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
                         f"val accuracy {val_metrics['accuracy']:.4f}, "
                         f"balanced {val_metrics['balanced_accuracy']:.4f}, "
                         f"macro-F1 {val_metrics['macro_f1']:.4f}, loss {val_metrics['loss']:.4f}"
+                        + (f"; EMA accuracy {val_ema_metrics['accuracy']:.4f}" if use_ema else "")
+                        + (f"; lr scale {float(record['plateau/scale']):.4g}" if use_plateau else "")
                     )
                 if is_checkpoint or stopping:
-                    save(step, state, val_metrics if is_eval else None)
+                    save(step, state, selected_metrics if is_eval else None, best_weights)
                     window_start, window_steps = time.perf_counter(), 0
                 if stopping:
                     ckpt.wait_until_finished()
@@ -609,6 +778,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
 
     if val_metrics is None:  # resumed a finished run: report what its checkpoint gives
         val_metrics = run_eval(state)
+        val_ema_metrics = run_eval(state.ema_weights()) if use_ema else None
     best_step = ckpt.best_step()
     summary = {
         "model_name": config.model_name,
@@ -622,6 +792,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         "train_seconds_this_run": train_seconds,
         "data_path": config.data.path,
     }
+    if use_ema:
+        summary["final_val_ema"] = val_ema_metrics
+        selection = ckpt.best_selection(best_step) if best_step is not None else None
+        summary["best_weights"] = selection["weights"] if selection else None
+    if use_plateau:
+        summary["final_lr_scale"] = float(jax.device_get(optim.get_plateau(state.opt_state).scale))
     if is_main:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -633,6 +809,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
     ckpt.close()
     return summary
+
+
+def select_weights(select: str, val: dict[str, Any], val_ema: dict[str, Any]) -> str:
+    """Which weights `config.ema.select` picks at an evaluation, "raw" or "ema" ("best": the higher
+    validation accuracy, raw on a tie)."""
+    if select not in EMA_SELECT:
+        raise ValueError(f"Unknown config.ema.select {select!r}; valid choices: {', '.join(EMA_SELECT)}")
+    if select == "best":
+        return "ema" if val_ema["accuracy"] > val["accuracy"] else "raw"
+    return select
 
 
 def _truncate_metrics(path: str, last_step: int) -> None:
@@ -669,7 +855,8 @@ def _best_accuracy(workdir: str, best_step: int | None) -> float | None:
         return None
     for record in tracking.read_metrics(path):
         if record["step"] == best_step and "val/accuracy" in record:
-            return record["val/accuracy"]
+            # With EMA, the accuracy of the weights best/ holds (the selection metric).
+            return record.get("selected/accuracy", record["val/accuracy"])
     return None
 
 

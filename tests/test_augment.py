@@ -20,6 +20,8 @@ OFF = dict(
     rotate_degrees=0.0,
     erase_prob=0.0,
     erase_scale=(0.02, 0.2),
+    ten_crop=False,
+    crop_size=44,
 )
 
 

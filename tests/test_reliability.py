@@ -147,8 +147,8 @@ def _poison_step(monkeypatch, bad_step: int) -> None:
     """Makes the loss and gradients NaN at `bad_step` (1-based, as the loop counts)."""
     original = train._loss_and_grads
 
-    def poisoned(state, batch, rng, config):
-        loss, logits, batch_stats, grads = original(state, batch, rng, config)
+    def poisoned(state, batch, rng, config, **kwargs):
+        loss, logits, batch_stats, grads = original(state, batch, rng, config, **kwargs)
         factor = jnp.where(state.step + 1 == bad_step, jnp.nan, 1.0)
         return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads)
 

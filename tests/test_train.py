@@ -112,6 +112,12 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         ({"batch_size": 30}, "multiple of the 4 devices"),
         ({"data.path": "/nonexistent/fer2013.csv"}, "does not exist"),
         ({"optim.name": "lamb"}, "valid choices: sgd, adamw"),
+        # Recipe settings read only inside the compiled step or at the first evaluation are checked
+        # up front too.
+        ({"eval_tta": "fivecrop"}, "config.eval_tta"),
+        ({"loss.class_weighting": "bogus"}, "class_weighting"),
+        ({"mix.mixup_alpha": -1.0}, "mixup_alpha"),
+        ({"augment.ten_crop": True, "augment.crop_size": 60}, "crop_size"),
     ],
 )
 def test_config_mistakes_fail_before_training(tmp_path, override, message):

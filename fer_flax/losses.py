@@ -1,0 +1,167 @@
+"""Training losses: soft-target cross-entropy, label smoothing, class weights and logit adjustment.
+
+Everything here is computed in float32 whatever the model's compute dtype. Targets are soft, [B, K]
+rows that sum to one (one-hot labels, or the interpolated targets of mixup/cutmix), so one loss covers
+plain and mixed batches.
+
+The class weights and the prior are numbers of the TRAINING split (its label counts), computed once in
+numpy and baked into the jitted train step as constants; evaluation never uses them.
+
+Class weighting (`config.loss.class_weighting`):
+  none          every example weighs 1.
+  inverse       w_c ∝ 1 / n_c (each class contributes equally in expectation).
+  sqrt_inverse  w_c ∝ 1 / sqrt(n_c) (half-way: FER2013's 1.5% "disgust" is not blown up 60-fold).
+  explicit      w_c ∝ `config.loss.class_weights[c]` (7 non-negative numbers).
+  Whatever the mode, the weights are normalised so that their mean over the training distribution is
+  one, sum_c (n_c / N) w_c = 1: under natural sampling the expected per-example weight is 1, so the loss
+  keeps its scale and a learning rate tuned without weighting still fits.
+  An example's weight is sum_c target_c * w_c, so a mixup of a "disgust" and a "happy" face weighs
+  lam * w_disgust + (1 - lam) * w_happy. The weight is taken from the targets before label smoothing:
+  smoothing is a regulariser, not a statement about which class the example belongs to.
+
+Logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, the
+"logit-adjusted loss"): the training loss is the cross-entropy of `logits + tau * log(prior)`, with
+prior_c = n_c / N, while predictions use the raw logits. Rare classes then need a larger margin during
+training, which shifts the raw logits in their favour at test time; tau = 1 is the paper's
+Fisher-consistent choice for balanced error, 0 disables it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fer_flax.data.splits import NUM_CLASSES
+
+CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "inverse", "sqrt_inverse", "explicit")
+
+
+class LossTerms(NamedTuple):
+    """The training-split constants of the loss: per-class weights [K] and the logit offset
+    tau * log(prior) [K]; None where the feature is off (then it is not traced at all)."""
+
+    class_weights: np.ndarray | None
+    logit_offset: np.ndarray | None
+
+
+NO_TERMS = LossTerms(class_weights=None, logit_offset=None)
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example -sum_c targets_c * log_softmax(logits)_c in float32: logits [..., K], targets [..., K]."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(targets.astype(jnp.float32) * log_probs, axis=-1)
+
+
+def class_weights(
+    counts: Sequence[int] | np.ndarray, weighting: str, explicit: Sequence[float] | None = None
+) -> np.ndarray | None:
+    """Per-class loss weights [K] from the training label counts, or None for "none".
+
+    Normalised so that sum_c (n_c / N) * w_c = 1, the mean weight over the training distribution. An
+    absent class (n_c = 0) counts as one example for "inverse"/"sqrt_inverse", keeping its weight
+    finite (it only ever meets label-smoothing mass)."""
+    counts = np.asarray(counts, np.float64)
+    num_classes = counts.shape[0]
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(
+            f"Unknown config.loss.class_weighting {weighting!r}; valid choices: {', '.join(CLASS_WEIGHTINGS)}"
+        )
+    if weighting == "none":
+        return None
+    if counts.ndim != 1 or counts.sum() <= 0 or (counts < 0).any():
+        raise ValueError(f"class weighting needs non-negative training class counts, got {counts.tolist()}")
+    if weighting == "inverse":
+        raw = 1.0 / np.maximum(counts, 1.0)
+    elif weighting == "sqrt_inverse":
+        raw = 1.0 / np.sqrt(np.maximum(counts, 1.0))
+    else:
+        raw = _explicit_weights(explicit, num_classes)
+    prior = counts / counts.sum()
+    mean = float(np.sum(prior * raw))
+    if mean <= 0:
+        raise ValueError(
+            f"config.loss.class_weights {tuple(raw.tolist())} give every training class weight 0 "
+            f"(training class counts {counts.astype(int).tolist()})"
+        )
+    return (raw / mean).astype(np.float32)
+
+
+def _explicit_weights(explicit: Sequence[float] | None, num_classes: int) -> np.ndarray:
+    if explicit is None or len(explicit) != num_classes:
+        raise ValueError(
+            f"config.loss.class_weights must be {num_classes} weights (one per class) when "
+            f"config.loss.class_weighting='explicit', got {explicit!r}"
+        )
+    raw = np.asarray(explicit, np.float64)
+    if not np.isfinite(raw).all() or (raw < 0).any():
+        raise ValueError(f"config.loss.class_weights must be finite and >= 0, got {tuple(explicit)}")
+    return raw
+
+
+def log_prior(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """log(n_c / N) [K] in float32; an absent class counts as one example, so the log stays finite."""
+    counts = np.maximum(np.asarray(counts, np.float64), 1.0)
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def check_loss_config(loss_cfg: Any) -> None:
+    """Validates `config.loss` without the data (so a typo fails before anything is read or compiled):
+    the mode, the explicit weights' length and sign, tau."""
+    weighting = loss_cfg.class_weighting
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(
+            f"Unknown config.loss.class_weighting {weighting!r}; valid choices: {', '.join(CLASS_WEIGHTINGS)}"
+        )
+    if weighting == "explicit":
+        _explicit_weights(loss_cfg.class_weights, NUM_CLASSES)
+    tau = float(loss_cfg.logit_adjustment_tau)
+    if not (np.isfinite(tau) and tau >= 0):
+        raise ValueError(
+            f"config.loss.logit_adjustment_tau must be a finite number >= 0 (0 disables), got {tau}"
+        )
+
+
+def needs_class_counts(loss_cfg: Any) -> bool:
+    check_loss_config(loss_cfg)
+    return loss_cfg.class_weighting != "none" or float(loss_cfg.logit_adjustment_tau) > 0
+
+
+def training_loss_terms(loss_cfg: Any, counts: Sequence[int] | np.ndarray | None) -> LossTerms:
+    """The constants `config.loss` asks for, from the training split's label counts [K].
+
+    Raises ValueError (naming the key) for a bad config, or when counts are needed but not given."""
+    if not needs_class_counts(loss_cfg):
+        return NO_TERMS
+    if counts is None:
+        raise ValueError(
+            f"config.loss.class_weighting={loss_cfg.class_weighting!r} / logit_adjustment_tau="
+            f"{loss_cfg.logit_adjustment_tau} need the training split's class counts (class_counts=...)"
+        )
+    tau = float(loss_cfg.logit_adjustment_tau)
+    return LossTerms(
+        class_weights=class_weights(counts, loss_cfg.class_weighting, loss_cfg.class_weights),
+        logit_offset=(tau * log_prior(counts)).astype(np.float32) if tau > 0 else None,
+    )
+
+
+def training_loss(
+    logits: jax.Array, targets: jax.Array, *, label_smoothing: float = 0.0, terms: LossTerms = NO_TERMS
+) -> jax.Array:
+    """Per-example training loss [B] for logits [B, K] and soft targets [B, K] (rows summing to one):
+    cross-entropy of the (logit-adjusted) logits against the (smoothed) targets, times the example's
+    class weight sum_c targets_c * w_c. Take `.mean()` for the batch loss."""
+    targets = targets.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    if terms.logit_offset is not None:
+        logits = logits + jnp.asarray(terms.logit_offset)
+    smoothed = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
+    loss = soft_cross_entropy(logits, smoothed)
+    if terms.class_weights is not None:
+        loss = loss * (targets @ jnp.asarray(terms.class_weights))
+    return loss
