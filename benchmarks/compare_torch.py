@@ -631,10 +631,19 @@ def main() -> None:
     parser.add_argument("--augment", dest="augment", action="store_true", help="the recipe's, both sides")
     parser.add_argument("--no_augment", dest="augment", action="store_false", help="(default) neither side")
     parser.set_defaults(augment=False)
+    parser.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=0,
+        help="JAX CPU devices for fer_flax's data-parallel step, as config.cpu_devices (0 = one per core)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.windows < 1 or args.steps < 1:
         parser.error("--windows and --steps must be >= 1")
+    # As fer_flax.main does before JAX starts: XLA:CPU runs each convolution on one thread, so
+    # fer_flax uses one device per core (PyTorch's intra-op threads are its way to use them all).
+    parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
 
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)

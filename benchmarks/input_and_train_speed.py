@@ -59,7 +59,11 @@ def main() -> None:
     parser.add_argument("--variant", default="small")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--cpu_devices", type=int, default=0, help="as config.cpu_devices: 0 = one JAX device per core"
+    )
     args = parser.parse_args()
+    parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
     print(f"jax {jax.__version__}, devices: {jax.devices()}")
     if os.path.exists(args.data):
         time_cache(args.data)

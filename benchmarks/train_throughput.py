@@ -146,8 +146,12 @@ def main() -> None:
     parser.add_argument("--loader_workers", type=int, default=0)
     parser.add_argument("--data", default=None, help="FER2013 source for the loader (else synthetic)")
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "fer_flax_cache"))
+    parser.add_argument(
+        "--cpu_devices", type=int, default=0, help="as config.cpu_devices: 0 = one JAX device per core"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
+    parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
 
     chosen = dict(kv.split("=", 1) for kv in args.variants.split(",") if kv)
     mesh = parallel.make_mesh()

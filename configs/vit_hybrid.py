@@ -18,7 +18,9 @@ Real FER2013:
 Recipe: AdamW, lr 1e-3 at batch 128 (the conv stem tolerates a higher rate than vit_small's 5e-4),
 5 warm-up epochs then cosine, weight decay 0.05 on kernels only, gradient clipping at 1.0, label
 smoothing 0.1, stochastic depth 0.1 (in the variant), mild augmentation, 100 epochs. Meant for a GPU
-(`--config.dtype=bfloat16` there). Accuracy and runtime figures are added here once measured.
+(`--config.dtype=bfloat16` there). PublicTest accuracy and runtime: not measured yet. It needs a
+GPU and none has been lent to this project's sessions; the measured CPU figures are in
+benchmarks/RESULTS.md.
 """
 
 from configs.common import check_arg, get_base_config, use_adamw_recipe, use_smoke_settings

@@ -1,0 +1,150 @@
+"""What each CPU speed-up of fer_flax is worth: the train step with and without it, same model and batch.
+
+  python benchmarks/cpu_speedups.py [--model cnn:small] [--batch 128] [--steps 10]
+
+Each row runs in a fresh process (the CPU device count must be set before JAX starts) and times the real
+jitted `train_step` (augmentation on, donated state) after warm-up, median of `--steps` steps:
+
+  flax max_pool, 1 device   nn.max_pool (select-and-scatter gradient), JAX's default single CPU device
+  slice max_pool, 1 device  fer_flax.models.layers.max_pool
+  slice max_pool, N devices + config.cpu_devices auto: one JAX device per core (the fer_flax.main default)
+  ... bfloat16              the same with config.dtype=bfloat16 (float32 parameters)
+
+It also reports the host's share of a step: the time `step(...)` takes to return (dispatch) against the
+step's wall time, which bounds what running several steps per host call (a scanned multi-step) can save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: str) -> dict:
+    sys.path.insert(0, REPO)
+    from fer_flax import parallel
+
+    parallel.configure_cpu_devices(devices, (batch,))
+    import functools
+    import time
+
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    from configs.common import get_base_config
+    from fer_flax import optim, train
+
+    family, variant = model.split(":")
+    if pool == "flax":  # the models import max_pool by name: swap it in the family's module
+        import importlib
+
+        module = importlib.import_module(f"fer_flax.models.{family}")
+
+        def flax_pool(x, window, strides=None, padding="VALID"):
+            return nn.max_pool(x, tuple(window), strides=tuple(strides or window), padding=padding)
+
+        module.max_pool = flax_pool
+    config = get_base_config()
+    config.model_name, config.model.variant, config.dtype, config.batch_size = family, variant, dtype, batch
+    mesh = parallel.make_mesh()
+    model_ = train.create_model(config)
+    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
+    state = train.create_train_state(
+        model_, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
+    )
+    rng = np.random.default_rng(0)
+    local = {
+        "image": rng.integers(0, 256, (batch, 48, 48, 1), dtype=np.uint8),
+        "label": rng.integers(0, 7, batch).astype(np.int32),
+    }
+    device_batch = parallel.to_global_batch(local, mesh)
+    step = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,))
+    key = jax.random.key(1)
+    for _ in range(3):
+        state, metrics = step(state, device_batch, key)
+    jax.block_until_ready(state)
+    walls, dispatches = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = step(state, device_batch, key)
+        t1 = time.perf_counter()
+        jax.block_until_ready(state)
+        walls.append(time.perf_counter() - t0)
+        dispatches.append(t1 - t0)
+    wall = float(np.median(walls))
+    return {
+        "model": model,
+        "pool": pool,
+        "devices": jax.device_count(),
+        "dtype": dtype,
+        "batch": batch,
+        "step_ms": 1000 * wall,
+        "images_per_s": batch / wall,
+        "dispatch_ms": 1000 * float(np.median(dispatches)),
+        "finite_loss": bool(np.isfinite(float(metrics["loss"]))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="cnn:small", help="family:variant")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        pool, devices, dtype = args.worker.split(",")
+        print("RESULT " + json.dumps(worker(args.model, args.batch, args.steps, pool, int(devices), dtype)))
+        return
+
+    settings = [
+        ("flax", 1, "float32"),
+        ("slice", 1, "float32"),
+        ("slice", 0, "float32"),
+        ("slice", 0, "bfloat16"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    rows = []
+    for pool, devices, dtype in settings:
+        out = subprocess.run(
+            [
+                *(sys.executable, __file__, "--model", args.model, "--batch", str(args.batch)),
+                *("--steps", str(args.steps), "--worker", f"{pool},{devices},{dtype}"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        if out.returncode or not lines:
+            print(f"{pool},{devices},{dtype} failed:\n{out.stderr[-2000:]}")
+            continue
+        rows.append(json.loads(lines[0][len("RESULT ") :]))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{args.model}, batch {args.batch}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{'max_pool':<8} {'devices':>7} {'dtype':<9} {'step ms':>8} {'images/s':>9} "
+        f"{'dispatch ms':>12} {'vs 1st':>7}"
+    )
+    for r in rows:
+        speedup = r["images_per_s"] / rows[0]["images_per_s"]
+        print(
+            f"{r['pool']:<8} {r['devices']:>7} {r['dtype']:<9} {r['step_ms']:>8.1f} "
+            f"{r['images_per_s']:>9.1f} {r['dispatch_ms']:>12.2f} {speedup:>6.2f}x"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
