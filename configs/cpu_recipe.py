@@ -17,10 +17,12 @@ Why these choices (each one is about accuracy per CPU-second):
 - `cpu_devices` left at auto: one JAX device per core, so every core works on the convolutions.
 """
 
-from configs.common import get_base_config, use_sgd_recipe
+from configs.common import check_arg, get_base_config, use_sgd_recipe, use_smoke_settings
 
 
-def get_config():
+def get_config(arg: str = ""):
+    """'' is the recipe; 'smoke' a few steps of the same model and recipe on synthetic data (tests)."""
+    check_arg(arg, ("", "smoke"))
     c = get_base_config()
     c.model_name = "cnn"
     c.model.variant = "cpu"
@@ -28,4 +30,6 @@ def get_config():
     c.eval_every_epochs = 2.0  # 10 points on the curve; each evaluation scores raw and EMA weights
     c.log_every_steps = 50
     c.wandb.histogram_every_steps = 0
+    if arg == "smoke":
+        use_smoke_settings(c)
     return c
