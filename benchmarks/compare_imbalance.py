@@ -52,12 +52,7 @@ def config_for(method: str, data: str, epochs: float, seed: int):
     c.ema.decay = 0.0  # the final cosine epochs at a tiny rate already average; one set of weights
     c.progress_bar = False
     c.wandb.mode = "disabled"
-    for key, value in METHODS[method].items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict(METHODS[method])
     return c
 
 

@@ -6,7 +6,8 @@ Each row runs in a fresh process (the CPU device count must be set before JAX st
 jitted `train_step` (augmentation on, donated state) after warm-up, median of `--steps` steps:
 
   flax max_pool, 1 device   nn.max_pool (select-and-scatter gradient), JAX's default single CPU device
-  slice max_pool, 1 device  fer_flax.models.layers.max_pool
+  slice max_pool, 1 device  fer_flax.models.layers.max_pool (now a reshape-and-max; the label is
+                            from its first, strided-slice form)
   slice max_pool, N devices + config.cpu_devices auto: one JAX device per core (the fer_flax.main default)
   ... bfloat16              the same with config.dtype=bfloat16 (float32 parameters)
 
