@@ -286,12 +286,7 @@ def step_config(**overrides) -> ConfigDict:
     c = simple_cnn.get_config("smoke")
     c.label_smoothing = 0.0
     c.augment.update(pad_crop=0, flip=False, rotate_degrees=0.0)
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        target = c
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys: {"optim.lr": 0.1}
     return c
 
 

@@ -77,12 +77,7 @@ def _tiny_config(**overrides):
     use_smoke_settings(c, "tiny")
     c.batch_size = 8
     c.optim.update(schedule="constant", warmup_epochs=0.0, lr=0.1)
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys: {"optim.lr": 0.1}
     return c
 
 

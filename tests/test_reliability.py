@@ -32,12 +32,7 @@ CKPT_EVERY = 2
 def smoke_config(**overrides):
     c = simple_cnn.get_config("smoke")
     c.checkpoint_every_steps = CKPT_EVERY
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys: {"optim.lr": 0.1}
     return c
 
 

@@ -17,12 +17,7 @@ from fer_flax.data import load_splits
 
 def smoke_config(**overrides):
     c = simple_cnn.get_config("smoke")
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys: {"optim.lr": 0.1}
     return c
 
 
