@@ -61,7 +61,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.common import get_base_config, use_sgd_recipe
-from fer_flax import models, optim, parallel, train
+from fer_flax import models, optim, parallel, train, xla_cpu
 from fer_flax.augment import ERASE_RATIO, MEAN, STD
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
 from fer_flax.models.layers import BATCH_NORM_MOMENTUM
@@ -503,7 +503,9 @@ def compare(
         model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
     )
     flax_params = count_flax_params(state.params)
-    step = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,))
+    step = xla_cpu.jit(
+        functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,)
+    )
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8)
     labels = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)

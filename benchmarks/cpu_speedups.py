@@ -5,11 +5,12 @@
 Each row runs in a fresh process (the CPU device count must be set before JAX starts) and times the real
 jitted `train_step` (augmentation on, donated state) after warm-up, median of `--steps` steps:
 
-  flax max_pool, 1 device   nn.max_pool (select-and-scatter gradient), JAX's default single CPU device
-  slice max_pool, 1 device  fer_flax.models.layers.max_pool (now a reshape-and-max; the label is
-                            from its first, strided-slice form)
-  slice max_pool, N devices + config.cpu_devices auto: one JAX device per core (the fer_flax.main default)
-  ... bfloat16              the same with config.dtype=bfloat16 (float32 parameters)
+  flax pool, XLA defaults, 1 device    nn.max_pool (select-and-scatter gradient), XLA:CPU's default
+                                       compiler options, JAX's default single CPU device
+  fer_flax pool, XLA defaults          fer_flax.models.layers.max_pool (reshape-and-max, own gradient)
+  fer_flax pool, fer_flax XLA options  + fer_flax.xla_cpu's compiler options (YNNPACK off)
+  ... N devices                        + config.cpu_devices auto: one JAX device per core
+  ... bfloat16                         the same with config.dtype=bfloat16 (float32 parameters)
 
 It also reports the host's share of a step: the time `step(...)` takes to return (dispatch) against the
 step's wall time, which bounds what running several steps per host call (a scanned multi-step) can save.
@@ -26,7 +27,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: str) -> dict:
+def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: str, xla: str) -> dict:
     sys.path.insert(0, REPO)
     from fer_flax import parallel
 
@@ -39,7 +40,7 @@ def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: s
     import numpy as np
 
     from configs.common import get_base_config
-    from fer_flax import optim, train
+    from fer_flax import optim, train, xla_cpu
 
     family, variant = model.split(":")
     if pool == "flax":  # the models import max_pool by name: swap it in the family's module
@@ -65,7 +66,9 @@ def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: s
         "label": rng.integers(0, 7, batch).astype(np.int32),
     }
     device_batch = parallel.to_global_batch(local, mesh)
-    step = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,))
+    step = xla_cpu.jit(
+        functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,)
+    )
     key = jax.random.key(1)
     for _ in range(3):
         state, metrics = step(state, device_batch, key)
@@ -82,6 +85,7 @@ def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: s
     return {
         "model": model,
         "pool": pool,
+        "xla": xla,
         "devices": jax.device_count(),
         "dtype": dtype,
         "batch": batch,
@@ -103,23 +107,26 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        pool, devices, dtype = args.worker.split(",")
-        print("RESULT " + json.dumps(worker(args.model, args.batch, args.steps, pool, int(devices), dtype)))
+        pool, devices, dtype, xla = args.worker.split(",")
+        result = worker(args.model, args.batch, args.steps, pool, int(devices), dtype, xla)
+        print("RESULT " + json.dumps(result))
         return
 
     settings = [
-        ("flax", 1, "float32"),
-        ("slice", 1, "float32"),
-        ("slice", 0, "float32"),
-        ("slice", 0, "bfloat16"),
+        ("flax", 1, "float32", "defaults"),
+        ("fer_flax", 1, "float32", "defaults"),
+        ("fer_flax", 1, "float32", "fer_flax"),
+        ("fer_flax", 0, "float32", "fer_flax"),
+        ("fer_flax", 0, "bfloat16", "fer_flax"),
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    base_env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FER_FLAX_XLA_CPU_DEFAULTS")}
     rows = []
-    for pool, devices, dtype in settings:
+    for pool, devices, dtype, xla in settings:
+        env = dict(base_env, **({"FER_FLAX_XLA_CPU_DEFAULTS": "1"} if xla == "defaults" else {}))
         out = subprocess.run(
             [
                 *(sys.executable, __file__, "--model", args.model, "--batch", str(args.batch)),
-                *("--steps", str(args.steps), "--worker", f"{pool},{devices},{dtype}"),
+                *("--steps", str(args.steps), "--worker", f"{pool},{devices},{dtype},{xla}"),
             ],
             env=env,
             capture_output=True,
@@ -127,20 +134,21 @@ def main() -> None:
         )
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:
-            print(f"{pool},{devices},{dtype} failed:\n{out.stderr[-2000:]}")
+            print(f"{pool},{devices},{dtype},{xla} failed:\n{out.stderr[-2000:]}")
             continue
         rows.append(json.loads(lines[0][len("RESULT ") :]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{args.model}, batch {args.batch}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(
-        f"{'max_pool':<8} {'devices':>7} {'dtype':<9} {'step ms':>8} {'images/s':>9} "
+        f"{'max_pool':<9} {'XLA options':<12} {'devices':>7} {'dtype':<9} {'step ms':>8} {'images/s':>9} "
         f"{'dispatch ms':>12} {'vs 1st':>7}"
     )
     for r in rows:
         speedup = r["images_per_s"] / rows[0]["images_per_s"]
         print(
-            f"{r['pool']:<8} {r['devices']:>7} {r['dtype']:<9} {r['step_ms']:>8.1f} "
+            f"{r['pool']:<9} {r['xla']:<12} {r['devices']:>7} {r['dtype']:<9} {r['step_ms']:>8.1f} "
             f"{r['images_per_s']:>9.1f} {r['dispatch_ms']:>12.2f} {speedup:>6.2f}x"
+            + ("" if r["finite_loss"] else "  NON-FINITE loss")
         )
     if args.json:
         with open(args.json, "w") as f:

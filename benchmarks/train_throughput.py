@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.common import get_base_config
-from fer_flax import input_pipeline, models, optim, parallel, train
+from fer_flax import input_pipeline, models, optim, parallel, train, xla_cpu
 from fer_flax.data import load_splits
 from fer_flax.data.splits import NUM_CLASSES
 
@@ -54,7 +54,9 @@ def measure_train(family: str, variant: str, dtype: str, batch: int, steps: int,
         model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
     )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    step = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,))
+    step = xla_cpu.jit(
+        functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,)
+    )
     rng = np.random.default_rng(0)
     local = {
         "image": rng.integers(0, 256, (batch // jax.process_count(), 48, 48, 1), dtype=np.uint8),

@@ -43,7 +43,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import input_pipeline, metrics, parallel, train, tta
+from fer_flax import input_pipeline, metrics, parallel, train, tta, xla_cpu
 from fer_flax.augment import preprocess
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import SPLITS
@@ -222,7 +222,7 @@ def make_logits_fn(model: nn.Module, tta_mode: str = "none", crop_size: int = tt
 
         return tta.apply_with_tta(apply, preprocess(images), tta_mode, crop_size)
 
-    return jax.jit(logits_fn)
+    return xla_cpu.jit(logits_fn)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

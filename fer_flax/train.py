@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 from fer_flax import checkpoint as checkpoint_lib
 from fer_flax import ema as ema_lib
-from fer_flax import input_pipeline, losses, metrics, mixing, models, optim, parallel, tracking, tta
+from fer_flax import input_pipeline, losses, metrics, mixing, models, optim, parallel, tracking, tta, xla_cpu
 from fer_flax.augment import augment_batch, preprocess, ten_crop_batch, ten_crop_size
 from fer_flax.data import NUM_CLASSES, ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import IMAGE_SIZE
@@ -622,18 +622,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     # The training split's label counts, baked into the step as constants: the loss's class weights and
     # logit-adjustment prior (config.loss). Never the validation split's.
     train_counts = train_split.class_counts()
-    p_train_step = jax.jit(
+    p_train_step = xla_cpu.jit(
         functools.partial(train_step, config=config, schedule=schedule, class_counts=train_counts),
         donate_argnums=(0,),
     )
-    p_eval_step = jax.jit(
+    p_eval_step = xla_cpu.jit(
         functools.partial(eval_step, tta_mode=config.eval_tta, crop_size=config.augment.crop_size)
     )
-    p_gradients = jax.jit(functools.partial(gradients, config=config, class_counts=train_counts))
-    p_predict = jax.jit(predict_step)
-    p_state_is_finite = jax.jit(state_is_finite)
+    p_gradients = xla_cpu.jit(functools.partial(gradients, config=config, class_counts=train_counts))
+    p_predict = xla_cpu.jit(predict_step)
+    p_state_is_finite = xla_cpu.jit(state_is_finite)
     # Replicated like the rest of the state, so the train step sees the shardings it was compiled for.
-    p_plateau = jax.jit(
+    p_plateau = xla_cpu.jit(
         functools.partial(optim.plateau_update, optim=config.optim),
         out_shardings=parallel.replicated_sharding(mesh),
     )
@@ -802,10 +802,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         _plot_curves(workdir, f"{config.model_name}/{config.model.variant}", say)
-    say(
-        f"Done. Final validation accuracy: {val_metrics['accuracy']:.4f} "
-        f"(best checkpoint: step {summary['best_step']}). Workdir: {workdir}"
-    )
+    final = f"{val_metrics['accuracy']:.4f}"
+    best = f"step {summary['best_step']}"
+    if use_ema:
+        # Both weight sets, and which one best/ kept: the figure to quote is the best checkpoint's.
+        final = f"{final} (EMA weights {val_ema_metrics['accuracy']:.4f})"
+        if summary["best_weights"] and summary["best_val_accuracy"] is not None:
+            best += f", {summary['best_weights']} weights, {summary['best_val_accuracy']:.4f}"
+    say(f"Done. Final validation accuracy: {final} (best checkpoint: {best}). Workdir: {workdir}")
     writer.close()
     ckpt.close()
     return summary

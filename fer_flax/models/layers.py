@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 # He initialisation (fan-out, as torchvision's ResNets) suits ReLU-family convs.
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -32,14 +34,18 @@ def max_pool(
     """Max-pooling over NHWC input with the semantics of `flax.linen.max_pool`.
 
     Non-overlapping windows without padding (the 2×2 pools of the CNN and BeefyModel families) are
-    computed as a reshape and a max over the window axes. Why: `nn.max_pool`'s gradient is XLA's
-    select-and-scatter, which XLA:CPU runs as a slow scalar loop — on a 2-core CPU the three 2×2
-    pools of the small CNN cost ~60% of a training step (177 ms for one (128, 48, 48, 32) pool's
-    gradient against 79 ms here). The reshape's gradient is a fused compare-and-select. Forward values
-    are identical; gradients are identical wherever the window's maximum is unique, and split equally
-    between tied maxima otherwise (the total gradient mass is the same). Overlapping or padded windows
-    use `nn.max_pool`. (A maximum over strided slices was faster still, 41 ms, but XLA's SPMD
-    partitioner got its gradient wrong for batch-sharded inputs: tests/test_performance_paths.py.)
+    computed from the window's kh·kw slices of a reshape, keeping which position won, and the
+    gradient goes to that position (`_window_max`'s hand-written backward pass). Why: `nn.max_pool`'s
+    gradient is XLA's select-and-scatter, which XLA:CPU runs as a slow scalar loop: 178 ms for a
+    (128, 48, 48, 32) ReLU + pool gradient on 2 cores against 64 ms here. Values and gradients are
+    those of `nn.max_pool`, ties included (the first maximum in row-major order takes the gradient).
+    Overlapping or padded windows use `nn.max_pool`.
+
+    Two faster forms were wrong and are kept out (tests/test_performance_paths.py checks both cases):
+    a maximum over strided slices of the input, whose gradient XLA's SPMD partitioner got wrong for
+    batch-sharded inputs; and autodiff of `reshape(...).max(axes)` (or any backward pass that finds
+    the maximum by comparing the input with the pooled output), whose compiled gradient in a
+    BatchNorm network was wrong or NaN because XLA recomputed the compared values differently.
     """
     window = tuple(window)
     strides = window if strides is None else tuple(strides)
@@ -47,6 +53,51 @@ def max_pool(
     if strides != window or not no_padding:
         return nn.max_pool(x, window, strides=strides, padding=padding)
     (kh, kw) = window
-    n, h, w, c = x.shape
+    h, w = x.shape[1:3]
     x = x[:, : h // kh * kh, : w // kw * kw, :]  # VALID drops the incomplete last row/column
-    return x.reshape(n, h // kh, kh, w // kw, kw, c).max(axis=(2, 4))
+    return _window_max(x, window)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, window: tuple[int, int]) -> jax.Array:
+    """Max over non-overlapping `window`s of NHWC `x` (its H and W multiples of the window)."""
+    return _window_max_and_argmax(x, window)[0]
+
+
+def _window_max_and_argmax(x: jax.Array, window: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """Each window's maximum and the position (row-major, first on ties) it came from, both computed
+    from the same elementwise passes over the kh·kw window slices, so they always agree."""
+    (kh, kw) = window
+    n, h, w, c = x.shape
+    windows = x.reshape(n, h // kh, kh, w // kw, kw, c)
+    best = windows[:, :, 0, :, 0, :]
+    where = jnp.zeros(best.shape, jnp.int8)
+    for position in range(1, kh * kw):
+        candidate = windows[:, :, position // kw, :, position % kw, :]
+        larger = candidate > best  # strict: the first maximum wins ties, as in nn.max_pool
+        best = jnp.where(larger, candidate, best)
+        where = jnp.where(larger, jnp.int8(position), where)
+    return best, where
+
+
+def _window_max_forward(x: jax.Array, window: tuple[int, int]) -> tuple[jax.Array, tuple]:
+    y, where = _window_max_and_argmax(x, window)
+    return y, (where, x.shape)
+
+
+def _window_max_backward(window: tuple[int, int], residuals: tuple, g: jax.Array) -> tuple[jax.Array]:
+    # The gradient goes to the saved position of each window's maximum. Deriving it instead by
+    # comparing the input with the pooled maximum (what autodiff of `.max()` does) went wrong under
+    # XLA:CPU: in a compiled training step the backward pass's comparison saw the BatchNorm/ReLU
+    # output recomputed differently from the forward pass, and BatchNorm-net gradients came out wrong
+    # (relative error ~1 against eager execution) or NaN (tests/test_performance_paths.py).
+    where, shape = residuals
+    (kh, kw) = window
+    zero = jnp.zeros((), g.dtype)
+    rows = [
+        jnp.stack([jnp.where(where == i * kw + j, g, zero) for j in range(kw)], axis=3) for i in range(kh)
+    ]
+    return (jnp.stack(rows, axis=2).reshape(shape),)
+
+
+_window_max.defvjp(_window_max_forward, _window_max_backward)

@@ -1,0 +1,52 @@
+"""How fer_flax compiles its steps for XLA:CPU: `jit` is `jax.jit` plus these compiler options on a CPU.
+
+XLA:CPU (jaxlib 0.10) hands convolutions, reductions and elementwise fusions to YNNPACK by default
+(`__ynn_fusion` in the compiled HLO). fer_flax turns that off for the steps it compiles (train, eval,
+predict), because XLA's own (Eigen) convolutions use every core and YNNPACK's barely used the second
+one here: a (128, 24, 24, 64) 3x3 convolution's forward + both gradients took 143 ms on 2 cores and
+251 ms on 1 with Eigen, 228 and 276 ms with YNNPACK. Whole training-step gradients on the 2-core
+machine (benchmarks/RESULTS.md, "XLA:CPU without YNNPACK"): ResNet-18 1.13x faster, BeefyModel/base
+and the small CNNs faster too, ViT unchanged (its matrix products are Eigen's either way).
+
+Other projects report YNNPACK fusions miscompiling gradients on jaxlib 0.11; our own NaN gradients
+with them came from a pool formulation that was fragile under any compilation (models/layers.py).
+
+`FER_FLAX_XLA_CPU_DEFAULTS=1` in the environment keeps XLA's defaults (to benchmark the difference).
+GPUs and TPUs compile with their defaults, and so does an XLA build that does not know the option.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+_KEEP_DEFAULTS_ENV = "FER_FLAX_XLA_CPU_DEFAULTS"
+
+
+def compiler_options() -> dict[str, Any] | None:
+    """The options fer_flax compiles its steps with on this backend (None: XLA's defaults)."""
+    if jax.default_backend() != "cpu" or os.environ.get(_KEEP_DEFAULTS_ENV, "") not in ("", "0"):
+        return None
+    return dict(CPU_COMPILER_OPTIONS) if _options_supported() else None
+
+
+@functools.cache
+def _options_supported() -> bool:
+    """Whether this XLA build accepts the options (a future one may rename them): compile a trivial
+    program with them once, and fall back to the defaults rather than fail every step."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(1.0).compile()
+    except Exception:  # XLA reports an unknown option or value as a runtime error
+        return False
+    return True
+
+
+def jit(fun: Callable, **kwargs: Any) -> Callable:
+    """`jax.jit(fun, **kwargs)` compiled with `compiler_options()`."""
+    return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
