@@ -49,3 +49,26 @@ def test_convs_per_stage_sequence_must_match_the_stages():
     bad = create_model("cnn", variant="small", num_classes=7, convs_per_stage=(1, 2))
     with pytest.raises(ValueError, match="one count per stage"):
         bad.init({"params": jax.random.key(0)}, jnp.zeros((1, 48, 48, 1)), train=False)
+
+
+def test_pool_before_norm_is_the_same_net_with_cheaper_normalisation():
+    # Without BatchNorm, ReLU and 2x2 max-pooling commute exactly: both orders give the same logits.
+    x = jax.random.normal(jax.random.key(0), (4, 48, 48, 1))
+    kwargs = dict(num_classes=7, batch_norm=False, convs_per_stage=(1, 2, 1, 1))
+    after = create_model("cnn", variant="cpu", **kwargs)
+    before = create_model("cnn", variant="cpu", pool_before_norm=True, **kwargs)
+    variables = after.init({"params": jax.random.key(1)}, x, train=False)
+    out_after = after.apply(variables, x, train=False)[0]
+    out_before = before.apply(variables, x, train=False)[0]
+    np.testing.assert_allclose(np.asarray(out_before), np.asarray(out_after), rtol=1e-5, atol=1e-5)
+    # With BatchNorm (the cpu_fast variant) the parameters are those of "cpu"; the statistics of each
+    # stage's BatchNorm are taken over the pooled map, so they have the same shapes too.
+    fast = init_shapes(create_model("cnn", variant="cpu_fast", num_classes=7))
+    slow = init_shapes(create_model("cnn", variant="cpu", num_classes=7))
+    assert jax.tree.map(lambda a: a.shape, fast) == jax.tree.map(lambda a: a.shape, slow)
+    model = create_model("cnn", variant="cpu_fast", num_classes=7)
+    v = model.init({"params": jax.random.key(1)}, x, train=False)
+    (logits, _), _ = model.apply(
+        v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
+    )
+    assert logits.shape == (4, 7) and np.all(np.isfinite(np.asarray(logits)))

@@ -26,6 +26,12 @@ class PlainCNN(nn.Module):
     # small net) takes steps far larger than the convs' at SGD learning rates near 0.1, and on FER2013
     # the head dies within an epoch (every prediction "happy"); with it lr 0.1 trains as in ResNets.
     head_batch_norm: bool = False
+    # Each stage's last conv is max-pooled before its BatchNorm and ReLU (conv → pool → BN → ReLU)
+    # instead of after them. With a positive BatchNorm scale, BN+ReLU is monotonic per channel, so this
+    # is the same function up to which values the BN statistics are taken over; the BN and ReLU passes
+    # (forward and backward) then touch a quarter of the elements. On a 2-core CPU the CPU recipe's net
+    # computes a batch's gradient 1.27x faster this way (memory-bound passes at 48x48 dominate there).
+    pool_before_norm: bool = False
     dropout: float = 0.0
     dtype: Any = jnp.float32
 
@@ -38,13 +44,17 @@ class PlainCNN(nn.Module):
         if len(counts) != len(self.stage_widths):
             raise ValueError(f"convs_per_stage {counts} needs one count per stage of {self.stage_widths}")
         for width, count in zip(self.stage_widths, counts, strict=True):
-            for _ in range(count):
+            for index in range(count):
                 # A bias right before BatchNorm is redundant (and its gradient is pure rounding noise).
                 x = nn.Conv(width, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype)(x)
+                pool_now = self.pool_before_norm and index == count - 1
+                if pool_now:
+                    x = max_pool(x, (2, 2), strides=(2, 2))
                 if self.batch_norm:
                     x = batch_norm(train, self.dtype)(x)
                 x = nn.relu(x)
-            x = max_pool(x, (2, 2), strides=(2, 2))
+            if not self.pool_before_norm:
+                x = max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         for width in self.dense_widths:
             x = nn.Dense(width, use_bias=not self.head_batch_norm, dtype=self.dtype)(x)
@@ -69,6 +79,15 @@ VARIANTS: dict[str, dict] = {
     # underfits in 20 CPU epochs (train accuracy ~ validation accuracy, 0.64); the extra stage adds
     # conv capacity and whole-face receptive fields where maps are small and convs cheap.
     "cpu": dict(stage_widths=(32, 64, 128, 256), dense_widths=(256,), head_batch_norm=True, dropout=0.2),
+    # "cpu" pooling before each stage's last BatchNorm and ReLU: the same parameters, 1.27x faster on a
+    # CPU, so ~25% more epochs in the CPU recipe's 30 minutes.
+    "cpu_fast": dict(
+        stage_widths=(32, 64, 128, 256),
+        dense_widths=(256,),
+        head_batch_norm=True,
+        pool_before_norm=True,
+        dropout=0.2,
+    ),
     # Two convs per stage, four stages: the VGG-like "bigger" plain net.
     "medium": dict(stage_widths=(64, 128, 256, 512), convs_per_stage=2, dense_widths=(512,), dropout=0.4),
     "large": dict(stage_widths=(64, 128, 256, 512), convs_per_stage=3, dense_widths=(1024, 512), dropout=0.5),
