@@ -23,6 +23,7 @@ PINNED_PARAMETER_COUNTS = {
     ("cnn", "plain"): 1_274_375,
     ("cnn", "small_bn"): 1_274_855,
     ("cnn", "cpu"): 980_455,
+    ("cnn", "cpu_fast"): 980_455,  # the same parameters as "cpu", pooled before BatchNorm
     ("beefy", "small"): 515_943,
     ("beefy", "wide"): 8_070_791,
     ("beefy", "base"): 8_218_055,
