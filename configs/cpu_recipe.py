@@ -35,7 +35,7 @@ def get_config(arg: str = ""):
     use_sgd_recipe(c, lr=0.1, epochs=25.0, warmup_epochs=1.0, erase_prob=0.0, ema_decay=0.998)
     c.eval_every_epochs = 5.0  # 5 points on the curve; each evaluation scores raw and EMA weights (~13 s)
     # One JAX device: with YNNPACK off (fer_flax.xla_cpu) XLA's convolutions already use both cores, and
-    # this net ran 482 img/s on one device against 435 on two.
+    # this net ran faster on one device than on two (482 vs 435 img/s; RESULTS.md, "Devices").
     c.cpu_devices = 1
     c.log_every_steps = 50
     c.wandb.histogram_every_steps = 0
