@@ -10,7 +10,7 @@ command. Curve and earlier attempts: benchmarks/RESULTS.md ("CPU recipe"). One s
 
 Why these choices (each one is about accuracy per CPU-second):
 - cnn/cpu_fast: four conv stages at 32/64/128/256 (0.98M parameters), each pooled before its
-  BatchNorm and ReLU (the same function, a quarter of the normalisation work: 1.27x faster on a CPU),
+  BatchNorm and ReLU (the same function, a quarter of the normalisation work: 1.28x faster on a CPU),
   and a BatchNorm head so SGD at lr 0.1 trains it. The net underfits in this budget, so epochs matter
   more than regularisation; a 2x costlier deeper net would get half the epochs.
 - SGD-Nesterov with a short warmup and cosine to zero: the whole schedule fits the time budget, and the
@@ -35,7 +35,7 @@ def get_config(arg: str = ""):
     use_sgd_recipe(c, lr=0.1, epochs=25.0, warmup_epochs=1.0, erase_prob=0.0, ema_decay=0.998)
     c.eval_every_epochs = 5.0  # 5 points on the curve; each evaluation scores raw and EMA weights (~13 s)
     # One JAX device: with YNNPACK off (fer_flax.xla_cpu) XLA's convolutions already use both cores, and
-    # this net ran faster on one device than on two (482 vs 435 img/s; RESULTS.md, "Devices").
+    # this net ran faster on one device than on two (RESULTS.md, "Devices").
     c.cpu_devices = 1
     c.log_every_steps = 50
     c.wandb.histogram_every_steps = 0

@@ -3,10 +3,9 @@
 XLA:CPU (jaxlib 0.10) hands convolutions, reductions and elementwise fusions to YNNPACK by default
 (`__ynn_fusion` in the compiled HLO). fer_flax turns that off for the steps it compiles (train, eval,
 predict), because XLA's own (Eigen) convolutions use every core and YNNPACK's barely used the second
-one here: a (128, 24, 24, 64) 3x3 convolution's forward + both gradients took 143 ms on 2 cores and
-251 ms on 1 with Eigen, 228 and 276 ms with YNNPACK. Whole training-step gradients on the 2-core
-machine (benchmarks/RESULTS.md, "XLA:CPU without YNNPACK"; benchmarks/xla_cpu_options.py): BeefyModel/base
-1.34x, ResNet-18 1.13x, the small CNN 1.14x faster, ViT unchanged.
+one here (a single convolution's figures on 2 and 1 cores are in benchmarks/RESULTS.md). Whole-model
+batch gradients on the 2-core machine (benchmarks/xla_cpu_options.py; benchmarks/RESULTS.md, "XLA:CPU
+without YNNPACK"): BeefyModel/base 1.34x, ResNet-18 1.13x, the small CNN 1.14x faster, ViT unchanged.
 
 Other projects report YNNPACK fusions miscompiling gradients on jaxlib 0.11; our own NaN gradients
 with them came from a pool formulation that was fragile under any compilation (models/layers.py).

@@ -30,7 +30,7 @@ class PlainCNN(nn.Module):
     # instead of after them. With a positive BatchNorm scale, BN+ReLU is monotonic per channel, so this
     # is the same function up to which values the BN statistics are taken over; the BN and ReLU passes
     # (forward and backward) then touch a quarter of the elements. On a 2-core CPU the CPU recipe's net
-    # computes a batch's gradient 1.27x faster this way (memory-bound passes at 48x48 dominate there).
+    # trains 1.28x faster this way (memory-bound passes at 48x48 dominate there; benchmarks/RESULTS.md).
     pool_before_norm: bool = False
     dropout: float = 0.0
     dtype: Any = jnp.float32
@@ -79,7 +79,7 @@ VARIANTS: dict[str, dict] = {
     # underfits in 20 CPU epochs (train accuracy ~ validation accuracy, 0.64); the extra stage adds
     # conv capacity and whole-face receptive fields where maps are small and convs cheap.
     "cpu": dict(stage_widths=(32, 64, 128, 256), dense_widths=(256,), head_batch_norm=True, dropout=0.2),
-    # "cpu" pooling before each stage's last BatchNorm and ReLU: the same parameters, 1.27x faster on a
+    # "cpu" pooling before each stage's last BatchNorm and ReLU: the same parameters, 1.28x faster on a
     # CPU, so ~25% more epochs in the CPU recipe's 30 minutes.
     "cpu_fast": dict(
         stage_widths=(32, 64, 128, 256),
