@@ -45,6 +45,7 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -61,7 +62,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.common import get_base_config, use_sgd_recipe
-from fer_flax import models, optim, parallel, train, xla_cpu
+from fer_flax import host_allocator, models, optim, parallel, train, xla_cpu
 from fer_flax.augment import ERASE_RATIO, MEAN, STD
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
 from fer_flax.models.layers import BATCH_NORM_MOMENTUM
@@ -540,22 +541,25 @@ def compare(
     )
 
     last_loss: dict[str, float] = {}
+    faults = {"flax": 0, "torch": 0}  # minor page faults during the timed windows
 
     def run_flax(n: int) -> float:
         nonlocal state
-        t0 = time.perf_counter()
+        f0, t0 = _minor_faults(), time.perf_counter()
         for _ in range(n):
             state, metrics = step(state, device_batch, key)
         jax.block_until_ready((state, metrics))
         seconds = time.perf_counter() - t0
+        faults["flax"] += _minor_faults() - f0
         last_loss["flax"] = float(metrics["loss"])
         return seconds
 
     def run_torch(n: int) -> float:
-        t0 = time.perf_counter()
+        f0, t0 = _minor_faults(), time.perf_counter()
         for _ in range(n):
             loss = torch_step()
         seconds = time.perf_counter() - t0  # eager on a CPU: the work is done when the call returns
+        faults["torch"] += _minor_faults() - f0
         last_loss["torch"] = loss.detach().item()
         return seconds
 
@@ -564,6 +568,7 @@ def compare(
         run_flax(warmup - 1)
     run_torch(max(warmup, 1))
     torch_rates, flax_rates = [], []
+    faults.update(flax=0, torch=0)
     for _ in range(windows):
         torch_rates.append(steps * batch / run_torch(steps))
         flax_rates.append(steps * batch / run_flax(steps))
@@ -579,10 +584,16 @@ def compare(
         "torch_window_images_per_s": torch_rates,
         "flax_window_images_per_s": flax_rates,
         "flax_compile_s": compile_s,
+        "torch_page_faults_per_step": faults["torch"] / (windows * steps),
+        "flax_page_faults_per_step": faults["flax"] / (windows * steps),
         "torch_final_loss": last_loss["torch"],
         "flax_final_loss": last_loss["flax"],
     }
     return row
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def settings_lines(args, threads: int) -> list[str]:
@@ -603,19 +614,25 @@ def settings_lines(args, threads: int) -> list[str]:
         f"SGD{' Nesterov' if o.nesterov else ''} momentum {o.momentum:g}, weight decay "
         f"{o.weight_decay:g} on conv/linear weights; augmentation: {aug}",
         f"{args.windows} alternating windows of {args.steps} steps (torch, then fer_flax) after "
-        f"{args.warmup} warm-up steps each; medians over the windows",
+        f"{args.warmup} warm-up steps each; medians over the windows; glibc malloc: "
+        + (
+            "fer_flax.host_allocator's reuse settings (for both)"
+            if args.malloc == "reuse"
+            else "defaults (for both)"
+        ),
     ]
 
 
 def print_table(rows: list[dict]) -> None:
     header = f"{'model':<8} {'variant':<16} {'params':>12} {'torch img/s':>12} {'fer_flax img/s':>15} "
-    header += f"{'flax/torch':>10}"
+    header += f"{'flax/torch':>10} {'faults/step torch, flax':>24}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r['model']:<8} {r['variant']:<16} {r['params']:>12,} {r['torch_images_per_s']:>12,.1f} "
-            f"{r['flax_images_per_s']:>15,.1f} {r['ratio_flax_over_torch']:>9.2f}x"
+            f"{r['flax_images_per_s']:>15,.1f} {r['ratio_flax_over_torch']:>9.2f}x "
+            f"{r['torch_page_faults_per_step']:>12,.0f}, {r['flax_page_faults_per_step']:>9,.0f}"
         )
 
 
@@ -639,12 +656,22 @@ def main() -> None:
         default=0,
         help="JAX CPU devices for fer_flax's data-parallel step, as config.cpu_devices (0 = one per core)",
     )
+    parser.add_argument(
+        "--malloc",
+        choices=("reuse", "defaults"),
+        default="reuse",
+        help="reuse: fer_flax.host_allocator's glibc settings, as fer_flax.main applies them (the process "
+        "is shared, so PyTorch runs with them too); defaults: glibc's defaults for both",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.windows < 1 or args.steps < 1:
         parser.error("--windows and --steps must be >= 1")
-    # As fer_flax.main does before JAX starts: XLA:CPU runs each convolution on one thread, so
-    # fer_flax uses one device per core (PyTorch's intra-op threads are its way to use them all).
+    # Before JAX starts its CPU client (arena settings reach only threads that have not allocated yet).
+    if args.malloc == "reuse" and not host_allocator.reuse_freed_memory():
+        parser.error("--malloc reuse needs glibc on Linux and a CPU backend; use --malloc defaults")
+    # As fer_flax.main does before JAX starts: one JAX device per core by default (PyTorch's
+    # intra-op threads are its way to use them all).
     parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
 
     torch.set_num_threads(args.torch_threads)

@@ -6,9 +6,12 @@ Each row runs in a fresh process (the CPU device count must be set before JAX st
 jitted `train_step` (augmentation on, donated state) after warm-up, median of `--steps` steps:
 
   flax pool, XLA defaults, 1 device    nn.max_pool (select-and-scatter gradient), XLA:CPU's default
-                                       compiler options, JAX's default single CPU device
-  fer_flax pool, XLA defaults          fer_flax.models.layers.max_pool (reshape-and-max, own gradient)
-  fer_flax pool, fer_flax XLA options  + fer_flax.xla_cpu's compiler options (YNNPACK off)
+                                       compiler options, glibc's malloc defaults, JAX's default single
+                                       CPU device
+  fer_flax pool, XLA defaults          fer_flax.models.layers.max_pool (saved-argmax gradient)
+  ... YNNPACK off                      + YNNPACK off altogether (fer_flax's previous compiler options)
+  ... fer_flax XLA options             + fer_flax.xla_cpu's options (YNNPACK for reductions only)
+  ... malloc reuse                     + fer_flax.host_allocator.reuse_freed_memory()
   ... N devices                        + config.cpu_devices auto: one JAX device per core
   ... bfloat16                         the same with config.dtype=bfloat16 (float32 parameters)
 
@@ -27,9 +30,15 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: str, xla: str) -> dict:
+def worker(
+    model: str, batch: int, steps: int, pool: str, devices: int, dtype: str, xla: str, malloc: str
+) -> dict:
     sys.path.insert(0, REPO)
-    from fer_flax import parallel
+    from fer_flax import host_allocator, parallel
+
+    # Before JAX starts (arena settings reach only threads that have not allocated yet).
+    if malloc == "reuse" and not host_allocator.reuse_freed_memory():
+        raise SystemExit("reuse_freed_memory() is not available here (glibc on Linux, CPU backend)")
 
     parallel.configure_cpu_devices(devices, (batch,))
     import functools
@@ -42,6 +51,8 @@ def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: s
     from configs.common import get_base_config
     from fer_flax import optim, train, xla_cpu
 
+    if xla == "no-ynn":
+        xla_cpu.CPU_COMPILER_OPTIONS["xla_cpu_experimental_ynn_fusion_type"] = ""
     family, variant = model.split(":")
     if pool == "flax":  # the models import max_pool by name: swap it in the family's module
         import importlib
@@ -86,6 +97,7 @@ def worker(model: str, batch: int, steps: int, pool: str, devices: int, dtype: s
         "model": model,
         "pool": pool,
         "xla": xla,
+        "malloc": malloc,
         "devices": jax.device_count(),
         "dtype": dtype,
         "batch": batch,
@@ -107,26 +119,29 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        pool, devices, dtype, xla = args.worker.split(",")
-        result = worker(args.model, args.batch, args.steps, pool, int(devices), dtype, xla)
+        pool, devices, dtype, xla, malloc = args.worker.split(",")
+        result = worker(args.model, args.batch, args.steps, pool, int(devices), dtype, xla, malloc)
         print("RESULT " + json.dumps(result))
         return
 
     settings = [
-        ("flax", 1, "float32", "defaults"),
-        ("fer_flax", 1, "float32", "defaults"),
-        ("fer_flax", 1, "float32", "fer_flax"),
-        ("fer_flax", 0, "float32", "fer_flax"),
-        ("fer_flax", 0, "bfloat16", "fer_flax"),
+        ("flax", 1, "float32", "defaults", "defaults"),
+        ("fer_flax", 1, "float32", "defaults", "defaults"),
+        ("fer_flax", 1, "float32", "no-ynn", "defaults"),
+        ("fer_flax", 1, "float32", "fer_flax", "defaults"),
+        ("fer_flax", 1, "float32", "fer_flax", "reuse"),
+        ("fer_flax", 0, "float32", "fer_flax", "reuse"),
+        ("fer_flax", 0, "bfloat16", "fer_flax", "reuse"),
     ]
-    base_env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "FER_FLAX_XLA_CPU_DEFAULTS")}
+    drop = ("XLA_FLAGS", "FER_FLAX_XLA_CPU_DEFAULTS", "FER_FLAX_MALLOC_DEFAULTS")
+    base_env = {k: v for k, v in os.environ.items() if k not in drop}
     rows = []
-    for pool, devices, dtype, xla in settings:
+    for pool, devices, dtype, xla, malloc in settings:
         env = dict(base_env, **({"FER_FLAX_XLA_CPU_DEFAULTS": "1"} if xla == "defaults" else {}))
         out = subprocess.run(
             [
                 *(sys.executable, __file__, "--model", args.model, "--batch", str(args.batch)),
-                *("--steps", str(args.steps), "--worker", f"{pool},{devices},{dtype},{xla}"),
+                *("--steps", str(args.steps), "--worker", f"{pool},{devices},{dtype},{xla},{malloc}"),
             ],
             env=env,
             capture_output=True,
@@ -134,19 +149,21 @@ def main() -> None:
         )
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:
-            print(f"{pool},{devices},{dtype},{xla} failed:\n{out.stderr[-2000:]}")
+            print(f"{pool},{devices},{dtype},{xla},{malloc} failed:\n{out.stderr[-2000:]}")
             continue
         rows.append(json.loads(lines[0][len("RESULT ") :]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{args.model}, batch {args.batch}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(
-        f"{'max_pool':<9} {'XLA options':<12} {'devices':>7} {'dtype':<9} {'step ms':>8} {'images/s':>9} "
+        f"{'max_pool':<9} {'XLA options':<12} {'malloc':<9} {'devices':>7} {'dtype':<9} {'step ms':>8} "
+        f"{'images/s':>9} "
         f"{'dispatch ms':>12} {'vs 1st':>7}"
     )
     for r in rows:
         speedup = r["images_per_s"] / rows[0]["images_per_s"]
         print(
-            f"{r['pool']:<9} {r['xla']:<12} {r['devices']:>7} {r['dtype']:<9} {r['step_ms']:>8.1f} "
+            f"{r['pool']:<9} {r['xla']:<12} {r['malloc']:<9} {r['devices']:>7} {r['dtype']:<9} "
+            f"{r['step_ms']:>8.1f} "
             f"{r['images_per_s']:>9.1f} {r['dispatch_ms']:>12.2f} {speedup:>6.2f}x"
             + ("" if r["finite_loss"] else "  NON-FINITE loss")
         )

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.common import get_base_config
-from fer_flax import input_pipeline, models, optim, parallel, train, xla_cpu
+from fer_flax import host_allocator, input_pipeline, models, optim, parallel, train, xla_cpu
 from fer_flax.data import load_splits
 from fer_flax.data.splits import NUM_CLASSES
 
@@ -151,8 +151,16 @@ def main() -> None:
     parser.add_argument(
         "--cpu_devices", type=int, default=0, help="as config.cpu_devices: 0 = one JAX device per core"
     )
+    parser.add_argument(
+        "--malloc_defaults",
+        action="store_true",
+        help="keep glibc's malloc defaults (else fer_flax.host_allocator's, as fer_flax.main)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
+    # As fer_flax.main does, before JAX starts.
+    if not args.malloc_defaults:
+        host_allocator.reuse_freed_memory()
     parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
 
     chosen = dict(kv.split("=", 1) for kv in args.variants.split(",") if kv)

@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_flax import parallel, train
+from fer_flax import host_allocator, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -42,6 +42,9 @@ def main(argv: list[str]) -> None:
     # unless the user asks for more with -v / --verbosity.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    # Before JAX starts its CPU client: glibc's malloc then keeps and reuses each step's freed buffers
+    # instead of mapping fresh, page-faulting memory every step (fer_flax/host_allocator.py).
+    host_allocator.reuse_freed_memory()
     # Before anything touches a device: jax.distributed must be initialised first.
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value

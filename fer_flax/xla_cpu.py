@@ -1,14 +1,21 @@
 """How fer_flax compiles its steps for XLA:CPU: `jit` is `jax.jit` plus these compiler options on a CPU.
 
-XLA:CPU (jaxlib 0.10) hands convolutions, reductions and elementwise fusions to YNNPACK by default
-(`__ynn_fusion` in the compiled HLO). fer_flax turns that off for the steps it compiles (train, eval,
-predict), because XLA's own (Eigen) convolutions use every core and YNNPACK's barely used the second
-one here (a single convolution's figures on 2 and 1 cores are in benchmarks/RESULTS.md). Whole-model
-batch gradients on the 2-core machine (benchmarks/xla_cpu_options.py; benchmarks/RESULTS.md, "XLA:CPU
-without YNNPACK"): BeefyModel/base 1.34x, ResNet-18 1.13x, the small CNN 1.14x faster, ViT unchanged.
+XLA:CPU (jaxlib 0.10) hands convolutions, dot products, reductions and elementwise fusions to YNNPACK
+by default (`__ynn_fusion` in the compiled HLO). fer_flax keeps YNNPACK for reductions only, the
+BatchNorm statistics being the large ones:
+- convolutions: XLA's own (Eigen) ones use every core; YNNPACK's barely used the second one here
+  (a single convolution's figures on 2 and 1 cores are in benchmarks/RESULTS.md). Whole-model batch
+  gradients on the 2-core machine with YNNPACK off (benchmarks/xla_cpu_options.py): BeefyModel/base
+  1.34x, ResNet-18 1.13x, the small CNN 1.14x faster than XLA's defaults, ViT unchanged.
+- reductions: without YNNPACK, XLA rewrites every reduction over more than 32 elements into a tree of
+  `reduce-window`s for accuracy, and XLA:CPU runs those element by element on one thread: the mean and
+  mean square of a (128, 48, 48, 32) activation took 30 ms, against 2.2 ms in YNNPACK (which is also
+  the more accurate, 1.5e-7 against 1e-6 relative to float64). In the small CNN's train step the
+  `reduce-window`s took 80 ms of 290.
 
-Other projects report YNNPACK fusions miscompiling gradients on jaxlib 0.11; our own NaN gradients
-with them came from a pool formulation that was fragile under any compilation (models/layers.py).
+Other projects report YNNPACK fusions miscompiling gradients on jaxlib 0.11; tests/test_performance_paths.py
+compares fer_flax's compiled training gradient with eager execution, and our own NaN gradients with
+YNNPACK came from a pool formulation that was fragile under any compilation (models/layers.py).
 
 `FER_FLAX_XLA_CPU_DEFAULTS=1` in the environment keeps XLA's defaults (to benchmark the difference).
 GPUs and TPUs compile with their defaults, and so does an XLA build that does not know the option.
@@ -23,7 +30,8 @@ from typing import Any
 
 import jax
 
-CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# The value lists the fusion kinds YNNPACK may take ("" = none).
+CPU_COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 _KEEP_DEFAULTS_ENV = "FER_FLAX_XLA_CPU_DEFAULTS"
 
