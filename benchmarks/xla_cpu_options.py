@@ -1,13 +1,15 @@
-"""What XLA:CPU's YNNPACK settings are worth: a model's batch gradient compiled four ways, same process.
+"""What XLA:CPU's YNNPACK settings are worth: a model's batch gradient compiled five ways, same process.
 
   python benchmarks/xla_cpu_options.py --models resnet:resnet18,beefy:base --batch 32 --reps 3
   python benchmarks/xla_cpu_options.py --models cnn:small --batch 128 --reps 5
 
 Settings of `xla_cpu_experimental_ynn_fusion_type` (per compilation, through `jax.jit`'s
-compiler_options): XLA's defaults; YNNPACK for dot products only; YNNPACK off (what
-`fer_flax.xla_cpu` uses); YNNPACK for dots and convolutions. Each setting's jitted `jax.grad` of a
-training-mode loss (BatchNorm on batch statistics) is timed in alternating rounds, median reported;
-non-finite gradients are flagged. One JAX device (the JAX default here).
+compiler_options): XLA's defaults; YNNPACK for dot products only; YNNPACK off (fer_flax's previous
+choice); YNNPACK for dots and convolutions; YNNPACK for reductions only (what `fer_flax.xla_cpu` uses
+now). glibc's malloc runs with fer_flax.host_allocator's settings, as in `python -m fer_flax.main`.
+Each setting's jitted `jax.grad` of a training-mode loss (BatchNorm on batch statistics) is timed in
+alternating rounds, median reported; non-finite gradients are flagged. One JAX device (the JAX default
+here).
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_flax import host_allocator
 from fer_flax.models import create_model
 
 DOT = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 CONV = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+REDUCE = "LIBRARY_FUSION_TYPE_REDUCE"
 SETTINGS = {
     "XLA defaults": None,
     "YNN dots only": {"xla_cpu_experimental_ynn_fusion_type": DOT},
     "YNNPACK off": {"xla_cpu_experimental_ynn_fusion_type": ""},
     "YNN dots + convs": {"xla_cpu_experimental_ynn_fusion_type": f"{DOT},{CONV}"},
+    "YNN reductions": {"xla_cpu_experimental_ynn_fusion_type": REDUCE},
 }
 
 
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    host_allocator.reuse_freed_memory()  # before JAX starts, as fer_flax.main
     print(f"batch {args.batch}, median of {args.reps}, ms per batch gradient, {jax.device_count()} device(s)")
     print(f"{'model':<24}" + "".join(f"{name:>18}" for name in SETTINGS))
     for spec in args.models.split(","):
