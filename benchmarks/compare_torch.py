@@ -2,7 +2,7 @@
 
   python benchmarks/compare_torch.py [--models cnn,beefy,resnet18] [--batch 128] [--windows 5]
       [--steps 5] [--warmup 3] [--torch_memory_format channels_last|contiguous] [--torch_threads N]
-      [--augment | --no_augment] [--json out.json]
+      [--augment | --no_augment] [--malloc reuse|defaults] [--json out.json]
 
 Needs PyTorch (`pip install -e ".[bench]"`, i.e. torch==2.13.0, the CPU wheel on these machines).
 
@@ -30,7 +30,10 @@ Timing: `--warmup` steps of each (plus fer_flax's compilation), then `--windows`
 window of `--steps` steps followed by a fer_flax window of `--steps` steps, so slow drifts of the machine
 hit both alike. Reported: the median images/s over each framework's windows and fer_flax / PyTorch.
 PyTorch runs on `--torch_threads` threads (default: every CPU) in `channels_last` memory format (its
-fastest on CPU; `--torch_memory_format contiguous` for NCHW). Tiny settings for a quick check:
+fastest on CPU; `--torch_memory_format contiguous` for NCHW). The process runs with fer_flax's glibc
+malloc settings (`fer_flax.host_allocator`, as `python -m fer_flax.main` applies them), which PyTorch
+then shares; `--malloc defaults` keeps glibc's for both. Minor page faults per timed step are reported
+for each side. Tiny settings for a quick check:
 
   python benchmarks/compare_torch.py --models cnn --batch 8 --windows 1 --steps 1
 """
