@@ -12,6 +12,9 @@ jitted `train_step` (augmentation on, donated state) after warm-up, median of `-
   ... YNNPACK off                      + YNNPACK off altogether (fer_flax's previous compiler options)
   ... fer_flax XLA options             + fer_flax.xla_cpu's options (YNNPACK for reductions only)
   ... malloc reuse                     + fer_flax.host_allocator.reuse_freed_memory()
+  ... fused stem                       + the single-channel stem conv as fused multiply-adds
+                                       (fer_flax.models.layers.conv_general_dilated; earlier rows use
+                                       lax.conv_general_dilated there)
   ... N devices                        + config.cpu_devices auto: one JAX device per core
   ... bfloat16                         the same with config.dtype=bfloat16 (float32 parameters)
 
@@ -31,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def worker(
-    model: str, batch: int, steps: int, pool: str, devices: int, dtype: str, xla: str, malloc: str
+    model: str, batch: int, steps: int, pool: str, devices: int, dtype: str, xla: str, malloc: str, stem: str
 ) -> dict:
     sys.path.insert(0, REPO)
     from fer_flax import host_allocator, parallel
@@ -54,15 +57,17 @@ def worker(
     if xla == "no-ynn":
         xla_cpu.CPU_COMPILER_OPTIONS["xla_cpu_experimental_ynn_fusion_type"] = ""
     family, variant = model.split(":")
-    if pool == "flax":  # the models import max_pool by name: swap it in the family's module
-        import importlib
+    import importlib
 
-        module = importlib.import_module(f"fer_flax.models.{family}")
+    family_module = importlib.import_module(f"fer_flax.models.{family}")
+    if stem == "xla":  # the models pass layers.conv_general_dilated to nn.Conv by name
+        family_module.conv_general_dilated = jax.lax.conv_general_dilated
+    if pool == "flax":  # the models import max_pool by name: swap it in the family's module
 
         def flax_pool(x, window, strides=None, padding="VALID"):
             return nn.max_pool(x, tuple(window), strides=tuple(strides or window), padding=padding)
 
-        module.max_pool = flax_pool
+        family_module.max_pool = flax_pool
     config = get_base_config()
     config.model_name, config.model.variant, config.dtype, config.batch_size = family, variant, dtype, batch
     mesh = parallel.make_mesh()
@@ -98,6 +103,7 @@ def worker(
         "pool": pool,
         "xla": xla,
         "malloc": malloc,
+        "stem": stem,
         "devices": jax.device_count(),
         "dtype": dtype,
         "batch": batch,
@@ -119,29 +125,30 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        pool, devices, dtype, xla, malloc = args.worker.split(",")
-        result = worker(args.model, args.batch, args.steps, pool, int(devices), dtype, xla, malloc)
+        pool, devices, dtype, xla, malloc, stem = args.worker.split(",")
+        result = worker(args.model, args.batch, args.steps, pool, int(devices), dtype, xla, malloc, stem)
         print("RESULT " + json.dumps(result))
         return
 
     settings = [
-        ("flax", 1, "float32", "defaults", "defaults"),
-        ("fer_flax", 1, "float32", "defaults", "defaults"),
-        ("fer_flax", 1, "float32", "no-ynn", "defaults"),
-        ("fer_flax", 1, "float32", "fer_flax", "defaults"),
-        ("fer_flax", 1, "float32", "fer_flax", "reuse"),
-        ("fer_flax", 0, "float32", "fer_flax", "reuse"),
-        ("fer_flax", 0, "bfloat16", "fer_flax", "reuse"),
+        ("flax", 1, "float32", "defaults", "defaults", "xla"),
+        ("fer_flax", 1, "float32", "defaults", "defaults", "xla"),
+        ("fer_flax", 1, "float32", "no-ynn", "defaults", "xla"),
+        ("fer_flax", 1, "float32", "fer_flax", "defaults", "xla"),
+        ("fer_flax", 1, "float32", "fer_flax", "reuse", "xla"),
+        ("fer_flax", 1, "float32", "fer_flax", "reuse", "fused"),
+        ("fer_flax", 0, "float32", "fer_flax", "reuse", "fused"),
+        ("fer_flax", 0, "bfloat16", "fer_flax", "reuse", "fused"),
     ]
     drop = ("XLA_FLAGS", "FER_FLAX_XLA_CPU_DEFAULTS", "FER_FLAX_MALLOC_DEFAULTS")
     base_env = {k: v for k, v in os.environ.items() if k not in drop}
     rows = []
-    for pool, devices, dtype, xla, malloc in settings:
+    for pool, devices, dtype, xla, malloc, stem in settings:
         env = dict(base_env, **({"FER_FLAX_XLA_CPU_DEFAULTS": "1"} if xla == "defaults" else {}))
         out = subprocess.run(
             [
                 *(sys.executable, __file__, "--model", args.model, "--batch", str(args.batch)),
-                *("--steps", str(args.steps), "--worker", f"{pool},{devices},{dtype},{xla},{malloc}"),
+                *("--steps", str(args.steps), "--worker", f"{pool},{devices},{dtype},{xla},{malloc},{stem}"),
             ],
             env=env,
             capture_output=True,
@@ -149,21 +156,22 @@ def main() -> None:
         )
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:
-            print(f"{pool},{devices},{dtype},{xla},{malloc} failed:\n{out.stderr[-2000:]}")
+            print(f"{pool},{devices},{dtype},{xla},{malloc},{stem} failed:\n{out.stderr[-2000:]}")
             continue
         rows.append(json.loads(lines[0][len("RESULT ") :]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{args.model}, batch {args.batch}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(
-        f"{'max_pool':<9} {'XLA options':<12} {'malloc':<9} {'devices':>7} {'dtype':<9} {'step ms':>8} "
+        f"{'max_pool':<9} {'XLA options':<12} {'malloc':<9} {'stem':<6} {'devices':>7} {'dtype':<9} "
+        f"{'step ms':>8} "
         f"{'images/s':>9} "
         f"{'dispatch ms':>12} {'vs 1st':>7}"
     )
     for r in rows:
         speedup = r["images_per_s"] / rows[0]["images_per_s"]
         print(
-            f"{r['pool']:<9} {r['xla']:<12} {r['malloc']:<9} {r['devices']:>7} {r['dtype']:<9} "
-            f"{r['step_ms']:>8.1f} "
+            f"{r['pool']:<9} {r['xla']:<12} {r['malloc']:<9} {r['stem']:<6} {r['devices']:>7} "
+            f"{r['dtype']:<9} {r['step_ms']:>8.1f} "
             f"{r['images_per_s']:>9.1f} {r['dispatch_ms']:>12.2f} {speedup:>6.2f}x"
             + ("" if r["finite_loss"] else "  NON-FINITE loss")
         )

@@ -256,3 +256,52 @@ def test_host_allocator_leaves_accelerator_processes_alone():
         JAX_PLATFORMS="cuda",
     )
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+# (input shape, kernel, strides, padding): the stems of the families, odd sizes, strided, patch-like.
+SINGLE_CHANNEL_CONVS = [
+    ((4, 48, 48, 1), (3, 3), (1, 1), "SAME"),  # cnn / beefy / resnet s1 / vit conv stems
+    ((4, 48, 48, 1), (3, 3), (2, 2), ((1, 1), (1, 1))),  # resnet s2 stem
+    ((3, 47, 45, 1), (7, 7), (2, 2), ((3, 3), (3, 3))),  # resnet / googlenet 7x7 stems, odd sizes
+    ((2, 48, 48, 1), (6, 6), (6, 6), "VALID"),  # non-overlapping patches
+]
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", SINGLE_CHANNEL_CONVS)
+def test_single_channel_conv_matches_lax(shape, kernel, strides, padding):
+    from jax import lax
+
+    from fer_flax.models.layers import conv_general_dilated
+
+    dn = lax.conv_dimension_numbers(shape, (*kernel, 1, 16), ("NHWC", "HWIO", "NHWC"))
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), (*kernel, 1, 16))
+
+    def ref(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+
+    def ours(x, w):
+        return conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+
+    compiled = jax.jit(ours).lower(x, w).compile().as_text()
+    assert "convolution(" not in compiled  # the shifted multiply-adds, not XLA's im2col convolution
+    np.testing.assert_allclose(jax.jit(ours)(x, w), jax.jit(ref)(x, w), rtol=0, atol=1e-5)
+    g = jax.random.normal(jax.random.key(2), ref(x, w).shape)
+    for a, b in zip(jax.vjp(ours, x, w)[1](g), jax.vjp(ref, x, w)[1](g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)
+
+
+def test_conv_general_dilated_leaves_multichannel_convs_to_xla():
+    from fer_flax.models.layers import conv_general_dilated
+
+    x, w = jnp.ones((2, 12, 12, 3)), jnp.ones((3, 3, 3, 8))
+    fn = jax.jit(
+        lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    )
+    assert "convolution(" in fn.lower(x, w).compile().as_text()
+    # A stem using it: only the single-channel convolution leaves XLA's convolutions.
+    model = create_model("cnn", variant="tiny", num_classes=7)
+    images = jnp.zeros((2, 48, 48, 1))
+    variables = model.init({"params": jax.random.key(0)}, images, train=False)
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+    assert forward.lower(variables, images).compile().as_text().count("convolution(") == 2  # of 3 convs

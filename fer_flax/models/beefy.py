@@ -32,7 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, he_normal_fan_out, max_pool
+from fer_flax.models.layers import batch_norm, conv_general_dilated, he_normal_fan_out, max_pool
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": nn.relu,
@@ -55,7 +55,13 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         x = nn.Conv(
-            self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_out, dtype=self.dtype
+            self.features,
+            (3, 3),
+            padding=1,
+            use_bias=False,
+            kernel_init=he_normal_fan_out,
+            dtype=self.dtype,
+            conv_general_dilated=conv_general_dilated,  # fast on the grayscale input (the stem)
         )(x)
         return ACTIVATIONS[self.activation](batch_norm(train, self.dtype)(x))
 

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, max_pool
+from fer_flax.models.layers import batch_norm, conv_general_dilated, max_pool
 
 
 class PlainCNN(nn.Module):
@@ -46,7 +46,13 @@ class PlainCNN(nn.Module):
         for width, count in zip(self.stage_widths, counts, strict=True):
             for index in range(count):
                 # A bias right before BatchNorm is redundant (and its gradient is pure rounding noise).
-                x = nn.Conv(width, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype)(x)
+                x = nn.Conv(
+                    width,
+                    (3, 3),
+                    use_bias=not self.batch_norm,
+                    dtype=self.dtype,
+                    conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
+                )(x)
                 pool_now = self.pool_before_norm and index == count - 1
                 if pool_now:
                     x = max_pool(x, (2, 2), strides=(2, 2))

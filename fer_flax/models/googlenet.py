@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax.models.layers import batch_norm, max_pool
+from fer_flax.models.layers import batch_norm, conv_general_dilated, max_pool
 
 # Table 1 of the paper: (#1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj) per inception module, in
 # stage order; a 3×3/2 max-pool separates the stages. Output channels = #1×1 + #3×3 + #5×5 + pool proj:
@@ -137,6 +137,7 @@ class ConvUnit(nn.Module):
             kernel_init=_conv_init,
             dtype=self.dtype,
             name="conv",
+            conv_general_dilated=conv_general_dilated,  # fast on the grayscale input (the stem)
         )(x)
         if self.batch_norm:
             x = batch_norm(train, self.dtype, name="bn")(x)

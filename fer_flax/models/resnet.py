@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, he_normal_fan_out, max_pool
+from fer_flax.models.layers import batch_norm, conv_general_dilated, he_normal_fan_out, max_pool
 
 STEMS: tuple[str, ...] = ("s1", "s2", "imagenet")
 
@@ -103,6 +103,7 @@ class ResNet(nn.Module):
             kernel_init=he_normal_fan_out,
             dtype=self.dtype,
             name="stem_conv",
+            conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
         )(x)
         x = batch_norm(train, self.dtype, name="stem_bn")(x)
         x = nn.relu(x)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax.models.layers import max_pool
+from fer_flax.models.layers import conv_general_dilated, max_pool
 
 STEMS = ("patch", "conv", "cct", "spt")
 POOLS = ("cls", "gap", "seq")
@@ -249,6 +249,7 @@ class VisionTransformer(nn.Module):
                     use_bias=False,
                     dtype=self.dtype,
                     name=f"stem_conv{i}",
+                    conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
                 )(x)
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -260,7 +261,14 @@ class VisionTransformer(nn.Module):
             return nn.Conv(self.dim, (1, 1), dtype=self.dtype, name="embedding")(x)
         if self.stem == "cct":
             for i, width in enumerate(self.stem_widths):
-                x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"stem_conv{i}")(x)
+                x = nn.Conv(
+                    width,
+                    (3, 3),
+                    use_bias=False,
+                    dtype=self.dtype,
+                    name=f"stem_conv{i}",
+                    conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
+                )(x)
                 x = nn.relu(x)
                 x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
             return x
