@@ -343,8 +343,8 @@ def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
     for mode in tta.TTA_MODES:
         out = jax.jit(functools.partial(train.eval_step, tta_mode=mode))(state, eval_batch)
         logits = reference(variables, images, mode)
-        if mode == "none":
-            np.testing.assert_allclose(logits, raw, rtol=1e-6)
+        if mode == "none":  # raw ran eagerly: compiled float32 sums may round differently (FMA)
+            np.testing.assert_allclose(logits, raw, rtol=1e-5, atol=1e-6)
         else:
             assert not np.allclose(logits, raw, atol=1e-4)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])  # raw logits, no terms
