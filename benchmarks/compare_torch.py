@@ -64,10 +64,10 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.common import get_base_config, use_sgd_recipe
-from fer_flax import host_allocator, models, optim, parallel, train, xla_cpu
+from benchmarks.train_step_setup import build_train_step, make_config
+from fer_flax import host_allocator, models, parallel
 from fer_flax.augment import ERASE_RATIO, MEAN, STD
-from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
+from fer_flax.data.splits import IMAGE_SIZE
 from fer_flax.models.layers import BATCH_NORM_MOMENTUM
 
 # flax.linen.BatchNorm's default epsilon (and torch's).
@@ -469,22 +469,6 @@ def resolve_model(spec: str) -> tuple[str, str]:
     return family, variant
 
 
-def make_config(family: str, variant: str, batch: int, augment: bool):
-    """The SGD recipe (label smoothing, Nesterov, weight decay) on `family:variant`; augmentation
-    either the recipe's or switched off completely."""
-    config = get_base_config()
-    use_sgd_recipe(config)
-    config.model_name, config.model.variant, config.dtype = family, variant, "float32"
-    config.batch_size = batch
-    if not augment:
-        config.augment.update(
-            pad_crop=0, random_resized_crop=False, flip=False, rotate_degrees=0.0, erase_prob=0.0
-        )
-    elif config.augment.random_resized_crop:
-        raise ValueError("the PyTorch augmentation has no random-resized crop")
-    return config
-
-
 def compare(
     family: str,
     variant: str,
@@ -498,23 +482,11 @@ def compare(
     mesh,
 ) -> dict[str, Any]:
     config = make_config(family, variant, batch, augment)
-    parallel.check_batch_divisible(batch, mesh)
-
-    # fer_flax: exactly train_throughput.measure_train's set-up.
-    model = train.create_model(config)
-    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
-    state = train.create_train_state(
-        model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
-    )
+    # fer_flax: the step every speed benchmark times (benchmarks/train_step_setup.py).
+    setup = build_train_step(config, mesh)
+    model, schedule, state = setup.model, setup.schedule, setup.state
     flax_params = count_flax_params(state.params)
-    step = xla_cpu.jit(
-        functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,)
-    )
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8)
-    labels = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
-    device_batch = parallel.to_global_batch({"image": images, "label": labels}, mesh)
-    key = jax.random.key(1)
+    images, labels = setup.images, setup.labels
 
     # PyTorch: the same network, checked by its parameter count, starting from the same weights.
     fmt = MEMORY_FORMATS[memory_format]
@@ -547,11 +519,9 @@ def compare(
     faults = {"flax": 0, "torch": 0}  # minor page faults during the timed windows
 
     def run_flax(n: int) -> float:
-        nonlocal state
         f0, t0 = _minor_faults(), time.perf_counter()
-        for _ in range(n):
-            state, metrics = step(state, device_batch, key)
-        jax.block_until_ready((state, metrics))
+        metrics = setup.run(n)
+        jax.block_until_ready((setup.state, metrics))
         seconds = time.perf_counter() - t0
         faults["flax"] += _minor_faults() - f0
         last_loss["flax"] = float(metrics["loss"])

@@ -44,21 +44,20 @@ def worker(
         raise SystemExit("reuse_freed_memory() is not available here (glibc on Linux, CPU backend)")
 
     parallel.configure_cpu_devices(devices, (batch,))
-    import functools
+    import importlib
     import time
 
     import flax.linen as nn
     import jax
     import numpy as np
 
+    from benchmarks.train_step_setup import build_train_step
     from configs.common import get_base_config
-    from fer_flax import optim, train, xla_cpu
+    from fer_flax import xla_cpu
 
     if xla == "no-ynn":
         xla_cpu.CPU_COMPILER_OPTIONS["xla_cpu_experimental_ynn_fusion_type"] = ""
     family, variant = model.split(":")
-    import importlib
-
     family_module = importlib.import_module(f"fer_flax.models.{family}")
     if stem == "xla":  # the models pass layers.conv_general_dilated to nn.Conv by name
         family_module.conv_general_dilated = jax.lax.conv_general_dilated
@@ -70,31 +69,15 @@ def worker(
         family_module.max_pool = flax_pool
     config = get_base_config()
     config.model_name, config.model.variant, config.dtype, config.batch_size = family, variant, dtype, batch
-    mesh = parallel.make_mesh()
-    model_ = train.create_model(config)
-    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
-    state = train.create_train_state(
-        model_, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
-    )
-    rng = np.random.default_rng(0)
-    local = {
-        "image": rng.integers(0, 256, (batch, 48, 48, 1), dtype=np.uint8),
-        "label": rng.integers(0, 7, batch).astype(np.int32),
-    }
-    device_batch = parallel.to_global_batch(local, mesh)
-    step = xla_cpu.jit(
-        functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,)
-    )
-    key = jax.random.key(1)
-    for _ in range(3):
-        state, metrics = step(state, device_batch, key)
-    jax.block_until_ready(state)
+    setup = build_train_step(config, parallel.make_mesh())
+    setup.run(3)
+    jax.block_until_ready(setup.state)
     walls, dispatches = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, metrics = step(state, device_batch, key)
+        metrics = setup.run(1)
         t1 = time.perf_counter()
-        jax.block_until_ready(state)
+        jax.block_until_ready(setup.state)
         walls.append(time.perf_counter() - t0)
         dispatches.append(t1 - t0)
     wall = float(np.median(walls))

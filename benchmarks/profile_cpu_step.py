@@ -1,6 +1,7 @@
 """Where a CPU train step's time goes: `perf` samples of a steady-state step, XLA's kernels named.
 
   python benchmarks/profile_cpu_step.py --model resnet:resnet18 --batch 32 [--seconds 10]
+      [--ynn_fusion_type ""]
 
 Runs fer_flax's jitted `train_step` (as benchmarks/compare_torch.py builds it: the SGD recipe, no
 augmentation, one JAX device, fer_flax's compiler options and malloc settings) in a child process,
@@ -26,44 +27,27 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def child(model: str, batch: int, ready_file: str) -> None:
+def child(model: str, batch: int, ynn_fusion_type: str | None, ready_file: str) -> None:
     sys.path.insert(0, REPO)
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     from fer_flax import host_allocator
 
     host_allocator.reuse_freed_memory()  # before JAX starts, as fer_flax.main
-    import functools
-
     import jax
-    import numpy as np
-    from compare_torch import make_config
 
-    from fer_flax import optim, parallel, train, xla_cpu
+    from benchmarks.train_step_setup import build_train_step, make_config
+    from fer_flax import parallel, xla_cpu
 
+    if ynn_fusion_type is not None:
+        xla_cpu.CPU_COMPILER_OPTIONS["xla_cpu_experimental_ynn_fusion_type"] = ynn_fusion_type
     family, variant = model.split(":")
-    config = make_config(family, variant, batch, augment=False)
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
-    state = train.create_train_state(
-        train.create_model(config), optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
+    setup = build_train_step(
+        make_config(family, variant, batch, augment=False), parallel.make_mesh(jax.devices()[:1])
     )
-    step = xla_cpu.jit(
-        functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,)
-    )
-    rng = np.random.default_rng(0)
-    local = {
-        "image": rng.integers(0, 256, (batch, 48, 48, 1), dtype=np.uint8),
-        "label": rng.integers(0, 7, batch).astype(np.int32),
-    }
-    device_batch, key = parallel.to_global_batch(local, mesh), jax.random.key(1)
-    for _ in range(3):
-        state, _ = step(state, device_batch, key)
-    jax.block_until_ready(state)
+    jax.block_until_ready(setup.run(3))
     with open(ready_file, "w") as f:
         f.write(str(os.getpid()))
     while True:  # the parent kills this process when it has its samples
-        state, _ = step(state, device_batch, key)
-        jax.block_until_ready(state)
+        jax.block_until_ready(setup.run(1))
 
 
 def symbolize(pid: int, addresses: list[int]) -> list[str]:
@@ -82,10 +66,15 @@ def main() -> None:
     parser.add_argument("--model", default="cnn:small", help="family:variant")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--ynn_fusion_type",
+        default=None,
+        help="override fer_flax.xla_cpu's YNNPACK setting ('' = YNNPACK off, as in the previous session)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.model, args.batch, args.child)
+        child(args.model, args.batch, args.ynn_fusion_type, args.child)
         return
     for tool in ("perf", "gdb"):
         if shutil.which(tool) is None:
@@ -103,6 +92,8 @@ def main() -> None:
             "--child",
             ready,
         ]
+        if args.ynn_fusion_type is not None:
+            command += ["--ynn_fusion_type", args.ynn_fusion_type]
         proc = subprocess.Popen(command, env=env)
         try:
             while not os.path.exists(ready):

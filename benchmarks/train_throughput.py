@@ -16,7 +16,6 @@ measured separately (Grain iterator + transfer to the devices). Small settings r
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import os
@@ -30,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.train_step_setup import build_train_step
 from configs.common import get_base_config
-from fer_flax import host_allocator, input_pipeline, models, optim, parallel, train, xla_cpu
+from fer_flax import host_allocator, input_pipeline, models, parallel
 from fer_flax.data import load_splits
-from fer_flax.data.splits import NUM_CLASSES
 
 
 def default_variant(family: str) -> str:
@@ -47,35 +46,17 @@ def measure_train(family: str, variant: str, dtype: str, batch: int, steps: int,
     config = get_base_config()
     config.model_name, config.model.variant, config.dtype = family, variant, dtype
     config.batch_size = batch
-    parallel.check_batch_divisible(batch, mesh)
-    model = train.create_model(config)
-    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
-    state = train.create_train_state(
-        model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
-    )
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    step = xla_cpu.jit(
-        functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=(0,)
-    )
-    rng = np.random.default_rng(0)
-    local = {
-        "image": rng.integers(0, 256, (batch // jax.process_count(), 48, 48, 1), dtype=np.uint8),
-        "label": rng.integers(0, NUM_CLASSES, batch // jax.process_count()).astype(np.int32),
-    }
-    device_batch = parallel.to_global_batch(local, mesh)
-    key = jax.random.key(1)
+    setup = build_train_step(config, mesh)
+    num_params = sum(x.size for x in jax.tree.leaves(setup.state.params))
 
     t0 = time.perf_counter()
-    state, metrics = step(state, device_batch, key)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(setup.run(1))
     compile_s = time.perf_counter() - t0
-    for _ in range(2):  # settle (allocator, autotuned kernels) before timing
-        state, metrics = step(state, device_batch, key)
-    jax.block_until_ready(metrics)
+    setup.run(2)  # settle (allocator, autotuned kernels) before timing
+    jax.block_until_ready(setup.state)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, device_batch, key)
-    jax.block_until_ready((state, metrics))
+    metrics = setup.run(steps)
+    jax.block_until_ready((setup.state, metrics))
     seconds = time.perf_counter() - t0
     loss = float(metrics["loss"])
     return {
@@ -152,14 +133,15 @@ def main() -> None:
         "--cpu_devices", type=int, default=0, help="as config.cpu_devices: 0 = one JAX device per core"
     )
     parser.add_argument(
-        "--malloc_defaults",
-        action="store_true",
-        help="keep glibc's malloc defaults (else fer_flax.host_allocator's, as fer_flax.main)",
+        "--malloc",
+        choices=("reuse", "defaults"),
+        default="reuse",
+        help="reuse: fer_flax.host_allocator's glibc settings, as fer_flax.main; defaults: glibc's",
     )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     # As fer_flax.main does, before JAX starts.
-    if not args.malloc_defaults:
+    if args.malloc == "reuse":
         host_allocator.reuse_freed_memory()
     parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
 
