@@ -14,9 +14,10 @@ and two with B/2 see identical global batches, and no process pays for the other
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -32,6 +33,9 @@ SAMPLING_MODES: tuple[str, ...] = ("none", "balanced", "sqrt", "explicit")
 # by one epoch.
 _SHUFFLE_TAG = 0x5F3A
 _SAMPLER_TAG = 0x77E1
+
+# How often a worker process checks that the trainer that started it is still alive (seconds).
+_PARENT_POLL_S = 1.0
 
 
 def class_sampling_weights(
@@ -129,12 +133,22 @@ def _stack_indices(indices: Sequence[int]) -> np.ndarray:
 
 
 def _die_with_parent(worker_index: int, worker_count: int) -> None:
-    """Grain worker init: ask Linux to SIGTERM this worker when its parent dies, so a SIGKILLed
-    trainer doesn't leave orphaned workers holding memory. No-op elsewhere."""
+    """Grain worker init: a daemon thread that ends this worker soon after its parent process dies,
+    so a SIGKILLed trainer doesn't leave orphaned workers holding memory.
+
+    Not `prctl(PR_SET_PDEATHSIG)`: Linux sends that signal when the *thread* that started the worker
+    ends, and Grain starts workers from its own prefetch thread, which ends in `close()`. The SIGTERM
+    then hit the worker at a random point, sometimes while it held the lock of Grain's stop event,
+    and the trainer's `close()` waited on that lock forever (a hang seen in CI)."""
     del worker_index, worker_count
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig, sigterm = 1, 15
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sigterm)
+    parent = os.getppid()
+
+    def exit_when_orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=exit_when_orphaned, name="fer_flax-parent-watch", daemon=True).start()
 
 
 def _check_layout(global_batch_size: int, process_index: int, process_count: int) -> int:

@@ -810,6 +810,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
         if summary["best_weights"] and summary["best_val_accuracy"] is not None:
             best += f", {summary['best_weights']} weights, {summary['best_val_accuracy']:.4f}"
     say(f"Done. Final validation accuracy: {final} (best checkpoint: {best}). Workdir: {workdir}")
+    train_iter.close()  # stops Grain's worker processes, if any
     writer.close()
     ckpt.close()
     return summary

@@ -1,6 +1,13 @@
 """Tests for the Grain input pipeline: sampling weights, stream, resume, sharding, exact eval."""
 
 import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -237,6 +244,64 @@ def test_worker_processes_give_the_same_stream_and_resume():
         assert_same_batches(take(it, 3), expected[3:])
     finally:
         it.close()
+
+
+def test_worker_outlives_grain_thread_and_stops_cleanly():
+    # Grain starts the worker process from its prefetch thread, which ends in close(). A parent-death
+    # signal tied to that thread SIGTERMed the worker at a random point (exit code -15), sometimes
+    # while it held the lock of Grain's stop event, so close() hung. The worker must see the stop
+    # event and leave with exit code 0.
+    it = ip.make_train_iterator(make_split(), global_batch_size=32, seed=0, num_workers=1)
+    try:
+        take(it, 2)
+        workers = [p for p in multiprocessing.active_children() if p.name.startswith("grain")]
+        assert len(workers) == 1
+    finally:
+        it.close()
+    workers[0].join(timeout=30)
+    assert workers[0].exitcode == 0
+
+
+def test_worker_exits_when_the_trainer_is_killed():
+    script = textwrap.dedent(
+        f"""
+        import multiprocessing, sys, time
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_input_pipeline import make_split, take
+        from fer_flax import input_pipeline as ip
+        if __name__ == "__main__":
+            it = ip.make_train_iterator(make_split(), global_batch_size=32, seed=0, num_workers=1)
+            take(it, 1)
+            workers = [p for p in multiprocessing.active_children() if p.name.startswith("grain")]
+            print(*[p.pid for p in workers], flush=True)
+            time.sleep(300)
+        """
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker_pid = int(trainer.stdout.readline())
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)  # still there (a zombie counts until init reaps it)
+        except ProcessLookupError:
+            return
+        if _is_zombie(worker_pid):
+            return
+        time.sleep(0.2)
+    os.kill(worker_pid, signal.SIGKILL)
+    pytest.fail(f"worker {worker_pid} still running 20 s after its trainer was killed")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def test_layout_errors():
