@@ -204,12 +204,14 @@ def usable_cpu_cores() -> int:
 def configure_cpu_devices(requested: int, batch_sizes: tuple[int, ...]) -> int | None:
     """Splits the host CPU into several JAX devices so data parallelism uses every core.
 
-    Why: XLA:CPU runs each convolution (and its gradients) on a single thread, so a one-device CPU
-    run leaves every core but one idle for most of a step. With one device per core, the data-parallel
-    step (the same code that drives 8 GPUs) runs each device's share of the batch concurrently: on a
-    2-core machine the small CNN trains ~1.4x faster (benchmarks/RESULTS.md). The numerics are those
-    of the one-device run up to summation order: BatchNorm statistics and losses are global-batch
-    values under jit, and random draws do not depend on the sharding.
+    Why: the data-parallel step (the same code that drives 8 GPUs) then runs each device's share of
+    the batch concurrently. When XLA:CPU handed convolutions to YNNPACK, which barely used a second
+    core, this made the small CNN ~1.4x faster on 2 cores; with XLA's own convolutions (fer_flax.xla_cpu)
+    every convolution uses all cores already, and two devices still pay for the larger nets
+    (BeefyModel/base 21.3 against 18.6 images/s, ResNet-18 17.4 against 16.5 at batch 128) and are a
+    wash for the small CNNs (benchmarks/RESULTS.md). The numerics are those of the one-device run up to
+    summation order: BatchNorm statistics and losses are global-batch values under jit, and random
+    draws do not depend on the sharding.
 
     `requested`: 0 = auto (one device per usable core, reduced to the largest count dividing every
     batch size) or a positive count; 1 leaves JAX's default of one CPU device. Returns the count set,
