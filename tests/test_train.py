@@ -1,6 +1,7 @@
 """End-to-end: the real training loop on tiny synthetic data, checkpoints, restore and resume."""
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -76,6 +77,18 @@ def test_end_to_end_writes_outputs_and_best_checkpoint_reproduces_val_metrics(tm
         assert again[key] == val_records[best_step][f"val/{key}"], key
     np.testing.assert_allclose(again["loss"], val_records[best_step]["val/loss"], rtol=1e-6)
     ckpt.close()
+
+
+def test_grain_worker_processes_train_the_same_and_are_stopped(tmp_path):
+    # The training stream does not depend on where it is produced, and train_and_evaluate stops its
+    # worker process before returning (no orphan left holding memory).
+
+    over = {"data.sampling": "sqrt", "num_epochs": 0.5}
+    in_process = train.train_and_evaluate(smoke_config(**over), str(tmp_path / "w0"))
+    worker_config = smoke_config(**over, **{"data.num_workers": 1})
+    with_worker = train.train_and_evaluate(worker_config, str(tmp_path / "w1"))
+    assert with_worker["final_val"] == in_process["final_val"]
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("grain")]
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
