@@ -15,6 +15,7 @@ and two with B/2 see identical global batches, and no process pays for the other
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import threading
 import time
@@ -141,7 +142,9 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
     then hit the worker at a random point, sometimes while it held the lock of Grain's stop event,
     and the trainer's `close()` waited on that lock forever (a hang seen in CI)."""
     del worker_index, worker_count
-    parent = os.getppid()
+    # The PID the trainer had when it spawned us (not getppid(): the trainer may already be gone).
+    spawner = multiprocessing.parent_process()
+    parent = spawner.pid if spawner is not None else os.getppid()
 
     def exit_when_orphaned() -> None:
         while os.getppid() == parent:
