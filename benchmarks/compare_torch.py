@@ -1,8 +1,8 @@
-"""fer_flax against the same networks in PyTorch: CPU training images/s, side by side, in one process.
+"""fer_flax against the same networks in PyTorch: training images/s side by side in one process, CPU or GPU.
 
   python benchmarks/compare_torch.py [--models cnn,beefy,resnet18] [--batch 128] [--windows 5]
       [--steps 5] [--warmup 3] [--torch_memory_format channels_last|contiguous] [--torch_threads N]
-      [--augment | --no_augment] [--malloc reuse|defaults] [--json out.json]
+      [--dtype float32|bfloat16] [--augment | --no_augment] [--malloc reuse|defaults] [--json out.json]
 
 Needs PyTorch (`pip install -e ".[bench]"`, i.e. torch==2.13.0, the CPU wheel on these machines).
 
@@ -33,7 +33,14 @@ PyTorch runs on `--torch_threads` threads (default: every CPU) in `channels_last
 fastest on CPU; `--torch_memory_format contiguous` for NCHW). The process runs with fer_flax's glibc
 malloc settings (`fer_flax.host_allocator`, as `python -m fer_flax.main` applies them), which PyTorch
 then shares; `--malloc defaults` keeps glibc's for both. Minor page faults per timed step are reported
-for each side. Tiny settings for a quick check:
+for each side.
+
+On a GPU (JAX's default backend is "gpu"; PyTorch must be a CUDA build) both frameworks run there:
+PyTorch with `cudnn.benchmark` and TF32 matrix products (as XLA uses TF32 for float32 by default on
+such hardware), the timer stopped after synchronising the device; the malloc settings are left alone.
+`--dtype bfloat16` computes in bfloat16 on both sides (fer_flax's `config.dtype`, PyTorch's autocast),
+with float32 weights. Give the GPU a batch that fills it, e.g. `--batch 1024`. Tiny settings for a
+quick check:
 
   python benchmarks/compare_torch.py --models cnn --batch 8 --windows 1 --steps 1
 """
@@ -41,6 +48,7 @@ for each side. Tiny settings for a quick check:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import importlib
@@ -56,6 +64,7 @@ from collections import OrderedDict
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -377,8 +386,8 @@ def torch_augment(x: torch.Tensor, aug) -> torch.Tensor:
     rotation as one inverse affine map resampled bilinearly with mirrored borders, then random
     erasing filled with 0); `aug` holds the config.augment keys."""
     b, _, h, w = x.shape
-    u = torch.rand(b, 8)
-    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0) if aug.flip else torch.ones(b)
+    u = torch.rand(b, 8, device=x.device)
+    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0) if aug.flip else torch.ones(b, device=x.device)
     theta = torch.deg2rad((2 * u[:, 1] - 1) * float(aug.rotate_degrees))
     cos, sin = torch.cos(theta), torch.sin(theta)
     pad = int(aug.pad_crop)
@@ -399,9 +408,10 @@ def torch_augment(x: torch.Tensor, aug) -> torch.Tensor:
         ratio = torch.exp(math.log(ERASE_RATIO[0]) + u[:, 5] * math.log(ERASE_RATIO[1] / ERASE_RATIO[0]))
         eh = torch.round(torch.sqrt(area / ratio)).clamp(1, h)
         ew = torch.round(torch.sqrt(area * ratio)).clamp(1, w)
-        y0 = torch.floor(torch.rand(b) * (h - eh + 1))
-        x0 = torch.floor(torch.rand(b) * (w - ew + 1))
-        rows, cols = torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype)
+        y0 = torch.floor(torch.rand(b, device=x.device) * (h - eh + 1))
+        x0 = torch.floor(torch.rand(b, device=x.device) * (w - ew + 1))
+        rows = torch.arange(h, dtype=x.dtype, device=x.device)
+        cols = torch.arange(w, dtype=x.dtype, device=x.device)
         in_rows = (rows >= y0[:, None]) & (rows < (y0 + eh)[:, None])
         in_cols = (cols >= x0[:, None]) & (cols < (x0 + ew)[:, None])
         inside = in_rows[:, :, None] & in_cols[:, None, :] & (u[:, 6] < aug.erase_prob)[:, None, None]
@@ -410,11 +420,26 @@ def torch_augment(x: torch.Tensor, aug) -> torch.Tensor:
 
 
 def make_torch_step(
-    model, optimizer, images_u8, labels, *, memory_format, label_smoothing, augment, learning_rates
+    model,
+    optimizer,
+    images_u8,
+    labels,
+    *,
+    memory_format,
+    label_smoothing,
+    augment,
+    learning_rates,
+    autocast_dtype: torch.dtype | None = None,
 ):
-    """One eager PyTorch training step on the fixed batch; returns the loss tensor. Step i uses
-    `learning_rates[i]` (fer_flax's schedule at its step i; the last entry after the end)."""
+    """One eager PyTorch training step on the fixed batch (on the device `images_u8` is on); returns
+    the loss tensor. Step i uses `learning_rates[i]` (fer_flax's schedule at its step i; the last entry
+    after the end). `autocast_dtype` (bfloat16) runs the forward pass and loss under autocast, as
+    fer_flax's `config.dtype` computes in bfloat16 with float32 parameters."""
     step_index = 0
+    if autocast_dtype is None:
+        autocast = contextlib.nullcontext
+    else:
+        autocast = functools.partial(torch.autocast, images_u8.device.type, dtype=autocast_dtype)
 
     def step():
         nonlocal step_index
@@ -427,7 +452,8 @@ def make_torch_step(
             x = torch_augment(x, augment)
         x = x.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), labels, label_smoothing=label_smoothing)
+        with autocast():
+            loss = F.cross_entropy(model(x), labels, label_smoothing=label_smoothing)
         loss.backward()
         optimizer.step()
         return loss
@@ -480,8 +506,12 @@ def compare(
     memory_format: str,
     augment: bool,
     mesh,
+    dtype: str = "float32",
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    config = make_config(family, variant, batch, augment)
+    """Times fer_flax's step on `mesh` against PyTorch's on `device` ("cpu" or "cuda"), both
+    computing in `dtype` (fer_flax's config.dtype; PyTorch's autocast for bfloat16)."""
+    config = make_config(family, variant, batch, augment, dtype)
     # fer_flax: the step every speed benchmark times (benchmarks/train_step_setup.py).
     setup = build_train_step(config, mesh)
     model, schedule, state = setup.model, setup.schedule, setup.state
@@ -490,13 +520,14 @@ def compare(
 
     # PyTorch: the same network, checked by its parameter count, starting from the same weights.
     fmt = MEMORY_FORMATS[memory_format]
-    tmodel = torch_model_like(model)
+    # The PyTorch network is described by the float32 module (autocast supplies the compute dtype).
+    tmodel = torch_model_like(model.clone(dtype=jnp.float32) if dtype != "float32" else model)
     torch_params = count_torch_params(tmodel)
     assert torch_params == flax_params, (
         f"{family}:{variant}: the PyTorch model has {torch_params:,} parameters, fer_flax's {flax_params:,}"
     )
     load_flax_variables(tmodel, {"params": state.params, "batch_stats": state.batch_stats})
-    tmodel = tmodel.to(memory_format=fmt).train()
+    tmodel = tmodel.to(device=device, memory_format=fmt).train()
     o = config.optim
     optimizer = torch.optim.SGD(
         decay_param_groups(tmodel, o.weight_decay), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
@@ -504,8 +535,8 @@ def compare(
     torch_step = make_torch_step(
         tmodel,
         optimizer,
-        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        torch.from_numpy(labels).long(),
+        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
+        torch.from_numpy(labels).long().to(device),
         memory_format=fmt,
         label_smoothing=config.label_smoothing,
         augment=config.augment if augment else None,
@@ -513,6 +544,7 @@ def compare(
         # a constant peak rate from step 0 makes a fresh net diverge, and then the two would not be
         # doing the same arithmetic any more.
         learning_rates=np.asarray(jax.vmap(schedule)(np.arange(max(warmup, 1) + windows * steps + 1))),
+        autocast_dtype={"float32": None, "bfloat16": torch.bfloat16}[dtype],
     )
 
     last_loss: dict[str, float] = {}
@@ -531,7 +563,9 @@ def compare(
         f0, t0 = _minor_faults(), time.perf_counter()
         for _ in range(n):
             loss = torch_step()
-        seconds = time.perf_counter() - t0  # eager on a CPU: the work is done when the call returns
+        if device == "cuda":
+            torch.cuda.synchronize()  # on a CPU the work is done when the eager call returns
+        seconds = time.perf_counter() - t0
         faults["torch"] += _minor_faults() - f0
         last_loss["torch"] = loss.detach().item()
         return seconds
@@ -549,6 +583,8 @@ def compare(
     row = {
         "model": family,
         "variant": variant,
+        "dtype": dtype,
+        "torch_device": device,
         "params": flax_params,
         "torch_params": torch_params,
         "torch_images_per_s": torch_ips,
@@ -569,7 +605,7 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def settings_lines(args, threads: int) -> list[str]:
+def settings_lines(args, threads: int, device: str, malloc: str) -> list[str]:
     c = make_config("cnn", "small", args.batch, args.augment)
     a, o = c.augment, c.optim
     aug = (
@@ -580,30 +616,30 @@ def settings_lines(args, threads: int) -> list[str]:
     )
     return [
         f"jax {jax.__version__} ({jax.device_count()} {jax.devices()[0].platform} device(s)), "
-        f"torch {torch.__version__} (eager, {threads} threads, {args.torch_memory_format}); "
+        f"torch {torch.__version__} (eager on {device}"
+        + (f" {torch.cuda.get_device_name()}, cudnn.benchmark, TF32" if device == "cuda" else "")
+        + (f", {threads} threads" if device == "cpu" else "")
+        + f", {args.torch_memory_format}); "
         f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
         + ("" if os.getloadavg()[0] < 0.5 * (os.cpu_count() or 1) else " (NOT quiet: figures unreliable)"),
-        f"batch {args.batch} float32 48x48x1; softmax CE + label smoothing {c.label_smoothing:g}; "
+        f"batch {args.batch} {args.dtype} 48x48x1; softmax CE + label smoothing {c.label_smoothing:g}; "
         f"SGD{' Nesterov' if o.nesterov else ''} momentum {o.momentum:g}, weight decay "
         f"{o.weight_decay:g} on conv/linear weights; augmentation: {aug}",
         f"{args.windows} alternating windows of {args.steps} steps (torch, then fer_flax) after "
-        f"{args.warmup} warm-up steps each; medians over the windows; glibc malloc: "
-        + (
-            "fer_flax.host_allocator's reuse settings (for both)"
-            if args.malloc == "reuse"
-            else "defaults (for both)"
-        ),
+        f"{args.warmup} warm-up steps each; medians over the windows; glibc malloc: {malloc}",
     ]
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'model':<8} {'variant':<16} {'params':>12} {'torch img/s':>12} {'fer_flax img/s':>15} "
+    header = f"{'model':<8} {'variant':<16} {'dtype':<9} {'params':>12} {'torch img/s':>12} "
+    header += f"{'fer_flax img/s':>15} "
     header += f"{'flax/torch':>10} {'faults/step torch, flax':>24}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['model']:<8} {r['variant']:<16} {r['params']:>12,} {r['torch_images_per_s']:>12,.1f} "
+            f"{r['model']:<8} {r['variant']:<16} {r['dtype']:<9} {r['params']:>12,} "
+            f"{r['torch_images_per_s']:>12,.1f} "
             f"{r['flax_images_per_s']:>15,.1f} {r['ratio_flax_over_torch']:>9.2f}x "
             f"{r['torch_page_faults_per_step']:>12,.0f}, {r['flax_page_faults_per_step']:>9,.0f}"
         )
@@ -620,6 +656,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each framework first")
     parser.add_argument("--torch_memory_format", choices=tuple(MEMORY_FORMATS), default="channels_last")
     parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype on both sides: fer_flax's config.dtype, PyTorch's autocast (float32 weights)",
+    )
     parser.add_argument("--augment", dest="augment", action="store_true", help="the recipe's, both sides")
     parser.add_argument("--no_augment", dest="augment", action="store_false", help="(default) neither side")
     parser.set_defaults(augment=False)
@@ -641,17 +683,31 @@ def main() -> None:
     if args.windows < 1 or args.steps < 1:
         parser.error("--windows and --steps must be >= 1")
     # Before JAX starts its CPU client (arena settings reach only threads that have not allocated yet).
-    if args.malloc == "reuse" and not host_allocator.reuse_freed_memory():
-        parser.error("--malloc reuse needs glibc on Linux and a CPU backend; use --malloc defaults")
+    malloc_applied = args.malloc == "reuse" and host_allocator.reuse_freed_memory()
     # As fer_flax.main does before JAX starts: one JAX device per core by default (PyTorch's
     # intra-op threads are its way to use them all).
     parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
+    # On a GPU both frameworks run there; the host allocator then does not matter (and is left alone).
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    if device == "cpu" and args.malloc == "reuse" and not malloc_applied:
+        parser.error("--malloc reuse needs glibc on Linux and a CPU backend; use --malloc defaults")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("JAX runs on a GPU but this PyTorch build sees none: install a CUDA build of torch")
+        # PyTorch at its fastest, as XLA autotunes: cuDNN's algorithm search, and TF32 for float32
+        # matrix products as XLA uses it by default on this hardware (cuDNN convolutions have it already).
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    malloc = {
+        (True, "cpu"): "fer_flax.host_allocator's reuse settings (for both)",
+        (False, "cpu"): "defaults (for both)",
+    }.get((malloc_applied, device), "not changed (GPU run)")
 
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     specs = [resolve_model(s) for s in args.models.split(",") if s]
     mesh = parallel.make_mesh()
-    lines = settings_lines(args, torch.get_num_threads())
+    lines = settings_lines(args, torch.get_num_threads(), device, malloc)
     print("\n".join(lines), flush=True)
     rows = []
     for family, variant in specs:
@@ -665,6 +721,8 @@ def main() -> None:
             memory_format=args.torch_memory_format,
             augment=args.augment,
             mesh=mesh,
+            dtype=args.dtype,
+            device=device,
         )
         rows.append(row)
         gc.collect()  # free this model's state before the next one is built

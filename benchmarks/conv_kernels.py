@@ -3,18 +3,19 @@ runs, timed alone in XLA (compiled as fer_flax compiles its steps) and in PyTorc
 forward + both gradients.
 
   python benchmarks/conv_kernels.py [--models cnn,beefy,resnet18] [--batch 128] [--reps 5]
-      [--malloc reuse|defaults] [--json out.json]
+      [--split_gradients] [--malloc reuse|defaults] [--json out.json]
 
 Needs PyTorch (the `bench` extra). For each model the multi-channel convolutions of its forward pass
-are read from its jaxpr (shapes, strides, padding, and how often each occurs; the single-channel stem is
-fer_flax's fused multiply-adds on the CPU, not a convolution, and is left out). Each distinct
+are read from its jaxpr (shapes, strides, padding, and how often each occurs; the single-channel stem
+is fer_flax's fused multiply-adds on the CPU, not a convolution, and is left out). Each distinct
 convolution is timed as forward alone and as forward + input gradient + kernel gradient (one
 `jax.vjp` under `jit`; `torch.ops.aten.convolution_backward` in PyTorch, channels_last), median of
-`--reps` calls after a warm-up. Summed over the model with the occurrence counts, this gives the time
-the convolutions alone take per train step in each framework: fer_flax's step cannot be faster than its
-convolutions, so the sum against `compare_torch.py`'s whole PyTorch step bounds the ratio any change
-outside the convolution kernels can reach. The first line is each framework's GEMM rate (a 2048³
-float32 matrix product), the machine's practical peak.
+`--reps` calls after a warm-up; with `--split_gradients` also the input gradient alone and the kernel
+gradient alone, from a given output gradient. Summed over the model with the occurrence counts, this
+gives the time the convolutions alone take per train step in each framework: fer_flax's step cannot
+be faster than its convolutions, so the sum against `compare_torch.py`'s whole PyTorch step bounds the
+ratio any change outside the convolution kernels can reach. The first line gives each framework's
+rate on a 2048³ float32 matrix product, for reference (oneDNN's convolutions run faster than both).
 
 One JAX device (XLA runs each convolution on every core); the process uses fer_flax's malloc settings
 like `python -m fer_flax.main` unless `--malloc defaults`. Tiny settings for a quick check:
@@ -162,6 +163,44 @@ def time_torch(spec: ConvSpec, reps: int) -> tuple[float, float]:
     return t_fwd, t_all
 
 
+def time_gradients_separately(spec: ConvSpec, reps: int) -> dict[str, float]:
+    """Seconds of the input gradient alone and the kernel gradient alone, from a given output
+    gradient (no forward pass), in XLA and in PyTorch: which of the two backward kernels differs."""
+    _, _, strides, padding = spec
+    x = jax.random.normal(jax.random.key(0), spec[0], jnp.float32)
+    k = jax.random.normal(jax.random.key(1), spec[1], jnp.float32) * 0.05
+    forward, _ = xla_conv(spec)
+    g = jax.random.normal(jax.random.key(2), forward(x, k).shape, jnp.float32)
+
+    def conv(x, k):
+        return layers.conv_general_dilated(x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    input_grad = xla_cpu.jit(lambda x, k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
+    kernel_grad = xla_cpu.jit(lambda x, k, g: jax.vjp(lambda k: conv(x, k), k)[1](g)[0])
+    times = {
+        "xla_input_grad": _median_seconds(lambda: input_grad(x, k, g).block_until_ready(), reps),
+        "xla_kernel_grad": _median_seconds(lambda: kernel_grad(x, k, g).block_until_ready(), reps),
+    }
+    (pt, pb), (pl, pr) = padding
+    tx = torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)
+    tk = torch.from_numpy(np.array(k).transpose(3, 2, 0, 1)).contiguous(memory_format=torch.channels_last)
+    tg = torch.from_numpy(np.array(g).transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)
+    if (pt, pl) != (pb, pr):
+        tx, torch_padding = F.pad(tx, (pl, pr, pt, pb)), (0, 0)
+    else:
+        torch_padding = (pt, pl)
+
+    def torch_backward(mask):
+        return torch.ops.aten.convolution_backward(
+            tg, tx, tk, None, strides, torch_padding, (1, 1), False, (0, 0), 1, mask
+        )
+
+    with torch.no_grad():
+        times["torch_input_grad"] = _median_seconds(lambda: torch_backward((True, False, False)), reps)
+        times["torch_kernel_grad"] = _median_seconds(lambda: torch_backward((False, True, False)), reps)
+    return times
+
+
 def gemm_rates(size: int = 2048, reps: int = 5) -> tuple[float, float]:
     """GFLOP/s of a size³ float32 matrix product in XLA (fer_flax's options) and in PyTorch."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
@@ -178,7 +217,7 @@ def describe(spec: ConvSpec) -> str:
     return f"{n}x{h}x{w}x{ci} -> {co}, {kh}x{kw}/{sh}"
 
 
-def measure_model(spec: str, batch: int, reps: int) -> dict:
+def measure_model(spec: str, batch: int, reps: int, split_gradients: bool = False) -> dict:
     family, variant = resolve_model(spec)
     convs = model_convolutions(family, variant, batch)
     rows = []
@@ -203,6 +242,15 @@ def measure_model(spec: str, batch: int, reps: int) -> dict:
             f" ({3 * gflop / xla_all:5.0f} vs {3 * gflop / torch_all:5.0f} GFLOP/s)",
             flush=True,
         )
+        if split_gradients:
+            split = time_gradients_separately(conv, reps)
+            row.update({f"{name}_ms": seconds * 1e3 for name, seconds in split.items()})
+            print(
+                f"  {'':28s}     input gradient {row['xla_input_grad_ms']:7.1f} vs"
+                f" {row['torch_input_grad_ms']:7.1f} ms;  kernel gradient {row['xla_kernel_grad_ms']:7.1f}"
+                f" vs {row['torch_kernel_grad_ms']:7.1f} ms",
+                flush=True,
+            )
     total = lambda key: sum(r[key] * r["count"] for r in rows)
     return {
         "model": f"{family}/{variant}",
@@ -222,6 +270,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5, help="timed calls per convolution (median)")
     parser.add_argument("--malloc", choices=("reuse", "defaults"), default="reuse")
+    parser.add_argument(
+        "--split_gradients",
+        action="store_true",
+        help="also time the input gradient and the kernel gradient alone, from a given output gradient",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.reps < 1 or args.batch < 1:
@@ -234,7 +287,7 @@ def main() -> None:
     results = {"settings": vars(args), "gemm_gflops": {"xla": xla_gemm, "torch": torch_gemm}, "models": []}
     for spec in filter(None, args.models.split(",")):
         print(f"{spec} (batch {args.batch}): XLA vs PyTorch, median of {args.reps}", flush=True)
-        result = measure_model(spec, args.batch, args.reps)
+        result = measure_model(spec, args.batch, args.reps, args.split_gradients)
         results["models"].append(result)
         if args.json:
             with open(args.json, "w") as f:

@@ -6,18 +6,22 @@
 #                                           tarball into .gpu_data/ (both git-ignored, both sent with
 #                                           `carry`), checks the 64 MiB limit and prints the exact
 #                                           `run` tool call to make.
-#   bash benchmarks/gpu_check.sh run        THERE (started by that call), in under 8 minutes:
+#   bash benchmarks/gpu_check.sh run        THERE (started by that call), in at most 9 minutes:
 #     1. the device and library versions;
 #     2. training images/s of every model family's default variant in float32 and bfloat16 at a
 #        batch that fills the GPU (benchmarks/train_throughput.py);
+#        with each step's TFLOP/s and model FLOP utilisation (benchmarks/device_peaks.py);
 #     3. the input pipeline's images/s on the real training set (Grain + copy to the device);
-#     4. one strong recipe (configs/beefy.py, bf16) trained on the real data for as long as fits,
+#     4. fer_flax against PyTorch on the GPU (benchmarks/compare_torch.py: the small CNN, BeefyModel
+#        and ResNet-18 in bfloat16 at batch GPU_CHECK_COMPARE_BATCH, PyTorch with cudnn.benchmark);
+#     5. one strong recipe (configs/beefy.py, bf16) trained on the real data for as long as fits,
 #        printing validation accuracy against wall time;
 #   and ends with a short table. Everything is logged to $OUT/gpu_check.log, with the JSON results.
 #
 # Knobs (environment): GPU_CHECK_BATCH (throughput batch, default 2048), GPU_CHECK_STEPS (20),
 # GPU_CHECK_FAMILIES (comma-separated, default every family in fer_flax.models.FAMILIES),
-# GPU_CHECK_CONFIG (configs/beefy.py), GPU_CHECK_EPOCHS (30), GPU_CHECK_TRAIN_SECONDS (200).
+# GPU_CHECK_COMPARE_BATCH (1024), GPU_CHECK_CONFIG (configs/beefy.py), GPU_CHECK_EPOCHS (30),
+# GPU_CHECK_TRAIN_SECONDS (120).
 # wandb is never needed: every run here has it disabled, and fer_flax imports it lazily.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +64,7 @@ prepare() {
   ((tree_bytes < 60 * 1024 * 1024)) || { echo "gpu_check: too large to send" >&2; exit 1; }
   cat <<EOF
 
-Ready. Make this one device-tool call (it needs about 8 minutes; the timeout leaves a margin):
+Ready. Make this one device-tool call (it needs at most 9 minutes; the timeout leaves a margin):
 
   run(command="$INSTALL bash benchmarks/gpu_check.sh run",
       carry=[".whl", ".gpu_data"], timeout_s=570)
@@ -76,11 +80,11 @@ run_checks() {
   export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TF_CPP_MIN_LOG_LEVEL=1
   local batch=${GPU_CHECK_BATCH:-2048} steps=${GPU_CHECK_STEPS:-20}
   local config=${GPU_CHECK_CONFIG:-configs/beefy.py} epochs=${GPU_CHECK_EPOCHS:-30}
-  local train_seconds=${GPU_CHECK_TRAIN_SECONDS:-200}
+  local train_seconds=${GPU_CHECK_TRAIN_SECONDS:-120} compare_batch=${GPU_CHECK_COMPARE_BATCH:-1024}
   local work=/tmp/gpu_check_work
   rm -rf "$work" && mkdir -p "$work/cache"
 
-  phase "1/4 device"
+  phase "1/5 device"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
   timeout -k 5 45 python3 -c "
 import jax, flax, optax, orbax.checkpoint as ocp, grain, ml_collections
@@ -89,17 +93,22 @@ print('python', __import__('sys').version.split()[0], '| jax', jax.__version__, 
 print(jax.devices())
 " || echo "gpu_check: library check failed (were the wheels installed? see the run command)"
 
-  phase "2/4 training images/s per family (batch $batch, $steps timed steps)"
+  phase "2/5 training images/s and MFU per family (batch $batch, $steps timed steps)"
   timeout -k 10 150 python3 benchmarks/train_throughput.py --batch "$batch" --steps "$steps" \
     ${GPU_CHECK_FAMILIES:+--families "$GPU_CHECK_FAMILIES"} \
     --loader_seconds 0 --json "$OUT/throughput.json" || echo "gpu_check: throughput stopped (exit $?)"
 
-  phase "3/4 input pipeline images/s on the real training set"
+  phase "3/5 input pipeline images/s on the real training set"
   timeout -k 10 60 python3 benchmarks/train_throughput.py --families "" --batch "$batch" --loader_seconds 5 \
     --data "$DATA" --cache_dir "$work/cache" --json "$OUT/loader.json" ||
     echo "gpu_check: loader stopped (exit $?)"
 
-  phase "4/4 $config, bfloat16, real data, $epochs epochs or ${train_seconds} s, whichever first"
+  phase "4/5 fer_flax against PyTorch on the GPU, bfloat16, batch $compare_batch"
+  timeout -k 10 150 python3 benchmarks/compare_torch.py --models cnn,beefy,resnet18 --dtype bfloat16 \
+    --batch "$compare_batch" --windows 3 --steps 5 --json "$OUT/compare_torch.json" ||
+    echo "gpu_check: compare_torch stopped (exit $?)"
+
+  phase "5/5 $config, bfloat16, real data, $epochs epochs or ${train_seconds} s, whichever first"
   local start
   start=$(date +%s.%N)
   timeout --signal=KILL "$train_seconds" python3 -m fer_flax.main --config "$config" \
@@ -124,20 +133,31 @@ if tp:
     rows = {}
     for r in tp["train"]:
         rows.setdefault((r["family"], r["variant"]), {})[r["dtype"]] = r
-    print(f"{'family':<10} {'variant':<24} {'batch':>6} {'f32 img/s':>10} {'bf16 img/s':>11} {'bf16/f32':>8}")
+    print(f"{'family':<10} {'variant':<24} {'batch':>6} {'f32 img/s':>10} {'bf16 img/s':>11} {'bf16/f32':>8}"
+          f" {'f32 MFU':>8} {'bf16 MFU':>8}")
     for (family, variant), by in rows.items():
         cell = lambda d: f"{by[d]['images_per_s']:,.0f}" if "images_per_s" in by.get(d, {}) else "-"
         ratio = "-"
         if all("images_per_s" in by.get(d, {}) for d in ("float32", "bfloat16")):
             ratio = f"{by['bfloat16']['images_per_s'] / by['float32']['images_per_s']:.2f}x"
         batch = next(iter(by.values()))["batch"]
-        print(f"{family:<10} {variant:<24} {batch:>6} {cell('float32'):>10} {cell('bfloat16'):>11} {ratio:>8}")
+        mfu = lambda d: f"{by[d]['mfu']:.1%}" if by.get(d, {}).get("mfu") is not None else "-"
+        print(f"{family:<10} {variant:<24} {batch:>6} {cell('float32'):>10} {cell('bfloat16'):>11} {ratio:>8}"
+              f" {mfu('float32'):>8} {mfu('bfloat16'):>8}")
 else:
     print("no throughput results")
 if loader and loader.get("loader"):
     l = loader["loader"]
     print(f"input pipeline: {l['images_per_s']:,.0f} images/s (batch {l['batch']}, {l['num_workers']} workers, "
           f"{l['num_train']} real training images, incl. copy to the device)")
+compare = load("compare_torch.json")
+if compare and compare.get("rows"):
+    print("fer_flax against PyTorch on the same device (images/s):")
+    for r in compare["rows"]:
+        print(f"  {r['model']}/{r['variant']} {r['dtype']}: PyTorch {r['torch_images_per_s']:,.0f}, "
+              f"fer_flax {r['flax_images_per_s']:,.0f}, ratio {r['ratio_flax_over_torch']:.2f}x")
+else:
+    print("no fer_flax/PyTorch comparison")
 metrics = os.path.join(out, "train_metrics.jsonl")
 records = [json.loads(x) for x in open(metrics)] if os.path.exists(metrics) else []
 vals = [r for r in records if "val/accuracy" in r]

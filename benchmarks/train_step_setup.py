@@ -20,12 +20,12 @@ from fer_flax import optim, parallel, train, xla_cpu
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
 
 
-def make_config(family: str, variant: str, batch: int, augment: bool):
+def make_config(family: str, variant: str, batch: int, augment: bool, dtype: str = "float32"):
     """The SGD recipe (label smoothing, Nesterov, weight decay) on `family:variant`; augmentation
-    either the recipe's or switched off completely."""
+    either the recipe's or switched off completely; `dtype` is the compute dtype (config.dtype)."""
     config = get_base_config()
     use_sgd_recipe(config)
-    config.model_name, config.model.variant, config.dtype = family, variant, "float32"
+    config.model_name, config.model.variant, config.dtype = family, variant, dtype
     config.batch_size = batch
     if not augment:
         config.augment.update(

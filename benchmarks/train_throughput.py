@@ -8,7 +8,10 @@ A family's variant is `--variants` when given, else its module's DEFAULT_VARIANT
 its registry lists (`fer_flax.models.variants`). Families that cannot be imported yet are reported and
 skipped. The train step is the real one (augmentation, loss, optimizer update, donated state) on a
 device-resident batch sharded over every device, so the figure excludes the input pipeline, which is
-measured separately (Grain iterator + transfer to the devices). Small settings run on a CPU:
+measured separately (Grain iterator + transfer to the devices). Each row also gives the step's
+TFLOP/s (XLA's FLOP count of the global step, before optimisation, over the measured time) and, on a GPU
+listed in `benchmarks/device_peaks.py`, the model FLOP utilisation against every device's dense peak
+(bfloat16, or TF32 for float32). Small settings run on a CPU:
 
   python benchmarks/train_throughput.py --families cnn --batch 32 --steps 3
 """
@@ -29,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import device_peaks
 from benchmarks.train_step_setup import build_train_step
 from configs.common import get_base_config
 from fer_flax import host_allocator, input_pipeline, models, parallel
@@ -48,6 +52,9 @@ def measure_train(family: str, variant: str, dtype: str, batch: int, steps: int,
     config.batch_size = batch
     setup = build_train_step(config, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(setup.state.params))
+    # XLA's count for the whole global step, before optimisation (no recompilation needed).
+    cost = setup.step.lower(setup.state, setup.device_batch, setup.key).cost_analysis()
+    step_flops = float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
     t0 = time.perf_counter()
     jax.block_until_ready(setup.run(1))
@@ -59,6 +66,8 @@ def measure_train(family: str, variant: str, dtype: str, batch: int, steps: int,
     jax.block_until_ready((setup.state, metrics))
     seconds = time.perf_counter() - t0
     loss = float(metrics["loss"])
+    tflops_per_s = step_flops * steps / seconds / 1e12
+    peak = device_peaks.peak_tflops(jax.devices()[0].device_kind, dtype)
     return {
         "family": family,
         "variant": variant,
@@ -68,6 +77,10 @@ def measure_train(family: str, variant: str, dtype: str, batch: int, steps: int,
         "compile_s": compile_s,
         "step_ms": 1000 * seconds / steps,
         "images_per_s": steps * batch / seconds,
+        "step_gflop": step_flops / 1e9,
+        "tflops_per_s": tflops_per_s,
+        # Model FLOP utilisation against every device's peak (None where the peak is unknown).
+        "mfu": tflops_per_s / (peak * jax.device_count()) if peak else None,
         "finite_loss": bool(np.isfinite(loss)),
     }
 
@@ -97,7 +110,7 @@ def measure_loader(split, batch: int, seconds: float, mesh, num_workers: int) ->
 
 def print_table(rows: list[dict], loader: dict | None) -> None:
     header = f"{'family':<10} {'variant':<24} {'dtype':<9} {'batch':>6} {'params':>8} {'compile':>8} "
-    header += f"{'step ms':>8} {'images/s':>10}"
+    header += f"{'step ms':>8} {'images/s':>10} {'TFLOP/s':>8} {'MFU':>6}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -107,7 +120,9 @@ def print_table(rows: list[dict], loader: dict | None) -> None:
         print(
             f"{r['family']:<10} {r['variant']:<24} {r['dtype']:<9} {r['batch']:>6} "
             f"{r['params_m']:>7.2f}M {r['compile_s']:>7.1f}s {r['step_ms']:>8.2f} "
-            f"{r['images_per_s']:>10,.0f}" + ("" if r["finite_loss"] else "  (non-finite loss!)")
+            f"{r['images_per_s']:>10,.0f} {r['tflops_per_s']:>8.3f} "
+            + (f"{r['mfu']:>6.1%}" if r["mfu"] is not None else f"{'-':>6}")
+            + ("" if r["finite_loss"] else "  (non-finite loss!)")
         )
     if loader:
         print(

@@ -78,18 +78,43 @@ def test_torch_augment_is_the_identity_when_off_and_stays_in_range():
     assert float(y.min()) >= float(x.min()) - 1e-5 and float(y.max()) <= float(x.max()) + 1e-5
 
 
+def compare_tiny(**overrides):
+    settings = dict(batch=4, windows=1, steps=1, warmup=1, memory_format="channels_last", augment=False)
+    return ct.compare("cnn", "tiny", mesh=parallel.make_mesh(), **{**settings, **overrides})
+
+
 def test_compare_runs_both_frameworks_on_tiny_settings():
-    row = ct.compare(
-        "cnn",
-        "tiny",
-        batch=4,
-        windows=1,
-        steps=1,
-        warmup=1,
-        memory_format="channels_last",
-        augment=True,
-        mesh=parallel.make_mesh(),
-    )
+    row = compare_tiny(augment=True)
     assert row["params"] == row["torch_params"]
     assert row["torch_images_per_s"] > 0 and row["flax_images_per_s"] > 0
     assert np.isfinite(row["torch_final_loss"]) and np.isfinite(row["flax_final_loss"])
+
+
+def test_compare_in_bfloat16_autocasts_pytorch_and_sets_fer_flax_dtype():
+    row = compare_tiny(dtype="bfloat16")
+    assert row["dtype"] == "bfloat16" and row["torch_device"] == "cpu"
+    assert row["params"] == row["torch_params"]
+    assert np.isfinite(row["torch_final_loss"]) and np.isfinite(row["flax_final_loss"])
+
+
+def test_torch_step_runs_its_forward_pass_under_autocast():
+    model = ct.torch_model_like(models.create_model("cnn", variant="tiny"))
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    images = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
+    for autocast_dtype, logits_dtype in ((None, torch.float32), (torch.bfloat16, torch.bfloat16)):
+        step = ct.make_torch_step(
+            model,
+            optimizer,
+            images,
+            torch.zeros(4, dtype=torch.long),
+            memory_format=torch.channels_last,
+            label_smoothing=0.1,
+            augment=None,
+            learning_rates=[0.01],
+            autocast_dtype=autocast_dtype,
+        )
+        assert torch.isfinite(step())
+        assert seen[-1] == logits_dtype
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -68,3 +68,6 @@ def test_both_frameworks_time_the_same_convolution(spec):
     np.testing.assert_allclose(grad_x.numpy().transpose(0, 2, 3, 1), want_x, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(grad_k.numpy().transpose(2, 3, 1, 0), want_k, rtol=1e-4, atol=1e-3)
     assert min(ck.time_xla(spec, reps=1) + ck.time_torch(spec, reps=1)) > 0
+    split = ck.time_gradients_separately(spec, reps=1)
+    assert sorted(split) == ["torch_input_grad", "torch_kernel_grad", "xla_input_grad", "xla_kernel_grad"]
+    assert min(split.values()) > 0

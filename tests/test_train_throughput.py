@@ -1,0 +1,30 @@
+"""benchmarks/train_throughput.py's figures: a finite step, its FLOP count and utilisation."""
+
+import jax
+import pytest
+
+from benchmarks import device_peaks
+from benchmarks import train_throughput as tt
+from fer_flax import parallel
+
+
+def test_peaks_of_known_gpus_and_none_for_cpus():
+    assert device_peaks.peak_tflops("NVIDIA H200", "bfloat16") == 989.4
+    assert device_peaks.peak_tflops("NVIDIA H200", "float32") == 494.7  # TF32
+    assert device_peaks.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert device_peaks.peak_tflops("NVIDIA A100-SXM4-80GB", "float32") == 156.0
+    assert device_peaks.peak_tflops("cpu", "float32") is None
+
+
+def test_measure_train_counts_the_step_flops():
+    mesh = parallel.make_mesh()
+    row = tt.measure_train("cnn", "tiny", "float32", batch=8, steps=1, mesh=mesh)
+    assert row["finite_loss"] and row["images_per_s"] > 0
+    # The tiny CNN's convolutions alone: forward 2·N·H·W·9·Cin·Cout per layer, three passes in
+    # training; XLA's count of the whole step (pooling, BatchNorm, optimizer) is a little above.
+    convs = [(48, 1, 16), (24, 16, 32), (12, 32, 64)]  # (spatial size, in, out) of its 3x3 convs
+    conv_gflop = sum(3 * 2 * 8 * s * s * 9 * cin * cout for s, cin, cout in convs) / 1e9
+    assert conv_gflop < row["step_gflop"] < 1.5 * conv_gflop
+    assert row["tflops_per_s"] == pytest.approx(row["step_gflop"] * row["images_per_s"] / 8 / 1e3)
+    assert row["mfu"] is None  # no peak for a CPU
+    assert jax.devices()[0].platform == "cpu"
