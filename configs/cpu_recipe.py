@@ -7,8 +7,10 @@ Command (real FER2013; selects and reports on PublicTest, the `val` split):
 Measured (2026-11-29, 2-core x86_64 CPU, quiet, seed 0): PublicTest accuracy 0.6710 (raw weights;
 EMA 0.6672; balanced accuracy 0.635, macro-F1 0.649) after 25 epochs in 27 min 55 s for the whole
 command. With the later CPU speed-ups (host malloc reuse, YNNPACK reductions; 2026-11-29, session 4)
-the same command took 22 min 37 s: 0.6687 (EMA weights, kept by best/; raw 0.6678). Curve and earlier
-attempts: benchmarks/RESULTS.md ("CPU recipe", "Page faults and reduce-window trees"). One seed only.
+the same command took 22 min 37 s: 0.6687 (EMA weights, kept by best/; raw 0.6678); with the fused
+grayscale stem (session 5) 20 min 38 s: 0.6664 (raw weights, kept by best/; EMA 0.6640). Curve and
+earlier attempts: benchmarks/RESULTS.md ("CPU recipe", "Page faults and reduce-window trees", "The
+convolution kernels bound the CPU ratio"). One seed only.
 
 Why these choices (each one is about accuracy per CPU-second):
 - cnn/cpu_fast: four conv stages at 32/64/128/256 (0.98M parameters), each pooled before its
