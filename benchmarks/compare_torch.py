@@ -698,10 +698,12 @@ def main() -> None:
         # matrix products as XLA uses it by default on this hardware (cuDNN convolutions have it already).
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
-    malloc = {
-        (True, "cpu"): "fer_flax.host_allocator's reuse settings (for both)",
-        (False, "cpu"): "defaults (for both)",
-    }.get((malloc_applied, device), "not changed (GPU run)")
+    if device == "cuda":
+        malloc = "not changed (GPU run)"
+    elif malloc_applied:
+        malloc = "fer_flax.host_allocator's reuse settings (for both)"
+    else:
+        malloc = "defaults (for both)"
 
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)

@@ -102,14 +102,19 @@ def _median_seconds(call: Callable[[], object], reps: int) -> float:
     return statistics.median(times)
 
 
+def _conv_as_models_run_it(spec: ConvSpec) -> Callable:
+    """(x NHWC, kernel HWIO) -> output, through the convolution fer_flax's models call."""
+    _, _, strides, padding = spec
+    return lambda x, k: layers.conv_general_dilated(
+        x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
 def xla_conv(spec: ConvSpec) -> tuple[Callable, Callable]:
     """(forward, forward + both gradients) of the convolution as fer_flax's models run it, jitted;
     each takes (x NHWC, kernel HWIO). The gradients are those of the output against itself, a
     stand-in upstream gradient of the right shape."""
-    _, _, strides, padding = spec
-
-    def conv(x, k):
-        return layers.conv_general_dilated(x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = _conv_as_models_run_it(spec)
 
     def conv_and_grads(x, k):
         y, vjp = jax.vjp(conv, x, k)
@@ -118,12 +123,19 @@ def xla_conv(spec: ConvSpec) -> tuple[Callable, Callable]:
     return xla_cpu.jit(conv), xla_cpu.jit(conv_and_grads)
 
 
+def _torch_padding(spec: ConvSpec) -> tuple[tuple[int, int, int, int] | None, tuple[int, int]]:
+    """(F.pad widths to apply first or None, conv2d's symmetric padding): PyTorch pads symmetrically,
+    so uneven padding pads the input explicitly."""
+    (pt, pb), (pl, pr) = spec[3]
+    return ((pl, pr, pt, pb), (0, 0)) if (pt, pl) != (pb, pr) else (None, (pt, pl))
+
+
 def torch_conv(spec: ConvSpec) -> tuple[Callable, Callable]:
     """The same pair in PyTorch; each takes (x NCHW, kernel OIHW) and returns (output,) and
     (input gradient, kernel gradient). PyTorch pads symmetrically, so uneven padding pads the
     input first (inside the timed call)."""
-    _, _, strides, ((pt, pb), (pl, pr)) = spec
-    pre, padding = ((pl, pr, pt, pb), (0, 0)) if (pt, pl) != (pb, pr) else (None, (pt, pl))
+    strides, ((pt, pb), (pl, pr)) = spec[2], spec[3]
+    pre, padding = _torch_padding(spec)
 
     def forward(x, k):
         inp = F.pad(x, pre) if pre else x
@@ -166,29 +178,25 @@ def time_torch(spec: ConvSpec, reps: int) -> tuple[float, float]:
 def time_gradients_separately(spec: ConvSpec, reps: int) -> dict[str, float]:
     """Seconds of the input gradient alone and the kernel gradient alone, from a given output
     gradient (no forward pass), in XLA and in PyTorch: which of the two backward kernels differs."""
-    _, _, strides, padding = spec
+    strides = spec[2]
     x = jax.random.normal(jax.random.key(0), spec[0], jnp.float32)
     k = jax.random.normal(jax.random.key(1), spec[1], jnp.float32) * 0.05
-    forward, _ = xla_conv(spec)
-    g = jax.random.normal(jax.random.key(2), forward(x, k).shape, jnp.float32)
-
-    def conv(x, k):
-        return layers.conv_general_dilated(x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
+    conv = _conv_as_models_run_it(spec)
+    g = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, jnp.float32)
     input_grad = xla_cpu.jit(lambda x, k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
     kernel_grad = xla_cpu.jit(lambda x, k, g: jax.vjp(lambda k: conv(x, k), k)[1](g)[0])
     times = {
         "xla_input_grad": _median_seconds(lambda: input_grad(x, k, g).block_until_ready(), reps),
         "xla_kernel_grad": _median_seconds(lambda: kernel_grad(x, k, g).block_until_ready(), reps),
     }
-    (pt, pb), (pl, pr) = padding
-    tx = torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)
-    tk = torch.from_numpy(np.array(k).transpose(3, 2, 0, 1)).contiguous(memory_format=torch.channels_last)
-    tg = torch.from_numpy(np.array(g).transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)
-    if (pt, pl) != (pb, pr):
-        tx, torch_padding = F.pad(tx, (pl, pr, pt, pb)), (0, 0)
-    else:
-        torch_padding = (pt, pl)
+
+    def to_torch(a, axes):  # NHWC -> NCHW or HWIO -> OIHW, channels_last in memory
+        return torch.from_numpy(np.array(a).transpose(axes)).contiguous(memory_format=torch.channels_last)
+
+    tx, tk, tg = to_torch(x, (0, 3, 1, 2)), to_torch(k, (3, 2, 0, 1)), to_torch(g, (0, 3, 1, 2))
+    pre, torch_padding = _torch_padding(spec)
+    if pre:
+        tx = F.pad(tx, pre)
 
     def torch_backward(mask):
         return torch.ops.aten.convolution_backward(

@@ -26,5 +26,5 @@ def test_measure_train_counts_the_step_flops():
     conv_gflop = sum(3 * 2 * 8 * s * s * 9 * cin * cout for s, cin, cout in convs) / 1e9
     assert conv_gflop < row["step_gflop"] < 1.5 * conv_gflop
     assert row["tflops_per_s"] == pytest.approx(row["step_gflop"] * row["images_per_s"] / 8 / 1e3)
-    assert row["mfu"] is None  # no peak for a CPU
-    assert jax.devices()[0].platform == "cpu"
+    if jax.devices()[0].platform == "cpu":
+        assert row["mfu"] is None  # no peak known for a CPU
