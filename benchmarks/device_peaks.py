@@ -11,9 +11,8 @@ from __future__ import annotations
 # device_kind substring -> (bfloat16, TF32) dense tensor-core peaks.
 GPU_PEAK_TFLOPS: dict[str, tuple[float, float]] = {
     "H200": (989.4, 494.7),  # SXM
-    "H100 80GB HBM3": (989.4, 494.7),  # SXM
-    "H100 PCIe": (756.0, 378.0),
-    "H100": (989.4, 494.7),
+    "H100 PCIe": (756.0, 378.0),  # before "H100": the first name found in device_kind wins
+    "H100": (989.4, 494.7),  # SXM
     "A100": (312.0, 156.0),
     "L4": (121.0, 60.0),
 }

@@ -104,7 +104,9 @@ print(jax.devices())
     echo "gpu_check: loader stopped (exit $?)"
 
   phase "4/5 fer_flax against PyTorch on the GPU, bfloat16, batch $compare_batch"
-  timeout -k 10 150 python3 benchmarks/compare_torch.py --models cnn,beefy,resnet18 --dtype bfloat16 \
+  # 120 s at most, so that every phase at its limit (45 + 150 + 60 + 120 + 120 s) leaves the summary
+  # inside the device call's 570 s.
+  timeout -k 10 120 python3 benchmarks/compare_torch.py --models cnn,beefy,resnet18 --dtype bfloat16 \
     --batch "$compare_batch" --windows 3 --steps 5 --json "$OUT/compare_torch.json" ||
     echo "gpu_check: compare_torch stopped (exit $?)"
 

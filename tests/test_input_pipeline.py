@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -279,7 +280,11 @@ def test_worker_exits_when_the_trainer_is_killed():
     )
     trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        worker_pid = int(trainer.stdout.readline())
+        # Never block on a trainer that hangs before printing: a hang is what this guards against.
+        ready, _, _ = select.select([trainer.stdout], [], [], 120)
+        line = trainer.stdout.readline() if ready else ""
+        assert line.strip(), "the trainer printed no worker PID within 120 s"
+        worker_pid = int(line)
     finally:
         trainer.kill()
         trainer.wait()

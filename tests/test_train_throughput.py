@@ -12,6 +12,7 @@ def test_peaks_of_known_gpus_and_none_for_cpus():
     assert device_peaks.peak_tflops("NVIDIA H200", "bfloat16") == 989.4
     assert device_peaks.peak_tflops("NVIDIA H200", "float32") == 494.7  # TF32
     assert device_peaks.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert device_peaks.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4  # SXM
     assert device_peaks.peak_tflops("NVIDIA A100-SXM4-80GB", "float32") == 156.0
     assert device_peaks.peak_tflops("cpu", "float32") is None
 
