@@ -23,7 +23,6 @@ kill between the two never leaves a resumable step whose best-model candidate is
 from __future__ import annotations
 
 import os
-import signal
 import time
 import warnings
 from typing import Any
@@ -54,43 +53,6 @@ class NoRestorableCheckpointError(RuntimeError):
     """No checkpoint in the workdir can be restored into this run's state."""
 
 
-# ------------------------------------------------------------------------------- test kill hook
-
-# FER_FLAX_TEST_KILL_AT="<where>:<step>[:<signal>]" makes the process send itself a signal (SIGKILL
-# unless TERM or INT is given) at one precise moment, so tests can interrupt a run
-# deterministically: where = "step" (right after step <step> is dispatched), "eval" (inside the
-# evaluation at <step>, after its first batch) or "save" (inside the save of checkpoints/<step>,
-# after every array is written, just before Orbax commits it). Unset, it does nothing.
-KILL_ENV = "FER_FLAX_TEST_KILL_AT"
-
-
-def maybe_kill_for_test(where: str, step: int) -> None:
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    parts = spec.split(":")
-    if parts[:2] == [where, str(step)]:
-        sig = signal.Signals[f"SIG{parts[2]}"] if len(parts) > 2 else signal.SIGKILL
-        os.kill(os.getpid(), sig)
-
-
-def _temporary_path_class() -> type | None:
-    """Orbax's atomic-rename commit with the "save" test hook in front; None (Orbax's default) unless
-    the hook asks for a kill inside a save."""
-    if not os.environ.get(KILL_ENV, "").startswith("save:"):
-        return None
-    from orbax.checkpoint._src.path import atomicity  # internal: imported only for the test hook
-
-    class KillBeforeCommit(atomicity.AtomicRenameTemporaryPath):
-        async def finalize(self, *args, **kwargs):
-            final = self.get_final()
-            if final.parent.name == "checkpoints" and final.name.isdigit():
-                maybe_kill_for_test("save", int(final.name))
-            return await super().finalize(*args, **kwargs)
-
-    return KillBeforeCommit
-
-
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 2, keep_best: int = 1, read_only: bool = False):
         workdir = os.path.abspath(workdir)
@@ -104,7 +66,6 @@ class Checkpointer:
                 read_only=read_only,
                 # Delete the `<step>.orbax-checkpoint-tmp-*` folders of saves that a kill interrupted.
                 cleanup_tmp_directories=not read_only,
-                temporary_path_class=_temporary_path_class(),
                 multiprocessing_options=_barrier_prefix("latest"),
             ),
         )

@@ -27,282 +27,27 @@ reported like a single model.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import flax.linen as nn
 import jax
-import numpy as np
 from absl import app, flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
-from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import input_pipeline, metrics, parallel, train, tta, xla_cpu
-from fer_flax.augment import preprocess
+from fer_flax import config_schema, inference, metrics, model_state, parallel, runtime, tta
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import SPLITS
+from fer_flax.model_state import Restored
 
 # Data-config keys that decide which examples a split holds; the others (sampling, workers, cache)
 # only affect training or speed.
 _DATA_IDENTITY_KEYS = ("path", "synthetic_train", "synthetic_val", "synthetic_test", "synthetic_seed")
 
 
-# ------------------------------------------------------------------------------------ restoring
-
-
-def _as_tuples(value: Any) -> Any:
-    """JSON has no tuples: every list in a saved config was a tuple (the configs use tuples only)."""
-    if isinstance(value, dict):
-        return {k: _as_tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_as_tuples(v) for v in value)
-    return value
-
-
-def read_run_info(workdir: str) -> dict:
-    """The `{"config": {...}, "derived": {...}}` a training run wrote to `<workdir>/config.json`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: {workdir!r} is not a fer_flax training workdir. Train first with "
-            "`python -m fer_flax.main --config configs/<x>.py --workdir <dir>`."
-        )
-    with open(path) as f:
-        return json.load(f)
-
-
-def load_run_config(workdir: str) -> ConfigDict:
-    """The run's resolved config as a ConfigDict (lists from JSON turned back into tuples)."""
-    return ConfigDict(_as_tuples(read_run_info(workdir)["config"]))
-
-
-def parse_checkpoint(which: str | int) -> str | int:
-    """'best', 'latest' or a step number (int or digit string)."""
-    if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
-        return int(which)
-    if which in ("best", "latest"):
-        return which
-    raise ValueError(f"--checkpoint must be 'best', 'latest' or a step number, got {which!r}")
-
-
-WEIGHTS = ("raw", "ema")
-
-
-def restore_for_inference(
-    workdir: str,
-    checkpoint: str | int = "best",
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    weights: str = "raw",
-) -> tuple[nn.Module, dict, ConfigDict, int]:
-    """(model, variables, config, step): the model rebuilt from `<workdir>/config.json` and its
-    params + batch statistics from checkpoint 'best', 'latest' or a step, replicated over `mesh`.
-
-    `weights="ema"` takes the EMA weights of a full checkpoint ('latest' or a step) of a run trained
-    with `config.ema.decay > 0`. 'best' holds the one set selected in training (`config.ema.select`),
-    so it takes only the default."""
-    return _restore(workdir, checkpoint, mesh=mesh, weights=weights)[:4]
-
-
-def _restore(
-    workdir: str, checkpoint: str | int, *, mesh: jax.sharding.Mesh | None, weights: str
-) -> tuple[nn.Module, dict, ConfigDict, int, str]:
-    """`restore_for_inference` plus which weights were restored: "raw" or "ema" (for a best
-    checkpoint, what its selection record says; "raw" for one written before EMA existed)."""
-    workdir = os.path.abspath(workdir)
-    config = load_run_config(workdir)
-    which = parse_checkpoint(checkpoint)
-    if weights not in WEIGHTS:
-        raise ValueError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    if weights == "ema":
-        if not train.ema_enabled(config):
-            raise ValueError(
-                f"the run in {workdir} kept no EMA of its weights (config.ema.decay is 0 or absent); "
-                "--weights ema needs a run trained with --config.ema.decay > 0 (e.g. 0.999)"
-            )
-        if which == "best":
-            raise ValueError(
-                "--weights ema needs --checkpoint latest or a step: best/ holds only the weights "
-                f"selected in training (config.ema.select={config.ema.select!r})"
-            )
-    model = train.create_model(config)
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    abstract = jax.eval_shape(lambda: train.initial_variables(model, jax.random.key(0)))
-    replicated = parallel.replicated_sharding(mesh)
-    template = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-        {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})},
-    )
-    ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
-    try:
-        variables, step = ckpt.restore_model(template, which, weights=weights)
-        restored_weights = weights
-        if weights == "raw" and (which == "best" or step not in ckpt.latest.all_steps()):
-            selection = ckpt.best_selection(step)
-            restored_weights = selection["weights"] if selection else "raw"
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # Orbax reports a structure/shape mismatch with many exception types
-        raise ValueError(
-            f"checkpoint {checkpoint!r} in {workdir} does not match the model "
-            f"{config.model_name}/{config.model.variant} rebuilt from its config.json "
-            f"({type(e).__name__}: {e})"
-        ) from e
-    finally:
-        ckpt.close()
-    return model, variables, config, int(step), restored_weights
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """One restored model of an evaluation (an ensemble has several)."""
-
-    workdir: str
-    model: nn.Module
-    variables: dict
-    config: ConfigDict
-    step: int
-    weights: str = "raw"  # "raw" or "ema": which weights of the run these are
-
-    def describe(self) -> dict:
-        return {
-            "workdir": self.workdir,
-            "model_name": self.config.model_name,
-            "variant": self.config.model.variant,
-            "checkpoint_step": self.step,
-            "weights": self.weights,
-        }
-
-
-def load_members(
-    workdirs: Sequence[str],
-    checkpoint: str | int = "best",
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    weights: str = "raw",
-) -> list[Member]:
-    if not workdirs:
-        raise ValueError("at least one workdir is needed")
-    members = []
-    for w in workdirs:
-        model, variables, config, step, restored = _restore(w, checkpoint, mesh=mesh, weights=weights)
-        members.append(Member(os.path.abspath(w), model, variables, config, step, restored))
-    return members
-
-
-# ------------------------------------------------------------------------------------ inference
-
-
-def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
-    n = mesh.devices.size
-    if batch_size <= 0 or batch_size % n:
-        raise ValueError(
-            f"evaluation batch size {batch_size} must be a positive multiple of the {n} devices; "
-            f"use e.g. --batch_size={max(n, batch_size // n * n)}"
-        )
-
-
-@functools.lru_cache(maxsize=32)
-def make_logits_fn(model: nn.Module, tta_mode: str = "none", crop_size: int = tta.DEFAULT_CROP_SIZE):
-    """jit(variables, uint8 images [B, 48, 48, 1]) -> float32 logits [B, K], averaged over TTA views.
-
-    Cached: Linen modules compare by their fields, so evaluating the same architecture again (another
-    seed, split or checkpoint) reuses the compiled function; the variables are an argument."""
-    tta.check_mode(tta_mode)
-
-    def logits_fn(variables, images):
-        def apply(x):
-            return model.apply(variables, x, train=False)[0]
-
-        return tta.apply_with_tta(apply, preprocess(images), tta_mode, crop_size)
-
-    return xla_cpu.jit(logits_fn)
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def predict_logits(
-    model: nn.Module,
-    variables: dict,
-    data: ArraySplit | np.ndarray,
-    *,
-    batch_size: int,
-    mesh: jax.sharding.Mesh | None = None,
-    tta_mode: str = "none",
-    crop_size: int = tta.DEFAULT_CROP_SIZE,
-) -> np.ndarray:
-    """float32 logits [N, K] for every example of `data` (an ArraySplit or uint8 images [N, 48, 48]),
-    in order, each exactly once: batches are `input_pipeline.eval_batches` (the last one padded) and
-    padded rows are dropped. `batch_size` is global (all devices and processes)."""
-    if isinstance(data, np.ndarray):
-        data = ArraySplit(images=data, labels=np.zeros(len(data), np.int32))
-    n = len(data)
-    if n == 0:
-        raise ValueError("nothing to evaluate: the split has no examples")
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    check_batch_size(batch_size, mesh)
-    variables = parallel.replicate(variables, mesh)
-    logits_fn = make_logits_fn(model, tta_mode, crop_size)
-    outputs = []
-    for local in input_pipeline.eval_batches(
-        data,
-        global_batch_size=batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        images = parallel.to_global_batch({"image": local["image"]}, mesh)["image"]
-        outputs.append(logits_fn(variables, images))  # dispatched asynchronously; fetched below
-    logits = np.concatenate([_to_host(o) for o in outputs])
-    # eval_batches pads only after the last example, so the first n rows are the examples in order.
-    assert logits.shape[0] == input_pipeline.num_eval_batches(n, batch_size) * batch_size
-    return logits[:n].astype(np.float32)
-
-
-def ensemble_probabilities(logits_per_model: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean over models of each model's softmax (float64 [N, K]): probability averaging, so a model
-    with large logits does not outvote the others as it would if logits were averaged."""
-    if not logits_per_model:
-        raise ValueError("no models to ensemble")
-    return np.mean([metrics.softmax(logits) for logits in logits_per_model], axis=0)
-
-
-def member_probabilities(
-    members: Sequence[Member],
-    data: ArraySplit | np.ndarray,
-    *,
-    batch_size: int,
-    tta_mode: str = "none",
-    crop_size: int = tta.DEFAULT_CROP_SIZE,
-    mesh: jax.sharding.Mesh | None = None,
-) -> np.ndarray:
-    """The (ensemble's) class probabilities float64 [N, K] for `data`."""
-    logits = [
-        predict_logits(
-            m.model,
-            m.variables,
-            data,
-            batch_size=batch_size,
-            mesh=mesh,
-            tta_mode=tta_mode,
-            crop_size=crop_size,
-        )
-        for m in members
-    ]
-    return ensemble_probabilities(logits)
-
-
 def evaluate_split(
-    members: Sequence[Member],
+    members: Sequence[Restored],
     split: ArraySplit,
     *,
     batch_size: int,
@@ -313,7 +58,7 @@ def evaluate_split(
 ) -> dict:
     """The classification report (see `metrics.classification_report`) of `members` on `split`, with
     what was evaluated: tta, crop_size, num_models, models, checkpoint_step."""
-    probs = member_probabilities(
+    probs = inference.member_probabilities(
         members, split, batch_size=batch_size, tta_mode=tta_mode, crop_size=crop_size, mesh=mesh
     )
     report = metrics.classification_report(probs, split.labels, num_bins=num_bins)
@@ -331,7 +76,7 @@ def evaluate_split(
 # ------------------------------------------------------------------------------------------ data
 
 
-def resolve_data_config(members: Sequence[Member], data_path: str | None) -> ConfigDict:
+def resolve_data_config(members: Sequence[Restored], data_path: str | None) -> ConfigDict:
     """The data config to evaluate on: the first run's, with `data_path` (any FER2013 CSV or image
     folder) replacing its source. Without `data_path`, the members must agree on their data."""
     base = members[0].config.data.to_dict()
@@ -352,12 +97,11 @@ def resolve_data_config(members: Sequence[Member], data_path: str | None) -> Con
 
 
 def load_eval_split(
-    members: Sequence[Member], split: str, data_path: str | None = None, *, announce: Callable = print
+    members: Sequence[Restored], split: str, data_path: str | None = None, *, announce: Callable = print
 ) -> tuple[ArraySplit, ConfigDict]:
     """Reads only `split` from `data_path` (or the run's own data). A source that holds only that
     split is fine: the readers parse nothing else."""
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    config_schema.check_choice("split", split, SPLITS)
     data_config = resolve_data_config(members, data_path)
     cache_dir = data_config.cache_dir or default_cache_dir(members[0].workdir)
     try:
@@ -463,10 +207,10 @@ def evaluate_workdirs(
     `restore_for_inference`).
 
     Returns the report (as written to JSON, with a `files` entry)."""
-    tta.check_mode(tta_mode)
-    which = parse_checkpoint(checkpoint)
+    config_schema.check_choice("tta", tta_mode, tta.TTA_MODES)
+    which = model_state.parse_checkpoint(checkpoint)
     mesh = parallel.make_mesh()
-    members = load_members(workdirs, which, mesh=mesh, weights=weights)
+    members = inference.load_members(workdirs, which, mesh=mesh, weights=weights)
     split_data, data_config = load_eval_split(members, split, data_path, announce=announce)
     batch_size = batch_size or members[0].config.eval_batch_size
     report = evaluate_split(
@@ -501,7 +245,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "weights",
         "raw",
-        list(WEIGHTS),
+        list(model_state.WEIGHTS),
         "With --checkpoint latest|STEP: the raw weights or their EMA (runs with config.ema.decay > 0). "
         "best/ holds the weights selected in training (config.ema.select); the report names them.",
     )
@@ -521,6 +265,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
+    runtime.start()
     f = flags.FLAGS
     try:
         report = evaluate_workdirs(

@@ -19,7 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_flax import host_allocator, parallel, train
+from fer_flax import runtime, train
+from fer_flax.interrupts import TrainingInterrupted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -42,22 +43,22 @@ def main(argv: list[str]) -> None:
     # unless the user asks for more with -v / --verbosity.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    # Before JAX starts its CPU client: glibc's malloc then keeps and reuses each step's freed buffers
-    # instead of mapping fresh, page-faulting memory every step (fer_flax/host_allocator.py).
-    host_allocator.reuse_freed_memory()
-    # Before anything touches a device: jax.distributed must be initialised first.
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
-    parallel.configure_cpu_devices(config.cpu_devices, (config.batch_size, config.eval_batch_size))
+    runtime.start(
+        config,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
     try:
         train.train_and_evaluate(config, _WORKDIR.value)
-    except train.TrainingInterrupted as e:
+    except TrainingInterrupted as e:
         # SIGTERM/SIGINT: a checkpoint is written and the message printed; exit 128 + signal number
         # (143 / 130) so schedulers and shells see an interrupted job, not a finished one.
         sys.exit(e.exit_code)
     # Only after a clean finish: the shutdown barrier waits for every process, and one that failed
     # will never arrive (its error already ends this job through the coordination service).
-    parallel.shutdown_distributed()
+    runtime.shutdown()
 
 
 if __name__ == "__main__":

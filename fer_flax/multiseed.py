@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from fer_flax import evaluate, leaderboard, train, tta
+from fer_flax import config_schema, evaluate, leaderboard, model_state, runtime, train, tta
 from fer_flax.data.splits import SPLITS
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom (scipy.stats.t.ppf(0.975, df)).
@@ -128,11 +128,11 @@ def run(
     if not seeds:
         raise ValueError("no seeds given")
     # Checked before hours of training, not after.
-    unknown = [s for s in eval_splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"Unknown eval split(s) {unknown}; valid choices: {', '.join(SPLITS)}")
-    checkpoint = evaluate.parse_checkpoint(checkpoint)
-    tta.check_mode(tta_mode)
+    for split in eval_splits:
+        config_schema.check_choice("--eval_splits", split, SPLITS)
+    checkpoint = model_state.parse_checkpoint(checkpoint)
+    config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)
+    config_schema.validate(config)
     os.makedirs(root, exist_ok=True)
     training, evaluations = [], {split: [] for split in eval_splits}
     for seed in seeds:
@@ -220,6 +220,7 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
     f = flags.FLAGS
+    runtime.start(f.config)  # the same start-up as fer_flax.main: CPU device split included
     try:
         seeds = parse_seeds(f.seeds)
         result = run(

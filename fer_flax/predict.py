@@ -37,8 +37,9 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageOps
 
-from fer_flax import evaluate, tta
+from fer_flax import config_schema, inference, runtime, tta
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
+from fer_flax.model_state import Restored
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 RESAMPLE = Image.Resampling.BILINEAR
@@ -53,7 +54,7 @@ class ImageReadError(ValueError):
 def load_image(path: str | os.PathLike, *, fit: str = "stretch") -> np.ndarray:
     """uint8 [48, 48] grayscale face from any PNG/JPEG (any size, colour or grayscale)."""
     if fit not in FIT_MODES:
-        raise ValueError(f"Unknown fit {fit!r}; valid choices: {', '.join(FIT_MODES)}")
+        config_schema.check_choice("--fit", fit, FIT_MODES)
     try:
         with Image.open(path) as im:
             im.load()
@@ -96,7 +97,7 @@ def collect_inputs(paths: Sequence[str]) -> list[str]:
 
 
 def classify(
-    members: Sequence[evaluate.Member],
+    members: Sequence[Restored],
     paths: Sequence[str],
     *,
     batch_size: int | None = None,
@@ -116,7 +117,7 @@ def classify(
         except (ImageReadError, FileNotFoundError) as e:
             results.append({"path": path, "error": str(e)})
     if images:
-        probs = evaluate.member_probabilities(
+        probs = inference.member_probabilities(
             members,
             np.stack(images),
             batch_size=batch_size or members[0].config.eval_batch_size,
@@ -164,7 +165,7 @@ def to_table(results: Sequence[dict]) -> str:
 
 def render(results: Sequence[dict], fmt: str) -> str:
     if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"Unknown format {fmt!r}; valid choices: {', '.join(OUTPUT_FORMATS)}")
+        config_schema.check_choice("--format", fmt, OUTPUT_FORMATS)
     return {"table": to_table, "json": to_json, "csv": to_csv}[fmt](results)
 
 
@@ -201,10 +202,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give at least one image file or folder to classify")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
+    runtime.start()
     f = flags.FLAGS
     try:
         file_format = output_format(f.out, None) if f.out else None
-        members = evaluate.load_members(f.workdir, f.checkpoint)
+        members = inference.load_members(f.workdir, f.checkpoint)
         results = classify(
             members,
             paths,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from trained_runs import EVAL_BATCH, NUM_TEST, synthetic_split, trained_run, write_fer_csv
 
-from fer_flax import evaluate, metrics, tta
+from fer_flax import evaluate, inference, metrics, model_state, tta
+from fer_flax import workdir as workdir_lib
 from fer_flax.augment import preprocess
 from fer_flax.data import FERDataError
 from fer_flax.tracking import read_metrics
@@ -157,18 +158,18 @@ def test_apply_with_tta_averages_each_images_own_views():
 def test_ensemble_averages_probabilities_by_hand():
     a = _logits([[0.6, 0.3, 0.1]])
     b = _logits([[0.2, 0.2, 0.6]])
-    probs = evaluate.ensemble_probabilities([a, b])
+    probs = inference.ensemble_probabilities([a, b])
     np.testing.assert_allclose(probs[0, :3], [0.4, 0.25, 0.35], atol=1e-12)
     np.testing.assert_allclose(probs[0, 3:], 0.0, atol=1e-12)
 
 
 def test_ensemble_of_two_models_is_the_mean_of_their_probabilities(run, tmp_path):
     # Two different models: the run's weights after steps 2 and 4.
-    members = [evaluate.load_members([run], step)[0] for step in (2, 4)]
+    members = [inference.load_members([run], step)[0] for step in (2, 4)]
     test = synthetic_split("test")
-    single = [evaluate.member_probabilities([m], test, batch_size=EVAL_BATCH) for m in members]
+    single = [inference.member_probabilities([m], test, batch_size=EVAL_BATCH) for m in members]
     assert np.abs(single[0] - single[1]).max() > 1e-3  # the models really differ
-    both = evaluate.member_probabilities(members, test, batch_size=EVAL_BATCH)
+    both = inference.member_probabilities(members, test, batch_size=EVAL_BATCH)
     np.testing.assert_allclose(both, (single[0] + single[1]) / 2, atol=1e-12)
     report = evaluate.evaluate_split(members, test, batch_size=EVAL_BATCH)
     assert report["num_models"] == 2 and report["checkpoint_step"] == [2, 4]
@@ -186,17 +187,18 @@ def test_ensemble_of_two_models_is_the_mean_of_their_probabilities(run, tmp_path
 
 
 def test_every_example_counted_once_with_a_partial_final_batch(run):
-    model, variables, config, step = evaluate.restore_for_inference(run)
+    restored = model_state.restore(run)
+    model, variables = restored.model, restored.variables
     test = synthetic_split("test")
     assert len(test) == NUM_TEST and NUM_TEST % EVAL_BATCH != 0  # 70 = 2 * 32 + 6
-    logits = evaluate.predict_logits(model, variables, test, batch_size=EVAL_BATCH)
+    logits = inference.predict_logits(model, variables, test, batch_size=EVAL_BATCH)
     # One forward pass over all 70 images, no batching, no padding: the same logits in the same order.
     direct = jax.jit(lambda v, x: model.apply(v, preprocess(x), train=False)[0])(
         jax.device_get(variables), test.images
     )
     assert logits.shape == (NUM_TEST, 7)
     np.testing.assert_allclose(logits, np.asarray(direct), rtol=1e-4, atol=1e-4)
-    members = [evaluate.Member(run, model, variables, config, step)]
+    members = [restored]
     for batch in (8, 128):  # 9 batches with 6 valid in the last; 1 batch with 70 of 128 valid
         report = evaluate.evaluate_split(members, test, batch_size=batch)
         assert report["num_examples"] == NUM_TEST
@@ -211,7 +213,7 @@ def _cm(labels, logits):
 
 
 def test_best_checkpoint_reproduces_the_validation_metrics_logged_in_training(run):
-    members = evaluate.load_members([run])
+    members = inference.load_members([run])
     report = evaluate.evaluate_split(members, synthetic_split("val"), batch_size=EVAL_BATCH)
     with open(os.path.join(run, "summary.json")) as f:
         best_step = json.load(f)["best_step"]
@@ -225,16 +227,16 @@ def test_best_checkpoint_reproduces_the_validation_metrics_logged_in_training(ru
 
 
 def test_checkpoint_choice_and_errors(run, tmp_path):
-    assert evaluate.restore_for_inference(run, "latest")[3] == 4
-    assert evaluate.restore_for_inference(run, "2")[3] == 2
-    config = evaluate.load_run_config(run)
+    assert model_state.restore(run, "latest").step == 4
+    assert model_state.restore(run, "2").step == 2
+    config = workdir_lib.load_run_config(run)
     assert config.augment.rrc_scale == (0.8, 1.0)  # JSON lists come back as the config's tuples
     with pytest.raises(FileNotFoundError, match=r"steps available: \[2, 4\]"):
-        evaluate.restore_for_inference(run, 3)
+        model_state.restore(run, 3)
     with pytest.raises(ValueError, match="'best', 'latest' or a step"):
-        evaluate.restore_for_inference(run, "worst")
+        model_state.restore(run, "worst")
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
-        evaluate.restore_for_inference(str(tmp_path))
+        model_state.restore(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -267,7 +269,7 @@ def test_cli_on_a_csv_that_holds_only_the_test_split(run, tmp_path):
 
     # The CSV holds exactly the run's synthetic test images: the same numbers as evaluating them directly.
     direct = evaluate.evaluate_split(
-        evaluate.load_members([run]), test, batch_size=EVAL_BATCH, tta_mode="tencrop"
+        inference.load_members([run]), test, batch_size=EVAL_BATCH, tta_mode="tencrop"
     )
     assert report["confusion_matrix"] == direct["confusion_matrix"]
     assert report["nll"] == pytest.approx(direct["nll"], rel=1e-5)

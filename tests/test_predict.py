@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from trained_runs import trained_run
 
-from fer_flax import evaluate, metrics, predict
+from fer_flax import inference, metrics, predict
 from fer_flax.augment import preprocess
 from fer_flax.data.splits import CLASS_NAMES
 
@@ -70,7 +70,7 @@ def test_preprocessing_matches_training_data_by_hand(tmp_path):
 
 
 def test_classify_folder_with_corrupt_files(run, images):
-    members = evaluate.load_members([run])
+    members = inference.load_members([run])
     results = predict.classify(members, [str(images)])
     names = [os.path.relpath(r["path"], images) for r in results]
     assert names == [

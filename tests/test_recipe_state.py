@@ -23,9 +23,27 @@ from flax.training import train_state
 from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
 from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import ema, evaluate, input_pipeline, leaderboard, models, optim, tracking, train
+from fer_flax import (
+    config_schema,
+    ema,
+    evaluate,
+    inference,
+    input_pipeline,
+    leaderboard,
+    model_state,
+    models,
+    optim,
+    steps,
+    tracking,
+    train,
+    validation,
+)
+from fer_flax import workdir as workdir_lib
 from fer_flax.data import NUM_CLASSES
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.interrupts import TrainingInterrupted
+from fer_flax.workdir import IncompatibleWorkdirError
+from tests import fault_injection
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,19 +104,19 @@ def test_train_step_updates_ema_by_hand_and_not_on_a_skipped_step(monkeypatch):
     min(.9, 1/10) = .1, step 1 is made non-finite and skipped (nothing may change, EMA included),
     step 2 uses min(.9, 3/12) = .25. Parameters and BatchNorm statistics both."""
     config = _tiny_config(**{"ema.decay": 0.9, "ema.warmup": True, "nonfinite": "skip"})
-    original = train._loss_and_grads
+    original = steps._loss_and_grads
 
     def poisoned(state, *args, **kwargs):
         loss, logits, batch_stats, grads = original(state, *args, **kwargs)
         factor = jnp.where(state.step == 1, jnp.nan, 1.0)
         return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads)
 
-    monkeypatch.setattr(train, "_loss_and_grads", poisoned)
-    model = train.create_model(config)
+    monkeypatch.setattr(steps, "_loss_and_grads", poisoned)
+    model = model_state.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=4, total_steps=4)
     tx = optim.create_optimizer(config.optim, schedule)
-    variables = train.initial_variables(model, jax.random.key(0))
-    state = train.EmaTrainState.create(
+    variables = model_state.initial_variables(model, jax.random.key(0))
+    state = model_state.EmaTrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables["batch_stats"],
@@ -107,7 +125,7 @@ def test_train_step_updates_ema_by_hand_and_not_on_a_skipped_step(monkeypatch):
         ema_batch_stats=variables["batch_stats"],
     )
     assert variables["batch_stats"], "the tiny CNN has BatchNorm: its statistics must be averaged"
-    step_fn = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule))
+    step_fn = jax.jit(functools.partial(steps.train_step, config=config, schedule=schedule))
     faces = generate_synthetic(8, 0, 0, seed=1)["train"]
     batch = {"image": jnp.asarray(faces.images[..., None]), "label": jnp.asarray(faces.labels)}
     rng = jax.random.key(3)
@@ -260,8 +278,8 @@ class _OldTrainState(train_state.TrainState):
 
 
 def _state(model, tx, cls=None, *, ema_on: bool, seed: int = 0):
-    cls = cls or (train.EmaTrainState if ema_on else train.TrainState)
-    variables = train.initial_variables(model, jax.random.key(seed))
+    cls = cls or (model_state.EmaTrainState if ema_on else model_state.TrainState)
+    variables = model_state.initial_variables(model, jax.random.key(seed))
     extra = {}
     if ema_on:
         extra = {
@@ -284,7 +302,7 @@ def _iterator():
 
 def test_ema_and_plateau_state_survive_a_checkpoint_round_trip(tmp_path):
     config = _tiny_config(**{"ema.decay": 0.999, "optim.schedule": "plateau"})
-    model = train.create_model(config)
+    model = model_state.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=4, total_steps=8)
     tx = optim.create_optimizer(config.optim, schedule)
     state = _state(model, tx, ema_on=True, seed=1)
@@ -326,17 +344,17 @@ def test_state_without_ema_restores_old_checkpoints(tmp_path):
     """EMA off: the state has no EMA fields at all, so a checkpoint written by the train state of
     before EMA existed restores into it, and a new one has exactly the old leaves."""
     config = _tiny_config()
-    model = train.create_model(config)
+    model = model_state.create_model(config)
     tx = optim.create_optimizer(config.optim, optax.constant_schedule(0.1))
     old = _state(model, tx, _OldTrainState, ema_on=False, seed=1)
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
     ckpt.save(3, old, _iterator(), val_metrics=None)
     ckpt.wait_until_finished()
     template = _state(model, tx, ema_on=False, seed=2)
-    assert not train.has_ema(template)
+    assert not model_state.has_ema(template)
     assert len(jax.tree.leaves(template)) == len(jax.tree.leaves(old))
     restored = ckpt.restore_latest(template, _iterator())
-    assert type(restored) is train.TrainState
+    assert type(restored) is model_state.TrainState
     assert_trees_equal(host(restored.params), host(old.params))
     assert_trees_equal(host(restored.opt_state), host(old.opt_state))
     ckpt.close()
@@ -488,11 +506,13 @@ def test_interrupted_recipe_run_resumes_to_the_same_final_state(recipe_run, tmp_
     as in the uninterrupted run."""
     reference, expected = recipe_run
     work = tmp_path / "interrupted"
-    monkeypatch.setenv(checkpoint_lib.KILL_ENV, "step:5:TERM")
-    with pytest.raises(train.TrainingInterrupted) as info:
-        train.train_and_evaluate(recipe_config(), str(work))
+    with monkeypatch.context() as patched:
+        patched.setattr(train, "compile_steps", train.compile_steps)  # restored on leaving
+        patched.setattr(inference, "logits_fn", inference.logits_fn)
+        fault_injection.install("step:5:TERM")
+        with pytest.raises(TrainingInterrupted) as info:
+            train.train_and_evaluate(recipe_config(), str(work))
     assert info.value.step == 5
-    monkeypatch.delenv(checkpoint_lib.KILL_ENV)
     summary = train.train_and_evaluate(recipe_config(), str(work))
 
     for key in ("final_step", "final_val", "final_val_ema", "best_step", "best_weights", "final_lr_scale"):
@@ -504,7 +524,7 @@ def test_interrupted_recipe_run_resumes_to_the_same_final_state(recipe_run, tmp_
     assert plateau_and_val(work) == plateau_and_val(reference)
     # The whole final state, optimizer (with its plateau state) and EMA included, bit for bit.
     config = recipe_config()
-    model = train.create_model(config)
+    model = model_state.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=2, total_steps=8)
     tx = optim.create_optimizer(config.optim, schedule)
     template = _state(model, tx, ema_on=True)
@@ -530,27 +550,27 @@ def test_turning_ema_or_plateau_on_for_an_existing_run_is_refused(recipe_run, tm
     config = recipe_config()
     config.ema.decay = 0.0
     config.optim.schedule = "constant"
-    with pytest.raises(train.IncompatibleWorkdirError) as err:
-        train.config_changes(str(other), config)
+    with pytest.raises(IncompatibleWorkdirError) as err:
+        workdir_lib.config_changes(str(other), config)
     message = str(err.value)
     assert "EMA (ema.decay > 0): True in the workdir -> False now" in message
     assert "reduce-on-plateau (optim.schedule == 'plateau'): True in the workdir -> False now" in message
     # Other EMA and plateau settings may change on resume.
     config = recipe_config()
     config.ema.decay, config.optim.plateau_patience = 0.99, 5
-    assert set(train.config_changes(str(other), config)) == {"ema.decay", "optim.plateau_patience"}
+    assert set(workdir_lib.config_changes(str(other), config)) == {"ema.decay", "optim.plateau_patience"}
 
 
 def test_ema_select_rule():
     raw, better, worse = {"accuracy": 0.5}, {"accuracy": 0.625}, {"accuracy": 0.375}
-    assert train.select_weights("best", raw, better) == "ema"
-    assert train.select_weights("best", raw, worse) == "raw"
-    assert train.select_weights("best", raw, dict(raw)) == "raw"  # a tie keeps the raw weights
-    assert train.select_weights("raw", raw, better) == "raw"
-    assert train.select_weights("ema", raw, worse) == "ema"
+    assert validation.select_weights("best", raw, better) == "ema"
+    assert validation.select_weights("best", raw, worse) == "raw"
+    assert validation.select_weights("best", raw, dict(raw)) == "raw"  # a tie keeps the raw weights
+    assert validation.select_weights("raw", raw, better) == "raw"
+    assert validation.select_weights("ema", raw, worse) == "ema"
     config = _tiny_config(**{"ema.select": "newest"})
-    with pytest.raises(ValueError, match="valid choices: raw, ema, best"):
-        train._check_run_settings(config)
+    with pytest.raises(ValueError, match=r"ema\.select.*'newest'.*raw, ema, best"):
+        config_schema.validate(config)
 
 
 # ------------------------------------------------------------------------ weight decay, real models
@@ -570,7 +590,7 @@ def test_weight_decay_mask_on_real_models(model_name, variant, must_have):
     """Only conv/dense kernels decay; BatchNorm scale/bias, Dense and Conv biases (and LayerNorm,
     position embeddings, class token) never do, on the real parameter trees of the model families."""
     model = models.create_model(model_name, variant=variant, num_classes=NUM_CLASSES)
-    params = jax.eval_shape(lambda: train.initial_variables(model, jax.random.key(0)))["params"]
+    params = jax.eval_shape(lambda: model_state.initial_variables(model, jax.random.key(0)))["params"]
     mask = traverse_util.flatten_dict(optim.weight_decay_mask(params))
     flat = traverse_util.flatten_dict(params)
     assert set(mask) == set(flat)

@@ -1,8 +1,9 @@
 """Reliability: kills at random moments, SIGTERM/SIGINT, corrupt checkpoints, non-finite numbers,
 incompatible workdirs and config mistakes.
 
-Kill points are made deterministic with the FER_FLAX_TEST_KILL_AT hook (fer_flax/checkpoint.py): the
-training process signals itself at an exact step, inside an evaluation, or inside a checkpoint save.
+Kill points are made deterministic from the outside (tests/fault_injection.py): the training process,
+started through that wrapper, signals itself at an exact step, inside an evaluation, or inside a
+checkpoint save.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import pytest
 
 from configs import simple_cnn
 from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import tracking, train
+from fer_flax import model_state, steps, tracking, train
+from fer_flax.interrupts import NonFiniteError
+from fer_flax.workdir import IncompatibleWorkdirError
 
 REPO = Path(__file__).resolve().parents[1]
 # The smoke run: 512 images / batch 64 = 8 steps per epoch, 2 epochs (evaluations at 8 and 16),
@@ -37,18 +40,19 @@ def smoke_config(**overrides):
 
 
 def run_cli(workdir: Path, kill_at: str | None, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != checkpoint_lib.KILL_ENV}
-    env["PYTHONUNBUFFERED"] = "1"  # what a SIGKILLed run printed must reach the pipe
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # what a SIGKILLed run printed must reach the pipe
     if kill_at:
-        env[checkpoint_lib.KILL_ENV] = kill_at
-    cmd = [sys.executable, "-m", "fer_flax.main", "--config", "configs/simple_cnn.py:smoke"]
+        cmd = [sys.executable, str(REPO / "tests" / "fault_injection.py"), kill_at]
+    else:
+        cmd = [sys.executable, "-m", "fer_flax.main"]
+    cmd += ["--config", "configs/simple_cnn.py:smoke"]
     cmd += ["--workdir", str(workdir), f"--config.checkpoint_every_steps={CKPT_EVERY}", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def final_model(workdir: Path, config) -> dict:
-    model = train.create_model(config)
-    template = train.initial_variables(model, jax.random.key(1))
+    model = model_state.create_model(config)
+    template = model_state.initial_variables(model, jax.random.key(1))
     ckpt = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
     try:
         restored, _ = ckpt.restore_model(
@@ -88,7 +92,7 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
     # SIGKILL during step 5, inside the evaluation at step 8 and inside the save of checkpoint 12
     # (after its arrays are written, before Orbax commits it). Saves are asynchronous, so the one
     # just before a kill may not have been committed: each rerun resumes from one of two steps.
-    for kill_at, resumed_from in (("step:5", {2}), ("eval:8", {2, 4}), ("save:12", {4, 6})):
+    for kill_at, resumed_from in (("step:5", {2, 4}), ("eval:8", {2, 4}), ("save:12", {4, 6})):
         r = run_cli(work, kill_at)
         assert r.returncode == -signal.SIGKILL, (kill_at, r.stderr[-3000:])
         assert any(f"Resumed from {ckpts}/{s} (step {s} of 16)" in r.stdout for s in resumed_from), (
@@ -140,21 +144,21 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 def _poison_step(monkeypatch, bad_step: int) -> None:
     """Makes the loss and gradients NaN at `bad_step` (1-based, as the loop counts)."""
-    original = train._loss_and_grads
+    original = steps._loss_and_grads
 
     def poisoned(state, batch, rng, config, **kwargs):
         loss, logits, batch_stats, grads = original(state, batch, rng, config, **kwargs)
         factor = jnp.where(state.step + 1 == bad_step, jnp.nan, 1.0)
         return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads)
 
-    monkeypatch.setattr(train, "_loss_and_grads", poisoned)
+    monkeypatch.setattr(steps, "_loss_and_grads", poisoned)
 
 
 def test_nonfinite_stop_names_step_and_keeps_good_checkpoint(tmp_path, monkeypatch):
     _poison_step(monkeypatch, 5)
     workdir = tmp_path / "run"
     config = smoke_config(num_epochs=1.0)
-    with pytest.raises(train.NonFiniteError, match=r"at step 5\. Last good checkpoint: .*checkpoints/4"):
+    with pytest.raises(NonFiniteError, match=r"at step 5\. Last good checkpoint: .*checkpoints/4"):
         train.train_and_evaluate(config, str(workdir))
     ckpt = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
     assert ckpt.latest_step() == 4
@@ -180,7 +184,7 @@ def test_incompatible_workdir_is_refused_and_compatible_changes_recorded(tmp_pat
     workdir = tmp_path / "run"
     train.train_and_evaluate(smoke_config(num_epochs=0.5), str(workdir))  # 4 steps
 
-    with pytest.raises(train.IncompatibleWorkdirError) as info:
+    with pytest.raises(IncompatibleWorkdirError) as info:
         train.train_and_evaluate(smoke_config(**{"model.variant": "small", "seed": 3}), str(workdir))
     message = str(info.value)
     assert "model.variant: 'tiny' in the workdir -> 'small' now" in message

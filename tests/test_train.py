@@ -12,7 +12,7 @@ import pytest
 
 from configs import simple_cnn
 from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import parallel, train
+from fer_flax import inference, model_state, train
 from fer_flax.data import load_splits
 
 
@@ -58,25 +58,15 @@ def test_end_to_end_writes_outputs_and_best_checkpoint_reproduces_val_metrics(tm
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
     best_step = ckpt.best_step()
     assert best_step == max(val_records, key=lambda s: (val_records[s]["val/accuracy"], -s))
-    model = train.create_model(config)
-    template = train.initial_variables(model, jax.random.key(1))
-    restored, step = ckpt.restore_model(
-        {"params": template["params"], "batch_stats": template["batch_stats"]}, "best"
-    )
-    assert step == best_step
-    mesh = parallel.make_mesh()
-    state = train.TrainState.create(
-        apply_fn=model.apply,
-        params=restored["params"],
-        batch_stats=restored["batch_stats"],
-        tx=train.optim.optax.identity(),
-    )
+    ckpt.close()
+    restored = model_state.restore(workdir, "best")
+    assert restored.step == best_step
     val = load_splits(config.data, ("val",), announce=lambda *_: None)["val"]
-    again = train.evaluate(jax.jit(train.eval_step), state, val, batch_size=128, mesh=mesh)
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "num_examples"):
+    logits = inference.predict_logits(restored.model, restored.variables, val, batch_size=128)
+    again = inference.split_metrics(logits, val.labels)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "num_examples", "confusion"):
         assert again[key] == val_records[best_step][f"val/{key}"], key
     np.testing.assert_allclose(again["loss"], val_records[best_step]["val/loss"], rtol=1e-6)
-    ckpt.close()
 
 
 def test_grain_worker_processes_train_the_same_and_are_stopped(tmp_path):

@@ -1,0 +1,72 @@
+"""Training metrics between two records: kept on the device step by step, fetched and averaged only
+when a record is written (so the host never waits on the device in between)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from fer_flax import tracking
+from fer_flax.interrupts import NonFiniteError
+
+
+class MetricWindow:
+    """The training steps since the last metrics record: their device-side metrics and the wall time
+    they took. `train_seconds` and `skipped_updates` add up over the whole run."""
+
+    def __init__(
+        self,
+        config: ConfigDict,
+        steps_per_epoch: int,
+        writer: tracking.MetricWriter,
+        progress: tracking.ProgressBar,
+        last_good: Callable[[], str],
+    ):
+        self.config, self.steps_per_epoch = config, steps_per_epoch
+        self.writer, self.progress, self.last_good = writer, progress, last_good
+        self.pending: list[tuple[int, dict]] = []
+        self.train_seconds = 0.0
+        self.skipped_updates = 0
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    def add(self, step: int, step_metrics: dict) -> None:
+        self.pending.append((step, step_metrics))
+        self.steps += 1
+
+    def close_timing(self) -> None:
+        """Counts the time since the window (re)started as training time (before an evaluation)."""
+        self.train_seconds += time.perf_counter() - self.start
+
+    def flush(self, step: int) -> None:
+        """Fetches the pending metrics, stops on a non-finite step (nonfinite == "stop") and writes
+        one record: means over the finite steps."""
+        fetched = jax.device_get([m for _, m in self.pending])
+        step_numbers = [s for s, _ in self.pending]
+        self.pending = []
+        bad = [i for i, m in enumerate(fetched) if not m["finite"]]
+        if bad and self.config.nonfinite == "stop":
+            first = fetched[bad[0]]
+            raise NonFiniteError(
+                f"Non-finite training loss ({float(first['loss'])}) or gradient norm "
+                f"({float(first['grad_norm'])}) at step {step_numbers[bad[0]]}. Last good checkpoint: "
+                f"{self.last_good()} (nothing later was saved). Lower the learning rate or set "
+                "--config.nonfinite=skip to skip such updates."
+            )
+        self.skipped_updates += len(bad)
+        elapsed = time.perf_counter() - self.start
+        self.train_seconds += elapsed
+        good = [m for m in fetched if m["finite"]] or fetched
+        summary = {k: float(np.mean([m[k] for m in good])) for k in fetched[0] if k != "finite"}
+        summary["skipped_updates"] = len(bad)
+        summary["images_per_sec"] = self.steps * self.config.batch_size / max(elapsed, 1e-9)
+        summary["epoch"] = step / self.steps_per_epoch
+        self.writer.write(step, {f"train/{k}": v for k, v in summary.items()})
+        self.progress.update(step, f"loss {summary['loss']:.3f}")
+        self.restart()

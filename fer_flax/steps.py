@@ -1,0 +1,177 @@
+"""The pure step functions: one optimizer step, the gradients it would apply, and the inference
+logits of a batch. Each is a function of its arguments only (randomness from `fold_in(rng, step)`), so
+the loop compiles it once with `jax.jit` and a resumed run draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ml_collections import ConfigDict
+
+from fer_flax import ema as ema_lib
+from fer_flax import losses, mixing, model_state, optim, tta
+from fer_flax.augment import augment_batch, preprocess, ten_crop_batch, ten_crop_size
+from fer_flax.data import NUM_CLASSES
+
+
+def classification_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    num_classes: int,
+    label_smoothing: float,
+    terms: losses.LossTerms = losses.NO_TERMS,
+) -> jax.Array:
+    """Per-example softmax cross-entropy in float32 against integer labels [B] (one-hot) or soft targets
+    [B, K] (mixup/cutmix), optionally smoothed. `terms` adds the training split's class weights and
+    logit adjustment (`losses.training_loss_terms`); evaluation passes none and scores raw logits."""
+    targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
+    return losses.training_loss(logits, targets, label_smoothing=label_smoothing, terms=terms)
+
+
+def _loss_and_grads(
+    state: model_state.TrainState,
+    batch: dict,
+    rng: jax.Array,
+    config: ConfigDict,
+    class_counts: np.ndarray | None = None,
+):
+    aug_rng, dropout_rng = jax.random.split(rng)
+    # Class weights and prior are constants of the training split, computed here at trace time.
+    terms = losses.training_loss_terms(config.loss, class_counts)
+    images = preprocess(batch["image"])
+    labels = jax.nn.one_hot(batch["label"], NUM_CLASSES)
+    crop_size = ten_crop_size(config.augment)
+    if crop_size is not None:
+        # Each image becomes its ten crops (labels repeated), augmented one by one below; the mean
+        # loss then averages over every crop.
+        images, labels = ten_crop_batch(images, labels, crop_size)
+    images = augment_batch(aug_rng, images, config.augment)
+    # Mixing draws from a key folded out of the augmentation's, so turning it on changes no other
+    # draw (and with mixing off nothing is traced: runs without it are exactly what they were).
+    images, labels = mixing.mix_batch(jax.random.fold_in(aug_rng, 1), images, labels, config.mix)
+
+    def loss_fn(params):
+        (logits, aux), updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        loss_of = functools.partial(
+            classification_loss,
+            num_classes=NUM_CLASSES,
+            label_smoothing=config.label_smoothing,
+            terms=terms,
+        )
+        loss = loss_of(logits, labels).mean()
+        # GoogLeNet-style auxiliary classifiers: present only in training, weighted from config.
+        for aux_logits in aux.get("aux_logits", ()):
+            loss = loss + config.aux_loss_weight * loss_of(aux_logits, labels).mean()
+        return loss, (logits, updates.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if crop_size is not None:
+        # One prediction per image, its crops' mean logits (as ten-crop TTA), for the training accuracy.
+        views = tta.num_views("tencrop")
+        logits = logits.astype(jnp.float32).reshape(-1, views, logits.shape[-1]).mean(axis=1)
+    return loss, logits, batch_stats, grads
+
+
+def train_step(
+    state: model_state.TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    config: ConfigDict,
+    schedule: optax.Schedule,
+    class_counts: np.ndarray | None = None,
+) -> tuple[model_state.TrainState, dict]:
+    """One optimizer step. Randomness is `fold_in(rng, step)`, so a resumed run draws the same numbers.
+    `class_counts` [K] (the training split's label counts) feeds `config.loss`'s class weights and prior.
+
+    The metrics include `finite` (loss and gradient norm both finite). With
+    `config.nonfinite == "skip"` a non-finite step keeps the previous parameters, optimizer state,
+    BatchNorm statistics and EMA (the step counter still advances, so the data and RNG stay aligned).
+    The logged `learning_rate` is the one applied: the schedule's times the reduce-on-plateau scale."""
+    step_rng = jax.random.fold_in(rng, state.step)
+    loss, logits, batch_stats, grads = _loss_and_grads(
+        state, batch, step_rng, config, class_counts=class_counts
+    )
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if model_state.has_ema(state):
+        # Averages what this step produced: the updated weights and the statistics of this batch.
+        decay = ema_lib.decay_at(config.ema.decay, state.step, warmup=config.ema.warmup)
+        new_state = new_state.replace(
+            ema_params=ema_lib.update(state.ema_params, new_state.params, decay),
+            ema_batch_stats=ema_lib.update(state.ema_batch_stats, new_state.batch_stats, decay),
+        )
+    if config.nonfinite == "skip":
+
+        def keep_if_bad(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_state = new_state.replace(
+            params=keep_if_bad(new_state.params, state.params),
+            opt_state=keep_if_bad(new_state.opt_state, state.opt_state),
+            batch_stats=keep_if_bad(new_state.batch_stats, state.batch_stats),
+        )
+        if model_state.has_ema(state):
+            new_state = new_state.replace(
+                ema_params=keep_if_bad(new_state.ema_params, state.ema_params),
+                ema_batch_stats=keep_if_bad(new_state.ema_batch_stats, state.ema_batch_stats),
+            )
+    step_metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state.step) * optim.plateau_scale(state.opt_state),
+        "finite": finite,
+    }
+    return new_state, step_metrics
+
+
+def state_is_finite(state: model_state.TrainState) -> jax.Array:
+    """Whether every floating-point leaf of the state (parameters, statistics, optimizer) is finite."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def gradients(
+    state: model_state.TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    config: ConfigDict,
+    class_counts: np.ndarray | None = None,
+):
+    """The gradients `train_step` would apply at this step (for histograms; not on the hot path)."""
+    step_rng = jax.random.fold_in(rng, state.step)
+    return _loss_and_grads(state, batch, step_rng, config, class_counts=class_counts)[3]
+
+
+def logits_step(
+    apply_fn,
+    variables: dict,
+    images: jax.Array,
+    *,
+    tta_mode: str = "none",
+    crop_size: int = tta.DEFAULT_CROP_SIZE,
+) -> jax.Array:
+    """float32 logits [B, K] of uint8 images [B, 48, 48, 1] in inference mode, averaged over the
+    views of `tta_mode` (`fer_flax.tta`), so a model trained on crops is scored on what it is
+    tested with. The one inference step: training's evaluations, evaluate, predict and multiseed
+    all use it through `fer_flax.inference`."""
+
+    def apply(x: jax.Array) -> jax.Array:
+        return apply_fn(variables, x, train=False)[0]
+
+    return tta.apply_with_tta(apply, preprocess(images), tta_mode, crop_size)

@@ -1,0 +1,67 @@
+"""Training's validation pass: the raw weights (and with an EMA, the averaged ones) scored on the val
+split through `fer_flax.inference`, the path `fer_flax.evaluate` uses, and which weights the best
+checkpoint keeps (`config.ema.select`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+from ml_collections import ConfigDict
+
+from fer_flax import inference, model_state
+from fer_flax.data import ArraySplit
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One validation pass: the raw weights' metrics, the EMA's (with EMA), and which weights the
+    best checkpoint of this step would keep."""
+
+    val: dict[str, Any]
+    val_ema: dict[str, Any] | None = None
+    best_weights: str = "raw"
+
+    @property
+    def selected(self) -> dict[str, Any]:
+        return self.val_ema if self.best_weights == "ema" else self.val
+
+
+def select_weights(select: str, val: dict[str, Any], val_ema: dict[str, Any]) -> str:
+    """Which weights `config.ema.select` picks at an evaluation, "raw" or "ema" ("best": the higher
+    validation accuracy, raw on a tie)."""
+    if select == "best":
+        return "ema" if val_ema["accuracy"] > val["accuracy"] else "raw"
+    return select
+
+
+def split_metrics(
+    model: nn.Module, variables: dict, split: ArraySplit, config: ConfigDict, mesh: jax.sharding.Mesh
+) -> dict[str, Any]:
+    """The metrics of `variables` on `split` with the config's evaluation batch size and TTA."""
+    logits = inference.predict_logits(
+        model,
+        variables,
+        split,
+        batch_size=config.eval_batch_size,
+        mesh=mesh,
+        tta_mode=config.eval_tta,
+        crop_size=config.augment.crop_size,
+    )
+    return inference.split_metrics(logits, split.labels)
+
+
+def evaluate(
+    model: nn.Module,
+    state: model_state.TrainState,
+    split: ArraySplit,
+    config: ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> Evaluation:
+    val = split_metrics(model, model_state.variables(state), split, config, mesh)
+    if not model_state.has_ema(state):
+        return Evaluation(val)
+    val_ema = split_metrics(model, model_state.variables(state.ema_weights()), split, config, mesh)
+    return Evaluation(val, val_ema, select_weights(config.ema.select, val, val_ema))
