@@ -19,8 +19,8 @@ Real FER2013:
 
 Recipe: AdamW, lr 5.5e-4 at batch 128 with 5 warm-up epochs then cosine, weight decay 0.05 on
 kernels only, gradient clipping at 1.0, label smoothing 0.1, attention dropout 0.1 and stochastic
-depth 0.1 (in the variant), mild augmentation, 100 epochs. PublicTest accuracy and runtime:
-not measured yet (a GPU job, and no GPU has been lent to this project's sessions).
+depth 0.1 (in the variant), mild augmentation, 100 epochs. Meant for a GPU. PublicTest accuracy: not
+measured yet; measured figures are in benchmarks/RESULTS.md.
 """
 
 from configs.common import check_arg, get_base_config, use_adamw_recipe, use_smoke_settings

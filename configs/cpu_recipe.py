@@ -4,13 +4,9 @@ Command (real FER2013; selects and reports on PublicTest, the `val` split):
   python -m fer_flax.main --config configs/cpu_recipe.py --workdir workdirs/cpu_recipe \
       --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
-Measured (2026-11-29, 2-core x86_64 CPU, quiet, seed 0): PublicTest accuracy 0.6710 (raw weights;
-EMA 0.6672; balanced accuracy 0.635, macro-F1 0.649) after 25 epochs in 27 min 55 s for the whole
-command. With the later CPU speed-ups (host malloc reuse, YNNPACK reductions; 2026-11-29, session 4)
-the same command took 22 min 37 s: 0.6687 (EMA weights, kept by best/; raw 0.6678); with the fused
-grayscale stem (session 5) 20 min 38 s: 0.6664 (raw weights, kept by best/; EMA 0.6640). Curve and
-earlier attempts: benchmarks/RESULTS.md ("CPU recipe", "Page faults and reduce-window trees", "The
-convolution kernels bound the CPU ratio"). One seed only.
+Result on 2 CPU cores, seed 0: PublicTest accuracy 0.6664 (the raw weights, which best/ kept;
+balanced accuracy 0.629, macro-F1 0.639) after 25 epochs, 20 min 38 s for the whole command. One seed;
+the learning curve and every measurement of this recipe are in benchmarks/RESULTS.md ("CPU recipe").
 
 Why these choices (each one is about accuracy per CPU-second):
 - cnn/cpu_fast: four conv stages at 32/64/128/256 (0.98M parameters), each pooled before its
@@ -23,7 +19,7 @@ Why these choices (each one is about accuracy per CPU-second):
 - Label smoothing 0.1, pad-crop + flip + mild rotation; no mixup or erasing, which pay off only in
   long runs. EMA of the weights (best/ keeps whichever of raw and EMA scores higher) is nearly free.
 - Flip test-time augmentation for the evaluations (and so for the best checkpoint); evaluations every
-  5 epochs only, as each costs ~13 s.
+  5 epochs only, as each one scores the whole of PublicTest twice (raw and EMA weights).
 - One JAX device (see `cpu_devices` below).
 """
 
@@ -37,9 +33,9 @@ def get_config(arg: str = ""):
     c.model_name = "cnn"
     c.model.variant = "cpu_fast"
     use_sgd_recipe(c, lr=0.1, epochs=25.0, warmup_epochs=1.0, erase_prob=0.0, ema_decay=0.998)
-    c.eval_every_epochs = 5.0  # 5 points on the curve; each evaluation scores raw and EMA weights (~13 s)
-    # One JAX device: with YNNPACK off (fer_flax.xla_cpu) XLA's convolutions already use both cores, and
-    # this net ran faster on one device than on two (RESULTS.md, "Devices").
+    c.eval_every_epochs = 5.0  # 5 points on the curve; each evaluation scores raw and EMA weights
+    # One JAX device: with the CPU compiler options (fer_flax/cpu/) XLA's convolutions already use every
+    # core, and this net runs faster on one device than on two (RESULTS.md, "Devices").
     c.cpu_devices = 1
     c.log_every_steps = 50
     c.wandb.histogram_every_steps = 0

@@ -9,8 +9,7 @@ Real FER2013:
   python -m fer_flax.main --config configs/googlenet.py --workdir workdirs/googlenet \
       --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
-PublicTest accuracy and runtime: not measured yet. It needs a GPU and none has been lent to this
-project's sessions; the measured CPU figures are in benchmarks/RESULTS.md.
+PublicTest accuracy: not measured yet (a GPU run); measured figures are in benchmarks/RESULTS.md.
 
 `get_config(arg)` variants: '' (the faithful network with aux heads), 'noaux' (the same without them, the
 ablation of the paper's auxiliary classifiers), 'smoke' (a few steps of the quarter-width faithful net).

@@ -10,8 +10,7 @@ Real FER2013:
   python -m fer_flax.main --config configs/googlenet_aux.py --workdir workdirs/googlenet_aux \
       --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
-PublicTest accuracy and runtime: not measured yet. It needs a GPU and none has been lent to this
-project's sessions; the measured CPU figures are in benchmarks/RESULTS.md.
+PublicTest accuracy: not measured yet (a GPU run); measured figures are in benchmarks/RESULTS.md.
 
 `get_config(arg)` variants: '' (inception_v1_bn, full Table 1 widths), 'small' (half widths, ~1/4 of the
 FLOPs), 'smoke' (a few steps of the quarter-width net).

@@ -5,8 +5,7 @@ Command (FER2013; a GPU run — ~4.7 GFLOP per image forward):
       --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
 Without `--config.data.path` the same recipe runs on the built-in synthetic faces.
-PublicTest accuracy and runtime: not measured yet. It needs a GPU and none has been lent to this
-project's sessions; the measured CPU figures are in benchmarks/RESULTS.md.
+PublicTest accuracy: not measured yet (a GPU run); measured figures are in benchmarks/RESULTS.md.
 
 `get_config(arg)` variants: '' (the recommended FER2013 recipe, the same as configs/resnet18.py: SGD-Nesterov
 lr 0.1 at batch 128, cosine, 60 epochs, label smoothing 0.1, crop/flip/rotate/erase augmentation),

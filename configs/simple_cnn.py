@@ -1,7 +1,10 @@
 """Plain CNN on FER2013-shaped data: the first command a new user runs.
 
-Command (built-in synthetic faces, no download; ~3 minutes on 2 CPU cores):
+Command (built-in synthetic faces, no download):
   python -m fer_flax.main --config configs/simple_cnn.py --workdir workdirs/simple_cnn
+
+Result: validation accuracy 0.991 after 4 epochs, 1 min 13 s on 2 CPU cores (benchmarks/RESULTS.md,
+"Demo on the built-in synthetic faces").
 
 Real FER2013:
   python -m fer_flax.main --config configs/simple_cnn.py:real --workdir workdirs/simple_cnn_real \

@@ -18,8 +18,7 @@ Real FER2013:
 Recipe: AdamW, lr 1e-3 at batch 128 (the conv stem tolerates a higher rate than vit_small's 5e-4),
 5 warm-up epochs then cosine, weight decay 0.05 on kernels only, gradient clipping at 1.0, label
 smoothing 0.1, stochastic depth 0.1 (in the variant), mild augmentation, 100 epochs. Meant for a GPU
-(`--config.dtype=bfloat16` there). PublicTest accuracy and runtime: not measured yet. It needs a
-GPU and none has been lent to this project's sessions; the measured CPU figures are in
+(`--config.dtype=bfloat16` there). PublicTest accuracy: not measured yet; measured figures are in
 benchmarks/RESULTS.md.
 """
 

@@ -15,8 +15,8 @@ Recipe: AdamW, lr 5e-4 at batch 128 (half ViT-Tiny's: the wider model is less st
 5 warm-up epochs then cosine, weight decay 0.05 on kernels only, gradient clipping at 1.0, label
 smoothing 0.1, stochastic depth 0.1 (in the variant), mild augmentation (pad-crop, flip, ±10°
 rotation, random erasing), 100 epochs. Meant for a GPU (`--config.dtype=bfloat16` there); on a CPU
-use configs/vit_tiny.py or the 'smoke' argument. PublicTest accuracy and runtime:
-not measured yet (a GPU job, and no GPU has been lent to this project's sessions).
+use configs/vit_tiny.py or the 'smoke' argument. PublicTest accuracy: not measured yet; measured
+figures are in benchmarks/RESULTS.md.
 """
 
 from configs.common import check_arg, get_base_config, use_adamw_recipe, use_smoke_settings

@@ -15,8 +15,7 @@ Recipe: AdamW, lr 1e-3 at batch 128 with 5 warm-up epochs then cosine, weight de
 only, gradient clipping at 1.0, label smoothing 0.1, stochastic depth 0.1 (in the variant), mild
 augmentation (pad-crop, flip, ±10° rotation, random erasing). ViTs trained from scratch on ~29k
 images need a long schedule, hence 100 epochs; this is meant for a GPU (`--config.dtype=bfloat16`
-there). PublicTest accuracy and runtime: not measured yet. It needs a GPU and none has been lent to this
-project's sessions; the measured CPU figures are in benchmarks/RESULTS.md.
+there). PublicTest accuracy: not measured yet; measured figures are in benchmarks/RESULTS.md.
 """
 
 from configs.common import check_arg, get_base_config, use_adamw_recipe, use_smoke_settings
