@@ -35,7 +35,10 @@ class ConfigError(ValueError):
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
 NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
-EMA_SELECT: tuple[str, ...] = ("raw", "ema", "best")
+# The weight sets a checkpoint of an EMA run holds (evaluate's --weights, checkpoint restore); ema.select
+# picks one of them, or "best" of the two at each evaluation.
+WEIGHT_SETS: tuple[str, ...] = ("raw", "ema")
+EMA_SELECT: tuple[str, ...] = (*WEIGHT_SETS, "best")
 TTA_MODES: tuple[str, ...] = ("none", "flip", "tencrop")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step", "plateau")

@@ -244,6 +244,13 @@ def test_config_without_newer_sections_validates():
     assert "config.optim.name='adam'" in rejected(config)
 
 
+def test_a_plain_dict_validates_like_a_config_dict():
+    config = get_base_config().to_dict()
+    validate(config)
+    config["optim"]["lr"] = float("nan")
+    assert rejected(config).startswith("config.optim.lr=nan must be a finite number > 0")
+
+
 def test_inference_validation_checks_only_what_restoring_a_model_reads():
     config = get_base_config()
     config.update_from_flattened_dict({"num_epochs": -1.0, "optim.name": "adam"})
