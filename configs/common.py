@@ -3,9 +3,13 @@
 Each experiment file calls `get_base_config()` and overrides what it needs. Every key that a run may read
 is declared here, so `--config.some.typo=1` is rejected by ml_collections instead of silently ignored.
 Keys whose default is "unset" are declared with `placeholder(type)` so they stay overridable.
+The valid values of every key are in `fer_flax/config_schema.py` (`CHOICES` for the choice keys), and
+`config_schema.validate` checks a config before a run reads any data.
 """
 
 from ml_collections import ConfigDict, config_dict
+
+from fer_flax.config_schema import check_choice
 
 
 def get_base_config() -> ConfigDict:
@@ -16,7 +20,7 @@ def get_base_config() -> ConfigDict:
     # VARIANTS table; any other key under `model` overrides that variant's constructor argument.
     c.model_name = "cnn"
     c.model = ConfigDict({"variant": "small"})
-    c.dtype = "float32"  # compute dtype; parameters and optimizer state are always float32
+    c.dtype = "float32"  # compute dtype (float32 | bfloat16); parameters and optimizer state stay float32
     # CPU runs via `fer_flax.main`: split the CPU into this many JAX devices (0 = auto: one per core,
     # reduced until it divides the batch sizes) so the data-parallel step uses every core, because
     # XLA:CPU runs each convolution on one thread. 1 disables. Ignored when XLA_FLAGS fixes the count.
@@ -26,8 +30,9 @@ def get_base_config() -> ConfigDict:
 
     # Training loss (fer_flax/losses.py); class counts and prior come from the TRAINING split only.
     c.loss = ConfigDict()
-    # Per-class loss weights: none | inverse (1/n_c) | sqrt_inverse (1/sqrt(n_c)) | explicit
-    # (loss.class_weights); normalised so their mean over the training label distribution is 1.
+    # Per-class loss weights (config_schema.CLASS_WEIGHTINGS): none | inverse (1/n_c) | sqrt_inverse
+    # (1/sqrt(n_c)) | explicit (loss.class_weights); normalised so their mean over the training label
+    # distribution is 1.
     c.loss.class_weighting = "none"
     c.loss.class_weights = config_dict.placeholder(tuple)  # 7 weights, for class_weighting == "explicit"
     # Logit-adjusted loss (Menon et al. 2021): train on logits + tau * log(prior); evaluation uses the
@@ -50,7 +55,8 @@ def get_base_config() -> ConfigDict:
     c.data.synthetic_val = 1000
     c.data.synthetic_test = 1000
     c.data.synthetic_seed = 0
-    # Class-balanced sampling of the training stream: none | balanced | sqrt | explicit.
+    # Class-balanced sampling of the training stream (config_schema.SAMPLING_MODES): none | balanced |
+    # sqrt | explicit.
     c.data.sampling = "none"
     c.data.class_weights = config_dict.placeholder(tuple)  # 7 weights, used when sampling == "explicit"
     c.data.num_workers = 0  # Grain worker processes; 0 is fastest on small CPU machines
@@ -211,5 +217,5 @@ def use_smoke_settings(c: ConfigDict, variant: str | None = None) -> None:
 
 
 def check_arg(arg: str, valid: tuple[str, ...]) -> None:
-    if arg not in valid:
-        raise ValueError(f"Unknown config argument {arg!r}; valid: {', '.join(map(repr, valid))}")
+    """Rejects a `get_config(arg)` argument (the part after ':' in --config=file.py:arg) not in `valid`."""
+    check_choice("config argument", arg, valid)

@@ -25,9 +25,8 @@ import grain
 import numpy as np
 from absl import flags
 
+from fer_flax.config_schema import SAMPLING_MODES, check_choice, check_class_weights
 from fer_flax.data.splits import NUM_CLASSES, ArraySplit
-
-SAMPLING_MODES: tuple[str, ...] = ("none", "balanced", "sqrt", "explicit")
 
 # Tags hashed with the user's seed into well-separated 32-bit seeds. Grain's per-epoch shuffle seed
 # is `seed + epoch`: passed through directly, seeds 0 and 1 would see the same epoch orders, shifted
@@ -51,20 +50,19 @@ def class_sampling_weights(
       sqrt      class probability proportional to sqrt(count) (per-example weight 1/sqrt(count)).
       explicit  `explicit` gives 7 non-negative class weights, normalised to sum 1.
 
-    Raises ValueError for an unknown mode; empty or out-of-range labels; `explicit` given with
-    another mode, or missing/wrong length/negative/non-finite/all-zero with 'explicit'; and a class
-    with positive weight but no examples.
+    Raises ConfigError for an unknown mode, or `explicit` weights that `config_schema.validate` would
+    reject for `config.data.class_weights`, and ValueError for empty or out-of-range labels and a class
+    with positive weight but no examples in `labels`.
     """
     labels = np.asarray(labels)
-    if mode not in SAMPLING_MODES:
-        raise ValueError(f"unknown sampling mode {mode!r}; expected one of {', '.join(SAMPLING_MODES)}")
+    check_choice("sampling", mode, SAMPLING_MODES)
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
         raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
     if explicit is not None and mode != "explicit":
         raise ValueError(
-            f"class weights were given but sampling is {mode!r}; set sampling='explicit' to use "
+            f"class weights were given but sampling={mode!r}; set sampling='explicit' to use "
             "them or drop the weights"
         )
     counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
@@ -76,20 +74,8 @@ def class_sampling_weights(
     elif mode == "sqrt":
         target = np.sqrt(counts)
     else:
-        if explicit is None:
-            raise ValueError(
-                f"sampling='explicit' needs {NUM_CLASSES} class weights (config data.class_weights)"
-            )
+        check_class_weights("explicit", explicit)
         target = np.asarray(explicit, dtype=np.float64)
-        if target.shape != (NUM_CLASSES,):
-            raise ValueError(
-                f"explicit class weights must be {NUM_CLASSES} numbers (one per class), "
-                f"got {target.size}: {list(np.ravel(target))}"
-            )
-        if not np.all(np.isfinite(target)) or np.any(target < 0):
-            raise ValueError(f"explicit class weights must be finite and >= 0, got {target.tolist()}")
-        if target.sum() == 0:
-            raise ValueError("explicit class weights are all zero; at least one must be positive")
         empty = np.flatnonzero((target > 0) & (counts == 0))
         if empty.size:
             raise ValueError(
@@ -203,7 +189,7 @@ def make_train_iterator(
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
-    # Validates mode, labels and weights (for 'none' too, so a bad config fails at start-up).
+    # Checks the labels and, with 'explicit', that every weighted class has examples.
     probs = class_sampling_weights(split.labels, sampling, class_weights)
     if sampling == "none":
         # Shuffle before repeat: grain's repeat hands the absolute position to the shuffle, which

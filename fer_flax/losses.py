@@ -11,7 +11,7 @@ Class weighting (`config.loss.class_weighting`):
   none          every example weighs 1.
   inverse       w_c ∝ 1 / n_c (each class contributes equally in expectation).
   sqrt_inverse  w_c ∝ 1 / sqrt(n_c) (half-way: FER2013's 1.5% "disgust" is not blown up 60-fold).
-  explicit      w_c ∝ `config.loss.class_weights[c]` (7 non-negative numbers).
+  explicit      w_c ∝ `config.loss.class_weights[c]` (7 non-negative numbers, one positive).
   Whatever the mode, the weights are normalised so that their mean over the training distribution is
   one, sum_c (n_c / N) w_c = 1: under natural sampling the expected per-example weight is 1, so the loss
   keeps its scale and a learning rate tuned without weighting still fits.
@@ -24,6 +24,9 @@ Logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 
 prior_c = n_c / N, while predictions use the raw logits. Rare classes then need a larger margin during
 training, which shifts the raw logits in their favour at test time; tau = 1 is the paper's
 Fisher-consistent choice for balanced error, 0 disables it.
+
+`fer_flax.config_schema.validate` checks `config.loss` (the mode, the explicit weights, tau) before any
+data is read; here only what needs the training counts is checked.
 """
 
 from __future__ import annotations
@@ -36,9 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fer_flax.data.splits import NUM_CLASSES
-
-CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "inverse", "sqrt_inverse", "explicit")
+from fer_flax.config_schema import CLASS_WEIGHTINGS, check_choice, check_class_weights
 
 
 class LossTerms(NamedTuple):
@@ -67,11 +68,7 @@ def class_weights(
     absent class (n_c = 0) counts as one example for "inverse"/"sqrt_inverse", keeping its weight
     finite (it only ever meets label-smoothing mass)."""
     counts = np.asarray(counts, np.float64)
-    num_classes = counts.shape[0]
-    if weighting not in CLASS_WEIGHTINGS:
-        raise ValueError(
-            f"Unknown config.loss.class_weighting {weighting!r}; valid choices: {', '.join(CLASS_WEIGHTINGS)}"
-        )
+    check_choice("weighting", weighting, CLASS_WEIGHTINGS)
     if weighting == "none":
         return None
     if counts.ndim != 1 or counts.sum() <= 0 or (counts < 0).any():
@@ -81,7 +78,8 @@ def class_weights(
     elif weighting == "sqrt_inverse":
         raw = 1.0 / np.sqrt(np.maximum(counts, 1.0))
     else:
-        raw = _explicit_weights(explicit, num_classes)
+        check_class_weights("explicit", explicit)
+        raw = np.asarray(explicit, np.float64)
     prior = counts / counts.sum()
     mean = float(np.sum(prior * raw))
     if mean <= 0:
@@ -92,50 +90,21 @@ def class_weights(
     return (raw / mean).astype(np.float32)
 
 
-def _explicit_weights(explicit: Sequence[float] | None, num_classes: int) -> np.ndarray:
-    if explicit is None or len(explicit) != num_classes:
-        raise ValueError(
-            f"config.loss.class_weights must be {num_classes} weights (one per class) when "
-            f"config.loss.class_weighting='explicit', got {explicit!r}"
-        )
-    raw = np.asarray(explicit, np.float64)
-    if not np.isfinite(raw).all() or (raw < 0).any():
-        raise ValueError(f"config.loss.class_weights must be finite and >= 0, got {tuple(explicit)}")
-    return raw
-
-
 def log_prior(counts: Sequence[int] | np.ndarray) -> np.ndarray:
     """log(n_c / N) [K] in float32; an absent class counts as one example, so the log stays finite."""
     counts = np.maximum(np.asarray(counts, np.float64), 1.0)
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
-def check_loss_config(loss_cfg: Any) -> None:
-    """Validates `config.loss` without the data (so a typo fails before anything is read or compiled):
-    the mode, the explicit weights' length and sign, tau."""
-    weighting = loss_cfg.class_weighting
-    if weighting not in CLASS_WEIGHTINGS:
-        raise ValueError(
-            f"Unknown config.loss.class_weighting {weighting!r}; valid choices: {', '.join(CLASS_WEIGHTINGS)}"
-        )
-    if weighting == "explicit":
-        _explicit_weights(loss_cfg.class_weights, NUM_CLASSES)
-    tau = float(loss_cfg.logit_adjustment_tau)
-    if not (np.isfinite(tau) and tau >= 0):
-        raise ValueError(
-            f"config.loss.logit_adjustment_tau must be a finite number >= 0 (0 disables), got {tau}"
-        )
-
-
 def needs_class_counts(loss_cfg: Any) -> bool:
-    check_loss_config(loss_cfg)
+    """Whether `config.loss` needs the training split's class counts (weighting or logit adjustment)."""
     return loss_cfg.class_weighting != "none" or float(loss_cfg.logit_adjustment_tau) > 0
 
 
 def training_loss_terms(loss_cfg: Any, counts: Sequence[int] | np.ndarray | None) -> LossTerms:
     """The constants `config.loss` asks for, from the training split's label counts [K].
 
-    Raises ValueError (naming the key) for a bad config, or when counts are needed but not given."""
+    Raises ValueError when counts are needed but not given."""
     if not needs_class_counts(loss_cfg):
         return NO_TERMS
     if counts is None:

@@ -1,7 +1,13 @@
-"""Optimizer and learning-rate schedule from `config.optim`; epoch arithmetic lives in train.py."""
+"""Optimizer and learning-rate schedule from `config.optim`; epoch arithmetic lives in train.py.
+
+The config is validated by `fer_flax.config_schema.validate` (optimizer and schedule names, learning
+rate, plateau settings) before anything here reads it; the builders below are keyed by the schema's
+`OPTIMIZERS` and `SCHEDULES`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -9,9 +15,6 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 from ml_collections import ConfigDict
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant", "step", "plateau")
 
 
 def weight_decay_mask(params):
@@ -23,49 +26,71 @@ def weight_decay_mask(params):
     return traverse_util.unflatten_dict(mask)
 
 
+def _cosine(optim: ConfigDict, steps_per_epoch: int, main_steps: int, warmup_steps: int) -> optax.Schedule:
+    del steps_per_epoch, warmup_steps
+    return optax.cosine_decay_schedule(optim.lr, decay_steps=max(main_steps, 1))
+
+
+def _constant(optim: ConfigDict, steps_per_epoch: int, main_steps: int, warmup_steps: int) -> optax.Schedule:
+    del steps_per_epoch, main_steps, warmup_steps
+    return optax.constant_schedule(optim.lr)
+
+
+def _step(optim: ConfigDict, steps_per_epoch: int, main_steps: int, warmup_steps: int) -> optax.Schedule:
+    del main_steps
+    boundaries = {
+        max(round(e * steps_per_epoch) - warmup_steps, 1): optim.step_factor for e in optim.step_epochs
+    }
+    return optax.piecewise_constant_schedule(optim.lr, boundaries)
+
+
+# The schedule after warmup, by config.optim.schedule. "plateau" is constant here: the optimizer
+# multiplies it by the reduce-on-plateau scale.
+_MAIN_SCHEDULES: dict[str, Callable[[ConfigDict, int, int, int], optax.Schedule]] = {
+    "cosine": _cosine,
+    "constant": _constant,
+    "step": _step,
+    "plateau": _constant,
+}
+
+
 def create_learning_rate_schedule(
     optim: ConfigDict, *, steps_per_epoch: int, total_steps: int
 ) -> optax.Schedule:
     """Linear warmup from 0 to `optim.lr`, then cosine to 0, constant, or step decay. "plateau" is
     warmup then constant here; the optimizer multiplies it by the reduce-on-plateau scale."""
     warmup_steps = min(round(optim.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
-    if optim.schedule == "cosine":
-        main = optax.cosine_decay_schedule(optim.lr, decay_steps=max(total_steps - warmup_steps, 1))
-    elif optim.schedule in ("constant", "plateau"):
-        check_plateau_settings(optim)
-        main = optax.constant_schedule(optim.lr)
-    elif optim.schedule == "step":
-        boundaries = {
-            max(round(e * steps_per_epoch) - warmup_steps, 1): optim.step_factor for e in optim.step_epochs
-        }
-        main = optax.piecewise_constant_schedule(optim.lr, boundaries)
-    else:
-        raise ValueError(
-            f"Unknown config.optim.schedule {optim.schedule!r}; valid choices: {', '.join(SCHEDULES)}"
-        )
+    main = _MAIN_SCHEDULES[optim.schedule](optim, steps_per_epoch, total_steps - warmup_steps, warmup_steps)
     if warmup_steps == 0:
         return main
     warmup = optax.linear_schedule(0.0, optim.lr, warmup_steps)
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
+def _sgd(optim: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    # Classic L2 weight decay added to the gradient before momentum, as in torch.optim.SGD.
+    return optax.chain(
+        optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
+        optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
+    )
+
+
+def _adamw(optim: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    return optax.adamw(
+        schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=weight_decay_mask
+    )
+
+
+_OPTIMIZERS: dict[str, Callable[[ConfigDict, optax.Schedule], optax.GradientTransformation]] = {
+    "sgd": _sgd,
+    "adamw": _adamw,
+}
+
+
 def create_optimizer(optim: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    if optim.name == "sgd":
-        # Classic L2 weight decay added to the gradient before momentum, as in torch.optim.SGD.
-        core = optax.chain(
-            optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
-            optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
-        )
-    elif optim.name == "adamw":
-        core = optax.adamw(
-            schedule,
-            b1=optim.b1,
-            b2=optim.b2,
-            weight_decay=optim.weight_decay,
-            mask=weight_decay_mask,
-        )
-    else:
-        raise ValueError(f"Unknown config.optim.name {optim.name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    """`config.optim.name`'s optimizer, after gradient clipping when `grad_clip_norm` is set, and
+    followed by the reduce-on-plateau scale when the schedule is "plateau"."""
+    core = _OPTIMIZERS[optim.name](optim, schedule)
     if optim.grad_clip_norm is not None:
         core = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), core)
     if optim.schedule == "plateau":
@@ -110,24 +135,6 @@ def scale_by_plateau() -> optax.GradientTransformation:
         return jax.tree.map(lambda u: (u * state.scale).astype(u.dtype), updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def check_plateau_settings(optim: ConfigDict) -> None:
-    if optim.schedule != "plateau":
-        return
-    problems = []
-    if not 0.0 < optim.plateau_factor < 1.0:
-        problems.append(f"plateau_factor={optim.plateau_factor} must be in (0, 1)")
-    if optim.plateau_patience < 1:
-        problems.append(f"plateau_patience={optim.plateau_patience} must be >= 1")
-    if optim.plateau_cooldown < 0:
-        problems.append(f"plateau_cooldown={optim.plateau_cooldown} must be >= 0")
-    if optim.plateau_min_delta < 0:
-        problems.append(f"plateau_min_delta={optim.plateau_min_delta} must be >= 0")
-    if not 0.0 <= optim.plateau_min_scale <= 1.0:
-        problems.append(f"plateau_min_scale={optim.plateau_min_scale} must be in [0, 1]")
-    if problems:
-        raise ValueError("config.optim: " + "; ".join(problems))
 
 
 def plateau_update(state: PlateauState, accuracy: jax.Array | float, optim: ConfigDict) -> PlateauState:

@@ -3,6 +3,7 @@
 wandb is offline by default (no login, no network; `wandb sync <workdir>/wandb/offline-run-*` uploads
 later), `online` on request, and `disabled` makes it a no-op that is never even imported. Only process 0
 writes anything, so multi-host runs produce one record.
+`config.wandb.mode` is one of `fer_flax.config_schema.WANDB_MODES`, checked by `config_schema.validate`.
 `wandb.watch` is PyTorch-only; `log_histograms` gives the same weight and gradient histograms for JAX.
 """
 
@@ -21,8 +22,6 @@ import numpy as np
 from flax import traverse_util
 from ml_collections import ConfigDict
 
-WANDB_MODES = ("offline", "online", "disabled")
-
 
 class MetricWriter:
     def __init__(self, workdir: str, config: ConfigDict, *, enabled: bool | None = None):
@@ -31,10 +30,7 @@ class MetricWriter:
         self._wandb_run = None
         if not self.enabled:
             return
-        mode = config.wandb.mode
-        if mode not in WANDB_MODES:
-            raise ValueError(f"Unknown config.wandb.mode {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
-        if mode != "disabled":
+        if config.wandb.mode != "disabled":
             self._wandb_run = _start_wandb(workdir, config)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:

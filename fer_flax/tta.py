@@ -31,14 +31,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-TTA_MODES: tuple[str, ...] = ("none", "flip", "tencrop")
+from fer_flax.config_schema import TTA_MODES, check_choice
+
 DEFAULT_CROP_SIZE = 44
 _NUM_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}
 
 
-def check_mode(mode: str) -> str:
-    if mode not in TTA_MODES:
-        raise ValueError(f"Unknown TTA mode {mode!r}; valid choices: {', '.join(TTA_MODES)}")
+def check_mode(mode: str, key: str = "mode") -> str:
+    """Returns `mode` if it is one of TTA_MODES, else raises ConfigError naming `key` (the caller's name
+    for the value: "--tta", "config.eval_tta")."""
+    check_choice(key, mode, TTA_MODES)
     return mode
 
 

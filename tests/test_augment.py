@@ -10,6 +10,7 @@ from ml_collections import ConfigDict
 
 from configs.common import get_base_config
 from fer_flax import augment
+from fer_flax.config_schema import ConfigError, validate
 
 OFF = dict(
     pad_crop=0,
@@ -186,13 +187,16 @@ def test_erasing_replaces_one_rectangle_with_zero():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (dict(pad_crop=48), "pad_crop"),
-        (dict(rotate_degrees=-5.0), "rotate_degrees"),
-        (dict(erase_prob=1.5), "erase_prob"),
-        (dict(rrc_scale=(0.5, 1.5)), "rrc_scale"),
-        (dict(erase_scale=(0.3, 0.1)), "erase_scale"),
+        (dict(pad_crop=48), r"config\.augment\.pad_crop=48 must be an integer in \[0, 48\)"),
+        (dict(rotate_degrees=-5.0), r"config\.augment\.rotate_degrees=-5\.0"),
+        (dict(erase_prob=1.5), r"config\.augment\.erase_prob=1\.5"),
+        (dict(rrc_scale=(0.5, 1.5)), r"config\.augment\.rrc_scale=\(0\.5, 1\.5\)"),
+        (dict(erase_scale=(0.3, 0.1)), r"config\.augment\.erase_scale=\(0\.3, 0\.1\)"),
     ],
 )
 def test_config_errors(overrides, match):
-    with pytest.raises(ValueError, match=match):
-        augment.augment_batch(jax.random.key(0), images(2), cfg(**overrides))
+    """Bad augment values fail in config_schema.validate, before any data is read or traced."""
+    config = get_base_config()
+    config.augment.update(overrides)
+    with pytest.raises(ConfigError, match=match):
+        validate(config)

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_flax.data import cache, fer2013
+from configs.common import get_base_config
+from fer_flax.config_schema import ConfigError
+from fer_flax.data import cache, fer2013, load_splits
 from fer_flax.data.cache import load_fer2013_cached
 from fer_flax.data.fer2013 import read_fer2013
 from fer_flax.data.splits import CLASS_NAMES, FERDataError
@@ -161,9 +163,11 @@ def test_csv_missing_split_lists_what_the_file_holds(tmp_path):
 
 def test_bad_split_names_and_missing_path(tmp_path):
     path = _write(tmp_path / "x.csv", _good_lines())
-    with pytest.raises(ValueError, match="unknown split") as info:
+    with pytest.raises(ConfigError, match=r"split='validation' is not one of: train, val, test") as info:
         read_fer2013(path, ["validation"])
     assert not isinstance(info.value, FERDataError)
+    with pytest.raises(ConfigError, match=r"split='validation'"):  # before any synthesis or read
+        load_splits(get_base_config().data, ["train", "validation"])
     with pytest.raises(ValueError, match="no splits"):
         read_fer2013(path, [])
     assert list(read_fer2013(path, "train")) == ["train"]  # a bare string is one split

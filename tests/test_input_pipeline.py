@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fer_flax import input_pipeline as ip
+from fer_flax.config_schema import ConfigError
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, NUM_CLASSES, ArraySplit
 
 # FER2013's training imbalance scaled down 20x: (199, 21, 204, 360, 241, 158, 248), N = 1431.
@@ -77,11 +78,11 @@ def test_class_sampling_weights_absent_class_gets_zero():
 @pytest.mark.parametrize(
     ("mode", "explicit", "match"),
     [
-        ("inverse", None, "unknown sampling mode 'inverse'"),
-        ("explicit", None, "needs 7 class weights"),
-        ("explicit", (1, 1, 1), "must be 7 numbers"),
-        ("explicit", (1, 1, 1, -1, 1, 1, 1), "finite and >= 0"),
-        ("explicit", (1, 1, 1, float("nan"), 1, 1, 1), "finite and >= 0"),
+        ("inverse", None, "sampling='inverse' is not one of: none, balanced, sqrt, explicit"),
+        ("explicit", None, "explicit=None must be 7 weights"),
+        ("explicit", (1, 1, 1), "must be 7 weights"),
+        ("explicit", (1, 1, 1, -1, 1, 1, 1), "finite numbers >= 0"),
+        ("explicit", (1, 1, 1, float("nan"), 1, 1, 1), "finite numbers >= 0"),
         ("explicit", (0,) * 7, "all zero"),
         ("explicit", (1, 1, 0, 0, 0, 0, 1), r"classes \[6\] have positive weight but no examples"),
         ("balanced", (1,) * 7, "sampling='explicit'"),
@@ -321,7 +322,7 @@ def test_layout_errors():
         ip.make_train_iterator(split, global_batch_size=8, seed=0, process_index=2, process_count=2)
     with pytest.raises(ValueError, match="seed"):
         ip.make_train_iterator(split, global_batch_size=8, seed=-1)
-    with pytest.raises(ValueError, match="unknown sampling mode"):
+    with pytest.raises(ConfigError, match="sampling='weighted' is not one of"):
         ip.make_train_iterator(split, global_batch_size=8, seed=0, sampling="weighted")
 
 

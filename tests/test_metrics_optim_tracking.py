@@ -11,6 +11,7 @@ import pytest
 
 from configs.common import get_base_config
 from fer_flax import metrics, optim, tracking
+from fer_flax.config_schema import OPTIMIZERS, SCHEDULES, ConfigError, validate
 
 
 def test_confusion_matrix_counts_only_masked_examples():
@@ -68,9 +69,25 @@ def test_schedule_warmup_cosine_and_step():
     c.schedule, c.warmup_epochs, c.step_epochs, c.step_factor = "step", 0.0, (2.0, 4.0), 0.1
     s = optim.create_learning_rate_schedule(c, steps_per_epoch=10, total_steps=60)
     assert [round(float(s(i)), 6) for i in (0, 19, 20, 39, 40)] == [0.4, 0.4, 0.04, 0.04, 0.004]
-    c.schedule = "warm_restarts"
-    with pytest.raises(ValueError, match="cosine, constant, step"):
-        optim.create_learning_rate_schedule(c, steps_per_epoch=10, total_steps=60)
+    config = get_base_config()
+    config.optim.schedule = "warm_restarts"
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.optim\.schedule='warm_restarts' is not one of: cosine, constant, step, plateau",
+    ):
+        validate(config)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_valid_optimizer_and_schedule_builds(name, schedule):
+    c = get_base_config().optim
+    c.name, c.schedule = name, schedule
+    s = optim.create_learning_rate_schedule(c, steps_per_epoch=10, total_steps=50)
+    tx = optim.create_optimizer(c, s)
+    params = {"Dense_0": {"kernel": jnp.ones([2])}}
+    updates, _ = tx.update({"Dense_0": {"kernel": jnp.ones([2])}}, tx.init(params), params)
+    assert np.isfinite(np.asarray(updates["Dense_0"]["kernel"])).all()
 
 
 def test_sgd_weight_decay_and_clipping_apply():
@@ -101,11 +118,13 @@ def test_metric_writer_jsonl_and_offline_wandb_with_histograms(tmp_path):
     assert (tmp_path / "wandb_run_id.txt").read_text().strip() in runs[0]
 
 
-def test_metric_writer_rejects_unknown_mode(tmp_path):
+def test_unknown_wandb_mode_is_rejected(tmp_path):
     config = get_base_config()
     config.wandb.mode = "cloud"
-    with pytest.raises(ValueError, match="offline, online, disabled"):
-        tracking.MetricWriter(str(tmp_path), config)
+    with pytest.raises(
+        ConfigError, match=r"config\.wandb\.mode='cloud' is not one of: offline, online, disabled"
+    ):
+        validate(config)
 
 
 def test_progress_bar_prints_rate_and_eta():

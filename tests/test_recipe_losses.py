@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from ml_collections import ConfigDict
 from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
 from fer_flax import augment, losses, mixing, parallel, train, tta
+from fer_flax.config_schema import ConfigError, validate
 from fer_flax.data.synthetic import generate_synthetic
 
 K = 7
@@ -112,20 +114,37 @@ def test_logit_adjustment_adds_tau_log_prior_to_the_logits():
     assert losses.training_loss_terms(loss_cfg(), COUNTS) == losses.NO_TERMS
 
 
+def config_with(section: str, cfg: ConfigDict) -> ConfigDict:
+    config = get_base_config()
+    config[section] = cfg
+    return config
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        (loss_cfg("balanced"), "config.loss.class_weighting='balanced' is not one of"),
+        (loss_cfg("explicit"), "config.loss.class_weights=None"),
+        (loss_cfg("explicit", (1.0, 2.0, 3.0)), "config.loss.class_weights="),
+        (loss_cfg("explicit", (1, 1, 1, -1, 1, 1, 1)), "config.loss.class_weights="),
+        (loss_cfg(tau=-1.0), "config.loss.logit_adjustment_tau=-1.0"),
+        (loss_cfg(tau=float("nan")), "config.loss.logit_adjustment_tau=nan"),
+    ],
+)
+def test_bad_loss_config_names_the_key(cfg, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        validate(config_with("loss", cfg))
+
+
 @pytest.mark.parametrize(
     ("cfg", "counts", "match"),
     [
-        (loss_cfg("balanced"), COUNTS, "config.loss.class_weighting"),
-        (loss_cfg("explicit"), COUNTS, "config.loss.class_weights"),
-        (loss_cfg("explicit", (1.0, 2.0, 3.0)), COUNTS, "config.loss.class_weights"),
-        (loss_cfg("explicit", (1, 1, 1, -1, 1, 1, 1)), COUNTS, "config.loss.class_weights"),
         (loss_cfg("explicit", (0, 1, 0, 0, 0, 0, 0)), [1, 0, 1, 1, 1, 1, 1], "config.loss.class_weights"),
-        (loss_cfg(tau=-1.0), COUNTS, "config.loss.logit_adjustment_tau"),
-        (loss_cfg(tau=float("nan")), COUNTS, "config.loss.logit_adjustment_tau"),
         (loss_cfg("inverse"), None, "class counts"),
     ],
 )
-def test_bad_loss_config_names_the_key(cfg, counts, match):
+def test_loss_config_that_does_not_fit_the_training_counts(cfg, counts, match):
+    validate(config_with("loss", cfg))  # valid on its own: the problem is in the data
     with pytest.raises(ValueError, match=match):
         losses.training_loss_terms(cfg, counts)
 
@@ -239,9 +258,8 @@ def test_prob_zero_or_an_unmixed_draw_leaves_the_batch_untouched():
     ],
 )
 def test_bad_mix_config_names_the_key(cfg, match):
-    x, t = float_batch(2)
-    with pytest.raises(ValueError, match=match):
-        mixing.mix_batch(jax.random.key(0), x, t, cfg)
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        validate(config_with("mix", cfg))
 
 
 # -------------------------------------------------------------------------------------- ten-crop
@@ -270,12 +288,13 @@ def test_ten_crop_training_batch_is_ttas_ten_views_with_repeated_labels():
 
 @pytest.mark.parametrize("crop_size", [0, 49])
 def test_bad_crop_size_names_the_key(crop_size):
-    cfg = get_base_config().augment
-    cfg.ten_crop, cfg.crop_size = True, crop_size
-    with pytest.raises(ValueError, match=r"augment\.crop_size"):
-        augment.ten_crop_size(cfg)
-    cfg.ten_crop = False
-    assert augment.ten_crop_size(cfg) is None
+    config = get_base_config()
+    config.augment.ten_crop, config.augment.crop_size = True, crop_size
+    with pytest.raises(ConfigError, match=rf"config\.augment\.crop_size={crop_size} must be"):
+        validate(config)
+    assert augment.ten_crop_size(config.augment) == crop_size
+    config.augment.ten_crop = False
+    assert augment.ten_crop_size(config.augment) is None
 
 
 # ------------------------------------------------------------------------- wiring through train.py
@@ -353,7 +372,7 @@ def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
         np.testing.assert_array_equal(
             np.asarray(out["confusion"]).sum(0), np.bincount(predicted, minlength=K)
         )
-    with pytest.raises(ValueError, match=r"config\.eval_tta"):
+    with pytest.raises(ValueError, match=r"'fivecrop'.*none, flip, tencrop"):
         train.eval_step(state, eval_batch, tta_mode="fivecrop")
 
 

@@ -10,7 +10,6 @@ from ml_collections import ConfigDict
 from fer_flax.data.splits import (
     CLASS_NAMES,
     NUM_CLASSES,
-    SPLITS,
     ArraySplit,
     FERDataError,
 )
@@ -40,10 +39,13 @@ def load_splits(
     data_config: ConfigDict, splits: Sequence[str], *, cache_dir: str | None = None, announce=print
 ) -> dict[str, ArraySplit]:
     """Loads `splits` ('train' | 'val' | 'test') from `data_config.path`, or synthesizes them when the
-    path is unset. Only the requested splits are read: training asks for train and val, never test."""
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise ValueError(f"Unknown split(s) {unknown}; valid choices: {', '.join(SPLITS)}")
+    path is unset. Only the requested splits are read: training asks for train and val, never test.
+    An unknown split name raises ConfigError."""
+    # The readers are imported when used: they import fer_flax.config_schema, which imports this
+    # package's constants, so importing them here at the top would be an import circle.
+    from fer_flax.data.fer2013 import check_splits
+
+    splits = check_splits(splits)
     if data_config.path is None:
         from fer_flax.data.synthetic import generate_synthetic
 

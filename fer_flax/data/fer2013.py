@@ -46,6 +46,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from fer_flax.config_schema import check_choice
 from fer_flax.data.splits import (
     CLASS_NAMES,
     IMAGE_SIZE,
@@ -91,12 +92,12 @@ _FOLDER_TO_SPLIT: dict[str, str] = {
 
 
 def check_splits(splits: Sequence[str]) -> tuple[str, ...]:
-    """Validates requested split names; returns them de-duplicated in the order given."""
+    """Validates requested split names (ConfigError for an unknown one, ValueError for none at all);
+    returns them de-duplicated in the order given. The one split-name check of every data entry point."""
     if isinstance(splits, str):  # read_fer2013(p, "train") would otherwise mean ('t', 'r', ...)
         splits = (splits,)
-    unknown = [s for s in splits if s not in SPLIT_TO_USAGE]
-    if unknown:
-        raise ValueError(f"unknown split(s) {unknown}; valid: {', '.join(SPLITS)}")
+    for split in splits:
+        check_choice("split", split, SPLITS)
     if not splits:
         raise ValueError(f"no splits requested; valid: {', '.join(SPLITS)}")
     return tuple(dict.fromkeys(splits))

@@ -1,0 +1,333 @@
+"""The configuration schema: the valid values of every choice key, and every check of a config's values.
+
+`validate(config)` runs once at start-up, before any data is read or anything is compiled, and raises one
+`ConfigError` listing every bad value, each naming the key, the value and what is allowed. The modules
+that read the config (optim, losses, mixing, augment, tta, tracking, input_pipeline) trust a validated
+config and do not check it again. Library functions that take a plain value rather than a config key
+(`tta.views(images, mode)`, `losses.class_weights(counts, weighting)`, a command-line flag) check it
+with `check_choice`, so every "not one of" message has the same shape.
+
+The choice tuples live here, and the consumer modules import them (`tta.TTA_MODES` is this module's
+`TTA_MODES`): this module imports only the data constants and the model registry, so every other module
+can import it without an import circle. `model.variant` is not in `CHOICES` because its valid values
+depend on `model_name` (`fer_flax.models.variants`).
+
+A key absent from the config (a config.json written before the key existed) is not checked: the code that
+reads it falls back to the default, which `configs/common.py` declares and the tests validate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from fer_flax import models
+from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
+
+
+class ConfigError(ValueError):
+    """A configuration value (a config key or a command-line flag) is not allowed."""
+
+
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
+NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
+# The weight sets a checkpoint of an EMA run holds (evaluate's --weights, checkpoint restore); ema.select
+# picks one of them, or "best" of the two at each evaluation.
+WEIGHT_SETS: tuple[str, ...] = ("raw", "ema")
+EMA_SELECT: tuple[str, ...] = (*WEIGHT_SETS, "best")
+TTA_MODES: tuple[str, ...] = ("none", "flip", "tencrop")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step", "plateau")
+CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "inverse", "sqrt_inverse", "explicit")
+SAMPLING_MODES: tuple[str, ...] = ("none", "balanced", "sqrt", "explicit")
+WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
+
+# Dotted config key (without "config.") -> its valid values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model_name": models.FAMILIES,
+    "dtype": DTYPE_NAMES,
+    "eval_tta": TTA_MODES,
+    "nonfinite": NONFINITE_MODES,
+    "ema.select": EMA_SELECT,
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": SCHEDULES,
+    "loss.class_weighting": CLASS_WEIGHTINGS,
+    "data.sampling": SAMPLING_MODES,
+    "wandb.mode": WANDB_MODES,
+}
+
+# Model constructor fields that a config may not set under `model`: Flax's own, the ones the code sets
+# from other keys (num_classes from the data, dtype from config.dtype), and the conv / pool modules a
+# platform substitutes.
+_RESERVED_MODEL_FIELDS = frozenset({"parent", "name", "num_classes", "dtype", "conv", "max_pool"})
+
+_MISSING = object()
+
+
+def _show(choice: Any) -> str:
+    return choice if isinstance(choice, str) and choice else repr(choice)
+
+
+def choice_problem(key: str, value: Any, choices: Iterable[Any]) -> str | None:
+    """The message for `value` not in `choices` (None when it is one): the one wording of the schema."""
+    choices = tuple(choices)
+    if value in choices:
+        return None
+    return f"{key}={value!r} is not one of: {', '.join(_show(c) for c in choices)}"
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raises ConfigError unless `value` is one of `choices`. `key` is how the user set the value: a
+    dotted config path ("config.optim.name") or a flag ("--split")."""
+    problem = choice_problem(key, value, choices)
+    if problem:
+        raise ConfigError(problem)
+
+
+def class_weights_problem(key: str, weights: Any) -> str | None:
+    """Why `weights` is not NUM_CLASSES finite non-negative numbers with a positive one, or None."""
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or len(weights) != NUM_CLASSES:
+        return f"{key}={weights!r} must be {NUM_CLASSES} weights, one per class"
+    if not all(_is_number(w) and math.isfinite(w) and w >= 0 for w in weights):
+        return f"{key}={tuple(weights)!r} must be finite numbers >= 0"
+    if not any(w > 0 for w in weights):
+        return f"{key}={tuple(weights)!r} are all zero; at least one must be positive"
+    return None
+
+
+def check_class_weights(key: str, weights: Any) -> None:
+    """Raises ConfigError unless `weights` are valid explicit class weights (see class_weights_problem)."""
+    problem = class_weights_problem(key, weights)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
+def _pair(lo_min: float, hi_max: float) -> Callable[[Any], bool]:
+    """A (min, max) pair with lo_min < min <= max <= hi_max."""
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or len(v) != 2:
+            return False
+        lo, hi = v
+        return _finite(lo) and _finite(hi) and lo_min < lo <= hi <= hi_max
+
+    return ok
+
+
+class _Checker:
+    """Collects the problems of one config, so a single error lists them all."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.problems: list[str] = []
+
+    def get(self, key: str) -> Any:
+        node = self.config
+        for part in key.split("."):
+            if node is None or not hasattr(node, "keys") or part not in node:
+                return _MISSING
+            node = node[part]
+        return node
+
+    def choice(self, key: str, choices: Iterable[Any]) -> bool:
+        """Records a problem unless config[key] is one of `choices`; True when it is (or is absent)."""
+        value = self.get(key)
+        problem = None if value is _MISSING else choice_problem(f"config.{key}", value, choices)
+        if problem:
+            self.problems.append(problem)
+        return problem is None
+
+    def require(self, key: str, ok: Callable[[Any], bool], allowed: str) -> None:
+        value = self.get(key)
+        if value is not _MISSING and not ok(value):
+            self.problems.append(f"config.{key}={value!r} must be {allowed}")
+
+    def class_weights(self, key: str, mode_key: str) -> None:
+        """`key` holds explicit class weights, set exactly when config[mode_key] is "explicit"."""
+        mode, weights = self.get(mode_key), self.get(key)
+        if mode is _MISSING or weights is _MISSING:
+            return
+        if mode == "explicit":
+            problem = class_weights_problem(f"config.{key}", weights)
+            if problem:
+                self.problems.append(f"{problem} (config.{mode_key}='explicit')")
+        elif weights is not None:
+            self.problems.append(
+                f"config.{key}={tuple(weights)!r} is set but config.{mode_key}={mode!r}; set "
+                f"config.{mode_key}='explicit' to use the weights, or drop them"
+            )
+
+
+def _positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def _non_negative_int(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _positive(v: Any) -> bool:
+    return _finite(v) and v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return _finite(v) and v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    """In [0, 1)."""
+    return _finite(v) and 0 <= v < 1
+
+
+def _probability(v: Any) -> bool:
+    """In [0, 1]."""
+    return _finite(v) and 0 <= v <= 1
+
+
+def model_options(model_name: str) -> frozenset[str]:
+    """The keys besides `variant` that `config.model` may set for a family: its constructor arguments."""
+    check_choice("config.model_name", model_name, models.FAMILIES)
+    family = importlib.import_module(f"fer_flax.models.{model_name}")
+    return frozenset(f.name for f in dataclasses.fields(family.MODEL)) - _RESERVED_MODEL_FIELDS
+
+
+def _check_model(c: _Checker) -> None:
+    """model_name, dtype, model.variant and the model.* overrides."""
+    c.choice("dtype", DTYPE_NAMES)
+    if not c.choice("model_name", models.FAMILIES) or c.get("model_name") is _MISSING:
+        return
+    name = c.get("model_name")
+    model = c.get("model")
+    if model is _MISSING or not hasattr(model, "keys"):
+        c.problems.append(f"config.model={model!r} must be a dict with at least `variant`")
+        return
+    c.choice("model.variant", models.variants(name))
+    options = model_options(name)
+    unknown = sorted(set(model.keys()) - options - {"variant"})
+    if unknown:
+        c.problems.append(
+            f"config.model has option(s) {unknown} that {name!r} does not take; valid options: "
+            f"variant, {', '.join(sorted(options))}"
+        )
+
+
+def _check_optim(c: _Checker) -> None:
+    c.choice("optim.name", OPTIMIZERS)
+    c.require("optim.lr", _positive, "a finite number > 0 (the peak learning rate)")
+    c.require("optim.warmup_epochs", _non_negative, "a finite number >= 0")
+    c.require("optim.weight_decay", _non_negative, "a finite number >= 0")
+    c.require("optim.momentum", _fraction, "in [0, 1)")
+    c.require("optim.b1", _fraction, "in [0, 1)")
+    c.require("optim.b2", _fraction, "in [0, 1)")
+    c.require("optim.grad_clip_norm", lambda v: v is None or _positive(v), "unset or a finite number > 0")
+    if not c.choice("optim.schedule", SCHEDULES):
+        return
+    schedule = c.get("optim.schedule")
+    if schedule == "step":
+        c.require("optim.step_factor", _positive, "a finite number > 0")
+        c.require(
+            "optim.step_epochs",
+            lambda v: isinstance(v, Sequence) and not isinstance(v, str) and all(_non_negative(e) for e in v),
+            "a sequence of epochs >= 0",
+        )
+    if schedule == "plateau":
+        c.require("optim.plateau_factor", lambda v: _finite(v) and 0 < v < 1, "in (0, 1)")
+        c.require("optim.plateau_patience", _positive_int, "an integer >= 1")
+        c.require("optim.plateau_cooldown", _non_negative_int, "an integer >= 0")
+        c.require("optim.plateau_min_delta", _non_negative, "a finite number >= 0")
+        c.require("optim.plateau_min_scale", _probability, "in [0, 1]")
+
+
+def _check_loss_and_mix(c: _Checker) -> None:
+    c.require("label_smoothing", _fraction, "in [0, 1)")
+    c.require("aux_loss_weight", _non_negative, "a finite number >= 0")
+    c.choice("loss.class_weighting", CLASS_WEIGHTINGS)
+    c.class_weights("loss.class_weights", "loss.class_weighting")
+    c.require("loss.logit_adjustment_tau", _non_negative, "a finite number >= 0 (0 disables)")
+    c.require("mix.mixup_alpha", _non_negative, "a finite number >= 0 (0 disables mixup)")
+    c.require("mix.cutmix_alpha", _non_negative, "a finite number >= 0 (0 disables cutmix)")
+    c.require("mix.prob", _probability, "a probability in [0, 1]")
+    c.require("mix.switch_prob", _probability, "a probability in [0, 1]")
+
+
+def _check_augment(c: _Checker) -> None:
+    c.require(
+        "augment.pad_crop", lambda v: _is_int(v) and 0 <= v < IMAGE_SIZE, f"an integer in [0, {IMAGE_SIZE})"
+    )
+    c.require("augment.rrc_scale", _pair(0, 1), "(min, max) area fractions with 0 < min <= max <= 1")
+    c.require("augment.rrc_ratio", _pair(0, math.inf), "(min, max) aspect ratios with 0 < min <= max")
+    c.require("augment.rotate_degrees", _non_negative, "a finite number >= 0 (the range is ±d)")
+    c.require("augment.erase_prob", _probability, "a probability in [0, 1]")
+    c.require("augment.erase_scale", _pair(0, 1), "(min, max) area fractions with 0 < min <= max <= 1")
+    # The crop side matters for ten-crop training and for ten-crop TTA in the evaluations.
+    if c.get("augment.ten_crop") is True or c.get("eval_tta") == "tencrop":
+        c.require(
+            "augment.crop_size",
+            lambda v: _is_int(v) and 0 < v <= IMAGE_SIZE,
+            f"an integer in [1, {IMAGE_SIZE}]",
+        )
+
+
+def _check_data(c: _Checker) -> None:
+    c.choice("data.sampling", SAMPLING_MODES)
+    c.class_weights("data.class_weights", "data.sampling")
+    for key in ("synthetic_train", "synthetic_val", "synthetic_test", "num_workers"):
+        c.require(f"data.{key}", _non_negative_int, "an integer >= 0")
+    c.require("data.synthetic_seed", _non_negative_int, "an integer >= 0")
+
+
+def _check_loop(c: _Checker) -> None:
+    """Run length, cadence, checkpoints, EMA, failure handling and logging."""
+    c.require("seed", _non_negative_int, "an integer >= 0")
+    c.require("num_epochs", _positive, "a finite number > 0")
+    c.require("batch_size", _positive_int, "an integer >= 1 (the global batch size)")
+    c.require("cpu_devices", _non_negative_int, "an integer >= 0 (0: one per core)")
+    c.require("eval_every_epochs", _positive, "a finite number > 0")
+    c.require("log_every_steps", _positive_int, "an integer >= 1")
+    c.require(
+        "checkpoint_every_steps", _non_negative_int, "an integer >= 0 (0: checkpoint at each evaluation only)"
+    )
+    c.require("checkpoint_keep", _positive_int, "an integer >= 1 (2 recommended)")
+    c.require("checkpoint_keep_best", _positive_int, "an integer >= 1")
+    c.choice("nonfinite", NONFINITE_MODES)
+    c.choice("eval_tta", TTA_MODES)
+    c.require("ema.decay", _fraction, "in [0, 1) (0 disables EMA)")
+    c.choice("ema.select", EMA_SELECT)
+    c.choice("wandb.mode", WANDB_MODES)
+    c.require("wandb.histogram_every_steps", _non_negative_int, "an integer >= 0 (0 disables)")
+
+
+def validate(config: Any, *, for_training: bool = True) -> None:
+    """Raises ConfigError listing every bad value of `config` (a ConfigDict or a dict of dicts).
+
+    `for_training=False` checks only what restoring a model for inference reads (the model, its dtype,
+    eval_batch_size), so evaluating an old run is not refused over a training setting."""
+    c = _Checker(config)
+    _check_model(c)
+    c.require("eval_batch_size", _positive_int, "an integer >= 1 (the global batch size)")
+    if for_training:
+        _check_loop(c)
+        _check_optim(c)
+        _check_loss_and_mix(c)
+        _check_augment(c)
+        _check_data(c)
+    if len(c.problems) == 1:
+        raise ConfigError(c.problems[0])
+    if c.problems:
+        raise ConfigError(f"{len(c.problems)} config problems:\n  " + "\n  ".join(c.problems))
