@@ -14,7 +14,7 @@ Real FER2013:
 'smoke' (a few steps, for tests).
 """
 
-from configs.common import get_base_config
+from configs.common import check_arg, get_base_config
 
 
 def get_config(arg: str = ""):
@@ -48,6 +48,6 @@ def get_config(arg: str = ""):
         c.log_every_steps = 4
         c.progress_bar = False
         c.wandb.mode = "disabled"
-    elif arg:
-        raise ValueError(f"Unknown config argument {arg!r}; valid: '', 'real', 'smoke'")
+    else:
+        check_arg(arg, ("", "real", "smoke"))
     return c

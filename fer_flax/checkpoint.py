@@ -31,6 +31,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from fer_flax import config_schema
+
 BEST_METRIC = "val_accuracy"
 
 
@@ -100,12 +102,11 @@ class Checkpointer:
         A step already on disk is not written again: a run resumed from an earlier checkpoint
         recomputes exactly the same state, and Orbax refuses to overwrite a step."""
         if val_metrics is not None and step not in self.best.all_steps():
+            config_schema.check_choice("best_weights", best_weights, config_schema.WEIGHT_SETS)
             if best_weights == "ema":
                 model = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
-            elif best_weights == "raw":
-                model = {"params": state.params, "batch_stats": state.batch_stats}
             else:
-                raise ValueError(f"best_weights must be 'raw' or 'ema', got {best_weights!r}")
+                model = {"params": state.params, "batch_stats": state.batch_stats}
             selection = {"weights": best_weights, BEST_METRIC: float(val_metrics["accuracy"])}
             self.best.save(
                 step,
@@ -215,8 +216,7 @@ class Checkpointer:
         a CPU)."""
         template = _abstract(model_template)
         latest_steps, best_steps = set(self.latest.all_steps()), set(self.best.all_steps())
-        if weights not in ("raw", "ema"):
-            raise ValueError(f"weights must be 'raw' or 'ema', got {weights!r}")
+        config_schema.check_choice("weights", weights, config_schema.WEIGHT_SETS)
         if weights == "ema" and which == "best":
             raise ValueError(
                 "the best checkpoint holds only the weights selected in training (config.ema.select; "

@@ -101,7 +101,7 @@ def load_eval_split(
 ) -> tuple[ArraySplit, ConfigDict]:
     """Reads only `split` from `data_path` (or the run's own data). A source that holds only that
     split is fine: the readers parse nothing else."""
-    config_schema.check_choice("split", split, SPLITS)
+    config_schema.check_choice("--split", split, SPLITS)
     data_config = resolve_data_config(members, data_path)
     cache_dir = data_config.cache_dir or default_cache_dir(members[0].workdir)
     try:
@@ -207,7 +207,7 @@ def evaluate_workdirs(
     `restore_for_inference`).
 
     Returns the report (as written to JSON, with a `files` entry)."""
-    config_schema.check_choice("tta", tta_mode, tta.TTA_MODES)
+    config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)
     which = model_state.parse_checkpoint(checkpoint)
     mesh = parallel.make_mesh()
     members = inference.load_members(workdirs, which, mesh=mesh, weights=weights)
@@ -245,7 +245,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "weights",
         "raw",
-        list(model_state.WEIGHTS),
+        list(config_schema.WEIGHT_SETS),
         "With --checkpoint latest|STEP: the raw weights or their EMA (runs with config.ema.decay > 0). "
         "best/ holds the weights selected in training (config.ema.select); the report names them.",
     )

@@ -20,13 +20,12 @@ from flax.training import train_state
 from ml_collections import ConfigDict
 
 from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import cpu, models, parallel
+from fer_flax import config_schema, cpu, models, parallel
 from fer_flax import workdir as workdir_lib
 from fer_flax.data import NUM_CLASSES
 from fer_flax.data.splits import IMAGE_SIZE
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-WEIGHTS = ("raw", "ema")
 
 
 class TrainState(train_state.TrainState):
@@ -159,8 +158,7 @@ def parse_checkpoint(which: str | int) -> str | int:
 
 
 def _check_weights_request(workdir: str, config: ConfigDict, which: str | int, weights: str) -> None:
-    if weights not in WEIGHTS:
-        raise ValueError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    config_schema.check_choice("--weights", weights, config_schema.WEIGHT_SETS)
     if weights == "ema" and not ema_enabled(config):
         raise ValueError(
             f"the run in {workdir} kept no EMA of its weights (config.ema.decay is 0 or absent); "
@@ -188,6 +186,7 @@ def restore(
     the result's `weights` says which (for a best checkpoint, what its selection record says)."""
     workdir = os.path.abspath(workdir)
     config = workdir_lib.load_run_config(workdir)
+    config_schema.validate(config, for_training=False)
     which = parse_checkpoint(checkpoint)
     _check_weights_request(workdir, config, which, weights)
     model = create_model(config)

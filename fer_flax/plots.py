@@ -15,7 +15,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fer_flax.data.splits import CLASS_NAMES
-from fer_flax.tracking import read_metrics
 
 
 def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> str:
@@ -58,13 +57,6 @@ def training_curves(records: list[dict], title: str = "") -> Figure:
     if title:
         fig.suptitle(title)
     return fig
-
-
-def plot_training_curves(
-    metrics_path: str | os.PathLike, out_path: str | os.PathLike, title: str = ""
-) -> str:
-    """`<workdir>/metrics.jsonl` -> a PNG of the train/val loss and accuracy curves."""
-    return save(training_curves(read_metrics(metrics_path), title), out_path)
 
 
 # ------------------------------------------------------------------------------------ evaluation

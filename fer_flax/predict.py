@@ -38,10 +38,10 @@ from absl import app, flags, logging
 from PIL import Image, ImageOps
 
 from fer_flax import config_schema, inference, runtime, tta
+from fer_flax.data.image_folders import IMAGE_EXTENSIONS
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.model_state import Restored
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 RESAMPLE = Image.Resampling.BILINEAR
 FIT_MODES: tuple[str, ...] = ("stretch", "center_crop")
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")

@@ -223,4 +223,5 @@ def plot_curves(workdir: str, title: str, say: Callable[[str], Any]) -> None:
     except ImportError as e:  # a trained model matters more than its picture
         say(f"Skipping curves.png: {e}")
         return
-    plots.plot_training_curves(path(workdir, METRICS_FILE), path(workdir, "curves.png"), title)
+    records = tracking.read_metrics(path(workdir, METRICS_FILE))
+    plots.save(plots.training_curves(records, title), path(workdir, "curves.png"))

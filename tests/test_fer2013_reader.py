@@ -15,7 +15,7 @@ from PIL import Image
 
 from configs.common import get_base_config
 from fer_flax.config_schema import ConfigError
-from fer_flax.data import cache, fer2013, load_splits
+from fer_flax.data import cache, fer2013, image_folders, load_splits
 from fer_flax.data.cache import load_fer2013_cached
 from fer_flax.data.fer2013 import read_fer2013
 from fer_flax.data.splits import CLASS_NAMES, FERDataError
@@ -311,7 +311,7 @@ def _check_expected(out):
 def test_image_folder_split_rules_and_order(tmp_path):
     root = _make_tree(tmp_path / "faces", TREE)
     _check_expected(read_fer2013(root, ["train", "val", "test"]))
-    assert fer2013.list_image_files(root)[0] == "Validation/surprise/PrivateTest_1.png"
+    assert image_folders.list_image_files(root)[0] == "Validation/surprise/PrivateTest_1.png"
 
 
 @pytest.mark.parametrize(

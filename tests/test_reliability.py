@@ -206,8 +206,8 @@ def test_incompatible_workdir_is_refused_and_compatible_changes_recorded(tmp_pat
 @pytest.mark.parametrize(
     "override, error, message",
     [
-        ({"nonfinite": "ignore"}, ValueError, "valid choices: stop, skip"),
-        ({"checkpoint_every_steps": -1}, ValueError, "must be >= 0"),
+        ({"nonfinite": "ignore"}, ValueError, "is not one of: stop, skip"),
+        ({"checkpoint_every_steps": -1}, ValueError, "must be an integer >= 0"),
     ],
 )
 def test_run_setting_mistakes_fail_before_training(tmp_path, override, error, message):

@@ -105,11 +105,11 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"model_name": "alexnet"}, "valid choices: cnn"),
-        ({"model.variant": "huge"}, "valid choices: tiny, small"),
+        ({"model_name": "alexnet"}, "is not one of: cnn"),
+        ({"model.variant": "huge"}, "is not one of: tiny, small"),
         ({"batch_size": 30}, "multiple of the 4 devices"),
         ({"data.path": "/nonexistent/fer2013.csv"}, "does not exist"),
-        ({"optim.name": "lamb"}, "valid choices: sgd, adamw"),
+        ({"optim.name": "lamb"}, "is not one of: sgd, adamw"),
         # Recipe settings read only inside the compiled step or at the first evaluation are checked
         # up front too.
         ({"eval_tta": "fivecrop"}, "config.eval_tta"),

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from fer_flax.data import fer2013
+from fer_flax.data import fer2013, image_folders
 from fer_flax.data.splits import ArraySplit
 
 _META = "source.json"
@@ -39,7 +39,7 @@ def source_identity(path: str | os.PathLike) -> dict[str, Any]:
     kind = fer2013.source_kind(src)  # raises FERDataError for a missing path
     if kind == "folder":
         digest = hashlib.sha256()
-        files = fer2013.list_image_files(src)
+        files = image_folders.list_image_files(src)
         for rel in files:
             st = (src / rel).stat()
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

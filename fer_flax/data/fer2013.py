@@ -9,21 +9,7 @@
   protocol-safe way to tell the held-out rows apart. Blank lines are skipped. Every row's column
   count and Usage are checked, but the label and pixels are parsed only for the requested splits,
   so PrivateTest rows are never parsed unless `test` is asked for.
-* **Image folder** tree, `.../<split folder>/<class>/<image>`, where `<class>` is one of
-  CLASS_NAMES (any case) and images are `*.jpg`, `*.jpeg` or `*.png`. Hidden files and folders
-  (a leading `.`, e.g. macOS `._x.jpg` or `.ipynb_checkpoints`) and other file types are ignored.
-  Each image's split is:
-    1. its file-name prefix when it has one: `Training_*` -> train, `PublicTest_*` -> val,
-       `PrivateTest_*` -> test (the widespread Kaggle tree puts PublicTest images under `test/`,
-       so the prefix must win over the folder);
-    2. otherwise the split folder above the class folder: train/training -> train;
-       val/valid/validation/dev/publictest -> val; test/testing/privatetest -> test (any case).
-       When the class folders sit directly under `path`, the split folder is `path` itself.
-  Images must decode with PIL and be 48x48; L is used as is, and RGB/RGBA/LA/P/1 images are
-  accepted when their colour channels are equal (alpha is ignored). Within a split, images are
-  ordered by relative path.
-* A `.tar`, `.tar.gz`/`.tgz` (or `.tar.bz2`/`.tar.xz`) archive of such a tree, read member by
-  member without extracting to disk.
+* **Image folder** tree or a `.tar`/`.tar.gz` archive of one: read by `fer_flax.data.image_folders`.
 
 Every problem in the data raises `FERDataError` naming the file, the CSV line or the image, and
 what is wrong, including unreadable or truncated gzip/tar streams.
@@ -36,7 +22,6 @@ import gzip
 import io
 import os
 import re
-import tarfile
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -44,11 +29,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
 
 from fer_flax.config_schema import check_choice
+from fer_flax.data import image_folders
 from fer_flax.data.splits import (
-    CLASS_NAMES,
     IMAGE_SIZE,
     NUM_CLASSES,
     NUM_PIXELS,
@@ -63,7 +47,6 @@ from fer_flax.data.splits import (
 # for the same source, so stale caches are never reused.
 READER_VERSION = 1
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 CSV_HEADER: tuple[str, ...] = ("emotion", "pixels", "Usage")
 
@@ -73,22 +56,6 @@ _BOM = b"\xef\xbb\xbf"
 _INT_TOKEN = re.compile(rb"[+-]?[0-9]+")
 _USAGE_BYTES: dict[bytes, str] = {usage.encode(): usage for usage in USAGE_TO_SPLIT}
 _VALID_USAGES = ", ".join(USAGE_TO_SPLIT)
-
-_CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
-_PREFIX_SPLIT = re.compile(r"(training|publictest|privatetest)_", re.IGNORECASE)
-_PREFIX_TO_SPLIT: dict[str, str] = {u.lower(): s for u, s in USAGE_TO_SPLIT.items()}
-_FOLDER_TO_SPLIT: dict[str, str] = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "publictest": "val",
-    "test": "test",
-    "testing": "test",
-    "privatetest": "test",
-}
 
 
 def check_splits(splits: Sequence[str]) -> tuple[str, ...]:
@@ -114,9 +81,9 @@ def read_fer2013(path: str | os.PathLike, splits: Sequence[str]) -> dict[str, Ar
     path = Path(path)
     kind = source_kind(path)
     if kind == "folder":
-        return _read_image_folder(path, splits)
+        return image_folders.read_image_folder(path, splits)
     if kind == "tar":
-        return _read_image_tar(path, splits)
+        return image_folders.read_image_tar(path, splits)
     return _read_csv(path, splits)
 
 
@@ -134,18 +101,6 @@ def source_kind(path: Path) -> str:
     if head[257:262] == b"ustar" or path.name.lower().endswith(TAR_SUFFIXES):
         return "tar"
     return "csv"
-
-
-def list_image_files(root: Path) -> list[str]:
-    """Sorted '/'-separated paths, relative to `root`, of every image the folder reader reads."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if _is_image_name(name):
-                found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
-    return sorted(found)
 
 
 # --------------------------------------------------------------------------------------------- CSV
@@ -317,163 +272,3 @@ def _parse_pixels_slow(path: Path, field: bytes, line_no: int) -> np.ndarray:
             raise FERDataError(path, f"pixel {i + 1} = {shown} is outside 0..255", line=line_no)
         out[i] = value
     return out
-
-
-# ------------------------------------------------------------------------------------------ images
-
-
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-class _ImageCollector:
-    """Classifies every image by path; decodes only those of requested splits."""
-
-    def __init__(self, source: Path, splits: tuple[str, ...], root_name: str | None, what: str):
-        self.source = source
-        self.splits = splits
-        # The folder's own name: the split folder when the class folders sit directly in it.
-        self.root_name = root_name
-        self.what = what  # "image" or "member", for messages
-        self.counts = dict.fromkeys(SPLITS, 0)
-        self.items: dict[str, list[tuple[str, np.ndarray, int]]] = {s: [] for s in splits}
-
-    def _error(self, rel: str, problem: str) -> FERDataError:
-        return FERDataError(self.source, problem, item=f"{self.what} {rel}")
-
-    def classify(self, rel: str) -> tuple[str, int]:
-        parts = rel.split("/")
-        if len(parts) < 2:
-            raise self._error(rel, f"images must sit in a class folder ({', '.join(CLASS_NAMES)})")
-        label = _CLASS_INDEX.get(parts[-2].lower())
-        if label is None:
-            raise self._error(rel, f"unknown class folder {parts[-2]!r}; valid: {', '.join(CLASS_NAMES)}")
-        prefix = _PREFIX_SPLIT.match(parts[-1])
-        if prefix:
-            return _PREFIX_TO_SPLIT[prefix.group(1).lower()], label
-        folder = parts[-3] if len(parts) >= 3 else self.root_name
-        split = _FOLDER_TO_SPLIT.get((folder or "").lower())
-        if split is None:
-            raise self._error(
-                rel,
-                f"cannot tell the split: the file name has no Training_/PublicTest_/PrivateTest_ "
-                f"prefix and {folder!r} is not a split folder "
-                f"({', '.join(sorted(_FOLDER_TO_SPLIT))})",
-            )
-        return split, label
-
-    def wants(self, rel: str) -> tuple[str, int] | None:
-        """Counts the image; returns (split, label) when it must be decoded."""
-        split, label = self.classify(rel)
-        self.counts[split] += 1
-        return (split, label) if split in self.items else None
-
-    def add(self, rel: str, split: str, label: int, data: bytes) -> None:
-        self.items[split].append((rel, self._decode(rel, data), label))
-
-    def _decode(self, rel: str, data: bytes) -> np.ndarray:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                # The size is known from the header: checking it before decoding means a corrupt
-                # header claiming a huge image is rejected without decoding (or allocating) it.
-                size = im.size
-                if size != (IMAGE_SIZE, IMAGE_SIZE):
-                    raise self._error(
-                        rel, f"image is {size[0]}x{size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
-                    )
-                im.load()
-                mode = im.mode
-                if mode == "L":
-                    return np.asarray(im, dtype=np.uint8)
-                if mode not in ("RGB", "RGBA", "LA", "P", "1"):
-                    raise self._error(rel, f"unsupported image mode {mode!r} (need grayscale)")
-                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except FERDataError:
-            raise
-        except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-            raise self._error(rel, f"cannot decode image ({type(e).__name__}: {e})") from e
-        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            raise self._error(rel, f"{mode} image is not grayscale (its colour channels differ)")
-        return np.ascontiguousarray(rgb[..., 0])
-
-    def result(self, empty_hint: str = "") -> dict[str, ArraySplit]:
-        total = sum(self.counts.values())
-        if total == 0:
-            raise FERDataError(
-                self.source,
-                f"empty: no images ({', '.join('*' + e for e in IMAGE_EXTENSIONS)}) found" + empty_hint,
-            )
-        missing = [s for s in self.splits if self.counts[s] == 0]
-        if missing:
-            held = ", ".join(f"{s} ({n})" for s, n in self.counts.items() if n)
-            raise FERDataError(
-                self.source,
-                f"no images for split(s) {', '.join(map(repr, missing))} "
-                f"({', '.join(SPLIT_TO_USAGE[s] + '_ prefix' for s in missing)} or split folder); "
-                f"the tree holds {held}",
-            )
-        out = {}
-        for s in self.splits:
-            items = sorted(self.items[s], key=lambda item: item[0])
-            out[s] = ArraySplit(
-                images=np.stack([img for _, img, _ in items]),
-                labels=np.asarray([label for _, _, label in items], dtype=np.int32),
-            )
-        return out
-
-
-def _read_image_folder(root: Path, splits: tuple[str, ...]) -> dict[str, ArraySplit]:
-    collector = _ImageCollector(root, splits, root.resolve().name, "image")
-    for rel in list_image_files(root):
-        target = collector.wants(rel)
-        if target is None:
-            continue
-        try:
-            data = (root / rel).read_bytes()
-        except OSError as e:
-            raise collector._error(rel, f"cannot read the file ({e})") from e
-        collector.add(rel, *target, data)
-    hint = ""
-    if not any(collector.counts.values()):
-        # A common slip: passing the folder that holds fer2013.csv.gz or the image tarball.
-        others = sorted(
-            p.name for p in root.iterdir() if p.is_file() and (".csv" in p.name or ".tar" in p.name)
-        )
-        if others:
-            hint = f"; did you mean to pass one of the files in it: {', '.join(others[:3])}?"
-    return collector.result(hint)
-
-
-def _member_name(name: str) -> str | None:
-    """The member's '/'-separated path without './' or '/' prefixes; None if not a visible image."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or any(p.startswith(".") for p in parts) or not _is_image_name(parts[-1]):
-        return None
-    return "/".join(parts)
-
-
-def _read_image_tar(path: Path, splits: tuple[str, ...]) -> dict[str, ArraySplit]:
-    collector = _ImageCollector(path, splits, None, "member")
-    last = "(start of archive)"
-    try:
-        # Stream mode ('r|*') reads the archive once, front to back, never seeking the gzip stream.
-        with tarfile.open(path, mode="r|*") as tf:
-            for member in tf:
-                last = member.name
-                rel = _member_name(member.name) if member.isfile() else None
-                if rel is None:
-                    continue
-                target = collector.wants(rel)
-                if target is None:
-                    continue
-                stream = tf.extractfile(member)
-                collector.add(rel, *target, stream.read() if stream is not None else b"")
-    except FERDataError:
-        raise
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise FERDataError(
-            path,
-            f"cannot read the archive ({type(e).__name__}: {e}); is it truncated or corrupt?",
-            item=f"after member {last}",
-        ) from e
-    return collector.result()
