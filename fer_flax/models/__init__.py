@@ -43,6 +43,12 @@ def variants(model_name: str) -> tuple[str, ...]:
     return tuple(_family_module(model_name).VARIANTS)
 
 
+def option_fields(model_name: str) -> frozenset[str]:
+    """The model options `config.model.*` may set for a family (constructor fields less the seam)."""
+    module = _family_module(model_name)
+    return frozenset(f.name for f in dataclasses.fields(module.MODEL)) - {"parent", "name", *SEAM_FIELDS}
+
+
 def create_model(
     model_name: str,
     *,
@@ -62,7 +68,7 @@ def create_model(
             f"Unknown variant {variant!r} for model {model_name!r}; valid choices: "
             f"{', '.join(module.VARIANTS)}"
         )
-    fields = {f.name for f in dataclasses.fields(module.MODEL)} - {"parent", "name", *SEAM_FIELDS}
+    fields = option_fields(model_name)
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(
