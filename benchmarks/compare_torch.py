@@ -17,7 +17,7 @@ tests/test_compare_torch.py checks that both then give the same eval-mode logits
 Both sides train on the same random uint8 batch (default 128 × 48×48×1), normalised like
 `fer_flax.augment.preprocess` inside the step, with softmax cross-entropy with label smoothing 0.1 and
 SGD with Nesterov momentum 0.9 and L2 weight decay 5e-4 on conv/linear weights only (the SGD recipe of
-configs/common.py). The fer_flax step is the real `fer_flax.train.train_step`, jitted with donated state
+configs/common.py). The fer_flax step is the real `fer_flax.steps.train_step`, jitted with donated state
 as in train_throughput.py (it also computes accuracy and the gradient norm); the PyTorch step is eager
 mode with `torch.optim.SGD`, its learning rate set at every step to the value of fer_flax's schedule
 (train_throughput.py's warmup + cosine) at the same step, so both do the same updates and the losses they
@@ -30,10 +30,10 @@ Timing: `--warmup` steps of each (plus fer_flax's compilation), then `--windows`
 window of `--steps` steps followed by a fer_flax window of `--steps` steps, so slow drifts of the machine
 hit both alike. Reported: the median images/s over each framework's windows and fer_flax / PyTorch.
 PyTorch runs on `--torch_threads` threads (default: every CPU) in `channels_last` memory format (its
-fastest on CPU; `--torch_memory_format contiguous` for NCHW). The process runs with fer_flax's glibc
-malloc settings (`fer_flax.host_allocator`, as `python -m fer_flax.main` applies them), which PyTorch
-then shares; `--malloc defaults` keeps glibc's for both. Minor page faults per timed step are reported
-for each side.
+fastest on CPU; `--torch_memory_format contiguous` for NCHW). The process starts as every fer_flax entry
+point does (`fer_flax.runtime.start()`), so it runs with the CPU corner's glibc malloc settings
+(`fer_flax.cpu.allocator`), which PyTorch then shares; `--malloc defaults` keeps glibc's for both.
+Minor page faults per timed step are reported for each side.
 
 On a GPU (JAX's default backend is "gpu"; PyTorch must be a CUDA build) both frameworks run there:
 PyTorch with `cudnn.benchmark` and TF32 matrix products (as XLA uses TF32 for float32 by default on
@@ -74,8 +74,9 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.train_step_setup import build_train_step, make_config
-from fer_flax import host_allocator, models, parallel
+from fer_flax import models, parallel, runtime
 from fer_flax.augment import ERASE_RATIO, MEAN, STD
+from fer_flax.cpu import allocator, devices
 from fer_flax.data.splits import IMAGE_SIZE
 from fer_flax.models.layers import BATCH_NORM_MOMENTUM
 
@@ -675,7 +676,7 @@ def main() -> None:
         "--malloc",
         choices=("reuse", "defaults"),
         default="reuse",
-        help="reuse: fer_flax.host_allocator's glibc settings, as fer_flax.main applies them (the process "
+        help="reuse: the CPU corner's glibc settings, as every entry point applies them (the process "
         "is shared, so PyTorch runs with them too); defaults: glibc's defaults for both",
     )
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -683,10 +684,13 @@ def main() -> None:
     if args.windows < 1 or args.steps < 1:
         parser.error("--windows and --steps must be >= 1")
     # Before JAX starts its CPU client (arena settings reach only threads that have not allocated yet).
-    malloc_applied = args.malloc == "reuse" and host_allocator.reuse_freed_memory()
-    # As fer_flax.main does before JAX starts: one JAX device per core by default (PyTorch's
-    # intra-op threads are its way to use them all).
-    parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
+    if args.malloc == "defaults":
+        os.environ[allocator.KEEP_DEFAULTS_ENV] = "1"
+    runtime.start()
+    malloc_applied = allocator.in_effect()
+    # As the training entry point does before JAX starts: one JAX device per core by default
+    # (PyTorch's intra-op threads are its way to use them all).
+    devices.configure_cpu_devices(args.cpu_devices, (args.batch,))
     # On a GPU both frameworks run there; the host allocator then does not matter (and is left alone).
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     if device == "cpu" and args.malloc == "reuse" and not malloc_applied:
@@ -701,7 +705,7 @@ def main() -> None:
     if device == "cuda":
         malloc = "not changed (GPU run)"
     elif malloc_applied:
-        malloc = "fer_flax.host_allocator's reuse settings (for both)"
+        malloc = "fer_flax.cpu.allocator's reuse settings (for both)"
     else:
         malloc = "defaults (for both)"
 

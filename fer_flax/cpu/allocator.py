@@ -18,6 +18,10 @@ its CPU client (before anything touches a device). `fer_flax.cpu.configure_proce
 `fer_flax.runtime.start()`) applies it unless the CPU corner is switched off; benchmarks that compare
 with glibc's defaults call `reuse_freed_memory()` themselves. It does nothing off Linux/glibc or when
 an accelerator is expected (its steps' buffers live on the device).
+
+`FER_FLAX_MALLOC_DEFAULTS=1` keeps glibc's defaults while the rest of the CPU corner stays on: the
+benchmarks that compare the two allocators (`--malloc defaults`) set it. To switch the whole corner
+off use `FER_FLAX_CPU_TUNING=0` (fer_flax.cpu).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ SETTINGS: tuple[tuple[str, int, int], ...] = (
     ("M_MMAP_MAX", M_MMAP_MAX, 0),
     ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, _NEVER_TRIM),
 )
+KEEP_DEFAULTS_ENV = "FER_FLAX_MALLOC_DEFAULTS"
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu")
 
 _applied: bool | None = None
@@ -61,6 +66,8 @@ def reuse_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
+    if os.environ.get(KEEP_DEFAULTS_ENV, "") not in ("", "0"):
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or accelerator_expected():
         return False
     mallopt = ctypes.CDLL(None).mallopt
