@@ -78,7 +78,7 @@ VARIANTS: dict[str, dict] = {
     # "small" with a BatchNorm head, which trains at SGD lr 0.1 where "small" collapses.
     "small_bn": dict(stage_widths=(32, 64, 128), dense_widths=(256,), head_batch_norm=True, dropout=0.3),
     # The CPU recipe's net (configs/cpu_recipe.py): small_bn plus a fourth stage at 6x6. small_bn
-    # underfits in 20 CPU epochs (train accuracy ~ validation accuracy, 0.64); the extra stage adds
+    # underfits in a CPU-length run (train accuracy close to validation accuracy); the extra stage adds
     # conv capacity and whole-face receptive fields where maps are small and convs cheap.
     "cpu": dict(stage_widths=(32, 64, 128, 256), dense_widths=(256,), head_batch_norm=True, dropout=0.2),
     # "cpu" pooling before each stage's last BatchNorm and ReLU (pool_before_norm): the same

@@ -6,7 +6,7 @@ Two flavours share one module:
   modules 3a-5b with the paper's exact branch widths, 3×3/2 max-pools between the stages, LRN in the stem,
   ReLU without normalisation, the two auxiliary classifiers on 4a and 4d (avg-pool → 1×1 conv 128 →
   FC 1024 → ReLU → dropout 0.7 → FC), global average pooling → dropout 0.4 → FC.
-* **Modified** (`batch_norm=True`): the course project's best GoogLeNet (0.59 there) — BatchNorm after
+* **Modified** (`batch_norm=True`): the course project's best GoogLeNet — BatchNorm after
   every conv (the convs lose their bias), more dropout (classifier, aux heads, optional channel-wise
   spatial dropout after stages 3 and 4) and auxiliary heads scaled down for 48×48 maps (adaptive avg-pool
   → 1×1 conv 128 + BN + ReLU → Dense → dropout → Dense).
