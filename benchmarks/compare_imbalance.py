@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fer_flax import parallel  # before JAX starts: one CPU device per core
+from fer_flax import runtime
 
 METHODS = {
     "none": {},
@@ -73,7 +73,7 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
 
     first = config_for(methods[0], args.data, args.epochs, args.seed)
-    parallel.configure_cpu_devices(first.cpu_devices, (first.batch_size, first.eval_batch_size))
+    runtime.start(first)  # before JAX starts: CPU settings, one CPU device per core
     from fer_flax import train
 
     rows = []

@@ -1,6 +1,6 @@
 """The convolution kernels under fer_flax and PyTorch on this CPU: every convolution a model's train step
-runs, timed alone in XLA (compiled as fer_flax compiles its steps) and in PyTorch (oneDNN), forward and
-forward + both gradients.
+runs, timed alone in XLA (compiled with the process's XLA:CPU option, as fer_flax's steps) and in PyTorch
+(oneDNN), forward and forward + both gradients.
 
   python benchmarks/conv_kernels.py [--models cnn,beefy,resnet18] [--batch 128] [--reps 5]
       [--split_gradients] [--malloc reuse|defaults] [--json out.json]
@@ -17,8 +17,9 @@ be faster than its convolutions, so the sum against `compare_torch.py`'s whole P
 ratio any change outside the convolution kernels can reach. The first line gives each framework's
 rate on a 2048³ float32 matrix product, for reference (oneDNN's convolutions run faster than both).
 
-One JAX device (XLA runs each convolution on every core); the process uses fer_flax's malloc settings
-like `python -m fer_flax.main` unless `--malloc defaults`. Tiny settings for a quick check:
+One JAX device (XLA runs each convolution on every core); the process starts as every entry point does
+(`fer_flax.runtime.start()`), with glibc's malloc defaults under `--malloc defaults`. Tiny settings
+for a quick check:
 
   python benchmarks/conv_kernels.py --models cnn --batch 4 --reps 1
 """
@@ -44,10 +45,10 @@ from jax.extend import core as jax_core
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.compare_torch import resolve_model
-from benchmarks.train_step_setup import make_config
-from fer_flax import host_allocator, train, xla_cpu
+from benchmarks.train_step_setup import build_model, make_config
+from fer_flax import cpu, runtime
+from fer_flax.cpu import allocator, kernels
 from fer_flax.data.splits import IMAGE_SIZE
-from fer_flax.models import layers
 
 # (input NHWC, kernel HWIO, strides, padding ((lo, hi), (lo, hi))): one distinct convolution.
 ConvSpec = tuple[tuple[int, ...], tuple[int, ...], tuple[int, int], tuple[tuple[int, int], ...]]
@@ -55,9 +56,9 @@ ConvSpec = tuple[tuple[int, ...], tuple[int, ...], tuple[int, int], tuple[tuple[
 
 def model_convolutions(family: str, variant: str, batch: int) -> collections.Counter[ConvSpec]:
     """The 2-D convolutions of the model's training forward pass, with their occurrence counts."""
-    model = train.create_model(make_config(family, variant, batch, augment=False))
-    variables = train.initial_variables(model, jax.random.key(0))
+    model = build_model(make_config(family, variant, batch, augment=False), cpu.model_ops())
     images = jnp.zeros((batch, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
+    variables = model.init({"params": jax.random.key(0)}, images[:1], train=False)
 
     def forward(variables, images):
         return model.apply(
@@ -103,9 +104,9 @@ def _median_seconds(call: Callable[[], object], reps: int) -> float:
 
 
 def _conv_as_models_run_it(spec: ConvSpec) -> Callable:
-    """(x NHWC, kernel HWIO) -> output, through the convolution fer_flax's models call."""
+    """(x NHWC, kernel HWIO) -> output, through the convolution fer_flax's models call on a CPU."""
     _, _, strides, padding = spec
-    return lambda x, k: layers.conv_general_dilated(
+    return lambda x, k: kernels.conv_general_dilated(
         x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
@@ -120,7 +121,7 @@ def xla_conv(spec: ConvSpec) -> tuple[Callable, Callable]:
         y, vjp = jax.vjp(conv, x, k)
         return vjp(y)
 
-    return xla_cpu.jit(conv), xla_cpu.jit(conv_and_grads)
+    return jax.jit(conv), jax.jit(conv_and_grads)
 
 
 def _torch_padding(spec: ConvSpec) -> tuple[tuple[int, int, int, int] | None, tuple[int, int]]:
@@ -183,8 +184,8 @@ def time_gradients_separately(spec: ConvSpec, reps: int) -> dict[str, float]:
     k = jax.random.normal(jax.random.key(1), spec[1], jnp.float32) * 0.05
     conv = _conv_as_models_run_it(spec)
     g = jax.random.normal(jax.random.key(2), jax.eval_shape(conv, x, k).shape, jnp.float32)
-    input_grad = xla_cpu.jit(lambda x, k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
-    kernel_grad = xla_cpu.jit(lambda x, k, g: jax.vjp(lambda k: conv(x, k), k)[1](g)[0])
+    input_grad = jax.jit(lambda x, k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0])
+    kernel_grad = jax.jit(lambda x, k, g: jax.vjp(lambda k: conv(x, k), k)[1](g)[0])
     times = {
         "xla_input_grad": _median_seconds(lambda: input_grad(x, k, g).block_until_ready(), reps),
         "xla_kernel_grad": _median_seconds(lambda: kernel_grad(x, k, g).block_until_ready(), reps),
@@ -212,7 +213,7 @@ def time_gradients_separately(spec: ConvSpec, reps: int) -> dict[str, float]:
 def gemm_rates(size: int = 2048, reps: int = 5) -> tuple[float, float]:
     """GFLOP/s of a size³ float32 matrix product in XLA (fer_flax's options) and in PyTorch."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    matmul = xla_cpu.jit(jnp.matmul)
+    matmul = jax.jit(jnp.matmul)
     t_xla = _median_seconds(lambda: matmul(a, a).block_until_ready(), reps)
     ta = torch.from_numpy(np.array(a))
     t_torch = _median_seconds(lambda: ta @ ta, reps)
@@ -287,7 +288,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.reps < 1 or args.batch < 1:
         parser.error("--reps and --batch must be >= 1")
-    if args.malloc == "reuse" and not host_allocator.reuse_freed_memory():
+    if args.malloc == "defaults":
+        os.environ[allocator.KEEP_DEFAULTS_ENV] = "1"
+    runtime.start()  # before JAX starts
+    if args.malloc == "reuse" and not allocator.in_effect():
         parser.error("--malloc reuse needs glibc on Linux and a CPU backend; use --malloc defaults")
     torch.set_num_threads(os.cpu_count() or 1)
     xla_gemm, torch_gemm = gemm_rates()

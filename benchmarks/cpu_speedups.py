@@ -8,13 +8,12 @@ jitted `train_step` (augmentation on, donated state) after warm-up, median of `-
   flax pool, XLA defaults, 1 device    nn.max_pool (select-and-scatter gradient), XLA:CPU's default
                                        compiler options, glibc's malloc defaults, JAX's default single
                                        CPU device
-  fer_flax pool, XLA defaults          fer_flax.models.layers.max_pool (saved-argmax gradient)
-  ... YNNPACK off                      + YNNPACK off altogether (fer_flax's previous compiler options)
-  ... fer_flax XLA options             + fer_flax.xla_cpu's options (YNNPACK for reductions only)
-  ... malloc reuse                     + fer_flax.host_allocator.reuse_freed_memory()
+  fer_flax pool, XLA defaults          fer_flax.cpu.kernels.max_pool (saved-argmax gradient)
+  ... YNNPACK off                      + YNNPACK off altogether
+  ... fer_flax XLA options             + fer_flax.cpu.compiler's option (YNNPACK for reductions only)
+  ... malloc reuse                     + fer_flax.cpu.allocator.reuse_freed_memory()
   ... fused stem                       + the single-channel stem conv as fused multiply-adds
-                                       (fer_flax.models.layers.conv_general_dilated; earlier rows use
-                                       lax.conv_general_dilated there)
+                                       (fer_flax.cpu.kernels.Conv; earlier rows use nn.Conv)
   ... N devices                        + config.cpu_devices auto: one JAX device per core
   ... bfloat16                         the same with config.dtype=bfloat16 (float32 parameters)
 
@@ -37,39 +36,36 @@ def worker(
     model: str, batch: int, steps: int, pool: str, devices: int, dtype: str, xla: str, malloc: str, stem: str
 ) -> dict:
     sys.path.insert(0, REPO)
-    from fer_flax import host_allocator, parallel
+    from fer_flax import runtime
+    from fer_flax.cpu import allocator, compiler, kernels
+    from fer_flax.cpu import devices as cpu_devices
 
+    # Each piece of the CPU corner is chosen by the row; the parent runs this process with the
+    # corner switched off (FER_FLAX_CPU_TUNING=0) so that runtime.start() applies none of them.
     # Before JAX starts (arena settings reach only threads that have not allocated yet).
-    if malloc == "reuse" and not host_allocator.reuse_freed_memory():
+    if malloc == "reuse" and not allocator.reuse_freed_memory():
         raise SystemExit("reuse_freed_memory() is not available here (glibc on Linux, CPU backend)")
-
-    parallel.configure_cpu_devices(devices, (batch,))
-    import importlib
+    if xla == "fer_flax" and not compiler.add_to_xla_flags():
+        raise SystemExit("this jaxlib is not one the XLA:CPU option is known to work with")
+    runtime.start()
+    cpu_devices.configure_cpu_devices(devices, (batch,))
     import time
 
-    import flax.linen as nn
     import jax
     import numpy as np
 
     from benchmarks.train_step_setup import build_train_step
     from configs.common import get_base_config
-    from fer_flax import xla_cpu
+    from fer_flax import parallel
 
-    if xla == "no-ynn":
-        xla_cpu.CPU_COMPILER_OPTIONS["xla_cpu_experimental_ynn_fusion_type"] = ""
+    options = {"defaults": compiler.XLA_DEFAULT_OPTIONS, "no-ynn": {compiler.FLAG: ""}, "fer_flax": None}[xla]
+    ops = {"max_pool": kernels.max_pool} if pool == "fer_flax" else {}
+    if stem == "fused":
+        ops["conv"] = kernels.Conv
     family, variant = model.split(":")
-    family_module = importlib.import_module(f"fer_flax.models.{family}")
-    if stem == "xla":  # the models pass layers.conv_general_dilated to nn.Conv by name
-        family_module.conv_general_dilated = jax.lax.conv_general_dilated
-    if pool == "flax":  # the models import max_pool by name: swap it in the family's module
-
-        def flax_pool(x, window, strides=None, padding="VALID"):
-            return nn.max_pool(x, tuple(window), strides=tuple(strides or window), padding=padding)
-
-        family_module.max_pool = flax_pool
     config = get_base_config()
     config.model_name, config.model.variant, config.dtype, config.batch_size = family, variant, dtype, batch
-    setup = build_train_step(config, parallel.make_mesh())
+    setup = build_train_step(config, parallel.make_mesh(), ops=ops, compiler_options=options)
     setup.run(3)
     jax.block_until_ready(setup.state)
     walls, dispatches = [], []
@@ -123,11 +119,10 @@ def main() -> None:
         ("fer_flax", 0, "float32", "fer_flax", "reuse", "fused"),
         ("fer_flax", 0, "bfloat16", "fer_flax", "reuse", "fused"),
     ]
-    drop = ("XLA_FLAGS", "FER_FLAX_XLA_CPU_DEFAULTS", "FER_FLAX_MALLOC_DEFAULTS")
-    base_env = {k: v for k, v in os.environ.items() if k not in drop}
+    drop = ("XLA_FLAGS", "FER_FLAX_MALLOC_DEFAULTS")
+    env = {k: v for k, v in os.environ.items() if k not in drop} | {"FER_FLAX_CPU_TUNING": "0"}
     rows = []
     for pool, devices, dtype, xla, malloc, stem in settings:
-        env = dict(base_env, **({"FER_FLAX_XLA_CPU_DEFAULTS": "1"} if xla == "defaults" else {}))
         out = subprocess.run(
             [
                 *(sys.executable, __file__, "--model", args.model, "--batch", str(args.batch)),

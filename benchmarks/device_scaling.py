@@ -21,12 +21,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def child(args: argparse.Namespace) -> None:
-    import jax
-
     sys.path.insert(0, HERE)
-    from train_throughput import measure_train
+    from fer_flax import parallel, runtime
 
-    from fer_flax import parallel
+    runtime.start()  # before JAX starts (the device count comes from this child's XLA_FLAGS)
+    import jax
+    from train_throughput import measure_train
 
     row = measure_train(args.family, args.variant, args.dtype, args.batch, args.steps, parallel.make_mesh())
     row["devices"] = jax.device_count()

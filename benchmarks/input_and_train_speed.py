@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train_throughput import measure_loader, measure_train
 
-from fer_flax import parallel
+from fer_flax import parallel, runtime
+from fer_flax.cpu import devices
 from fer_flax.data.cache import load_fer2013_cached
 from fer_flax.data.synthetic import generate_synthetic
 
@@ -63,7 +64,8 @@ def main() -> None:
         "--cpu_devices", type=int, default=0, help="as config.cpu_devices: 0 = one JAX device per core"
     )
     args = parser.parse_args()
-    parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
+    runtime.start()  # before JAX starts
+    devices.configure_cpu_devices(args.cpu_devices, (args.batch,))
     print(f"jax {jax.__version__}, devices: {jax.devices()}")
     if os.path.exists(args.data):
         time_cache(args.data)

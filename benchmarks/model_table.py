@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train_throughput import measure_train
 
-from fer_flax import models, parallel
+from fer_flax import models, parallel, runtime
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--no_readme", action="store_true", help="print only; leave README.md alone")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    runtime.start()  # before JAX starts
 
     mesh = parallel.make_mesh(jax.devices()[:1])
     rows = []

@@ -4,7 +4,7 @@
       [--ynn_fusion_type ""]
 
 Runs fer_flax's jitted `train_step` (as benchmarks/compare_torch.py builds it: the SGD recipe, no
-augmentation, one JAX device, fer_flax's compiler options and malloc settings) in a child process,
+augmentation, one JAX device, the CPU corner's compiler option and malloc settings) in a child process,
 samples it with `perf record` for `--seconds` once it is warm, and names the samples that fall in
 XLA's JIT-compiled code (which `perf` cannot) by asking `gdb`, attached to the child, for the symbol
 of each sampled address (XLA:CPU registers its kernels, e.g. `transpose_copy_fusion.64`, with gdb's
@@ -29,19 +29,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def child(model: str, batch: int, ynn_fusion_type: str | None, ready_file: str) -> None:
     sys.path.insert(0, REPO)
-    from fer_flax import host_allocator
+    from fer_flax import runtime
 
-    host_allocator.reuse_freed_memory()  # before JAX starts, as fer_flax.main
+    runtime.start()  # before JAX starts, as every entry point
     import jax
 
     from benchmarks.train_step_setup import build_train_step, make_config
-    from fer_flax import parallel, xla_cpu
+    from fer_flax import parallel
+    from fer_flax.cpu import compiler
 
-    if ynn_fusion_type is not None:
-        xla_cpu.CPU_COMPILER_OPTIONS["xla_cpu_experimental_ynn_fusion_type"] = ynn_fusion_type
+    # Per-program options override the process's XLA_FLAGS.
+    options = None if ynn_fusion_type is None else {compiler.FLAG: ynn_fusion_type}
     family, variant = model.split(":")
     setup = build_train_step(
-        make_config(family, variant, batch, augment=False), parallel.make_mesh(jax.devices()[:1])
+        make_config(family, variant, batch, augment=False),
+        parallel.make_mesh(jax.devices()[:1]),
+        compiler_options=options,
     )
     jax.block_until_ready(setup.run(3))
     with open(ready_file, "w") as f:
@@ -69,7 +72,7 @@ def main() -> None:
     parser.add_argument(
         "--ynn_fusion_type",
         default=None,
-        help="override fer_flax.xla_cpu's YNNPACK setting ('' = YNNPACK off, as in the previous session)",
+        help="override fer_flax.cpu.compiler's YNNPACK setting for the step ('' = YNNPACK off)",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

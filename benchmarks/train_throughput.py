@@ -35,7 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import device_peaks
 from benchmarks.train_step_setup import build_train_step
 from configs.common import get_base_config
-from fer_flax import host_allocator, input_pipeline, models, parallel
+from fer_flax import input_pipeline, models, parallel, runtime
+from fer_flax.cpu import allocator as cpu_allocator
+from fer_flax.cpu import devices
 from fer_flax.data import load_splits
 
 
@@ -151,14 +153,16 @@ def main() -> None:
         "--malloc",
         choices=("reuse", "defaults"),
         default="reuse",
-        help="reuse: fer_flax.host_allocator's glibc settings, as fer_flax.main; defaults: glibc's",
+        help="reuse: the CPU corner's glibc settings (fer_flax.cpu.allocator), as every entry point; "
+        "defaults: glibc's",
     )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    # As fer_flax.main does, before JAX starts.
-    if args.malloc == "reuse":
-        host_allocator.reuse_freed_memory()
-    parallel.configure_cpu_devices(args.cpu_devices, (args.batch,))
+    # The start-up of every entry point, before JAX starts; the allocator comparison keeps the rest on.
+    if args.malloc == "defaults":
+        os.environ[cpu_allocator.KEEP_DEFAULTS_ENV] = "1"
+    runtime.start()
+    devices.configure_cpu_devices(args.cpu_devices, (args.batch,))
 
     chosen = dict(kv.split("=", 1) for kv in args.variants.split(",") if kv)
     mesh = parallel.make_mesh()

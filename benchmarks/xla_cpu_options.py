@@ -4,9 +4,11 @@
   python benchmarks/xla_cpu_options.py --models cnn:small --batch 128 --reps 5
 
 Settings of `xla_cpu_experimental_ynn_fusion_type` (per compilation, through `jax.jit`'s
-compiler_options): XLA's defaults; YNNPACK for dot products only; YNNPACK off (fer_flax's previous
-choice); YNNPACK for dots and convolutions; YNNPACK for reductions only (what `fer_flax.xla_cpu` uses
-now). glibc's malloc runs with fer_flax.host_allocator's settings, as in `python -m fer_flax.main`.
+compiler_options, which override the process's XLA_FLAGS): XLA's defaults; YNNPACK for dot products
+only; YNNPACK off; YNNPACK for dots and convolutions; YNNPACK for reductions only (the option
+`fer_flax.cpu.compiler` sets for the whole process). The process starts as every entry point does
+(`fer_flax.runtime.start()`: glibc's malloc with the CPU corner's settings), and the models use the
+seam's CPU kernels (`fer_flax.cpu.model_ops()`).
 Each setting's jitted `jax.grad` of a training-mode loss (BatchNorm on batch statistics) is timed in
 alternating rounds, median reported; non-finite gradients are flagged. One JAX device (the JAX default
 here).
@@ -21,23 +23,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax import host_allocator
+from fer_flax import cpu, runtime
+from fer_flax.cpu.compiler import FLAG, XLA_DEFAULT_OPTIONS
 from fer_flax.models import create_model
 
 DOT = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 CONV = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 REDUCE = "LIBRARY_FUSION_TYPE_REDUCE"
 SETTINGS = {
-    "XLA defaults": None,
-    "YNN dots only": {"xla_cpu_experimental_ynn_fusion_type": DOT},
-    "YNNPACK off": {"xla_cpu_experimental_ynn_fusion_type": ""},
-    "YNN dots + convs": {"xla_cpu_experimental_ynn_fusion_type": f"{DOT},{CONV}"},
-    "YNN reductions": {"xla_cpu_experimental_ynn_fusion_type": REDUCE},
+    "XLA defaults": XLA_DEFAULT_OPTIONS,
+    "YNN dots only": {FLAG: DOT},
+    "YNNPACK off": {FLAG: ""},
+    "YNN dots + convs": {FLAG: f"{DOT},{CONV}"},
+    "YNN reductions": {FLAG: REDUCE},
 }
 
 
 def time_model(family: str, variant: str, batch: int, reps: int) -> dict[str, float]:
-    model = create_model(family, variant=variant, num_classes=7)
+    model = create_model(family, variant=variant, num_classes=7, **cpu.model_ops())
     x = jax.random.uniform(jax.random.key(1), (batch, 48, 48, 1))
     variables = model.init({"params": jax.random.key(0)}, x, train=False)
     extra = {k: v for k, v in variables.items() if k != "params"}
@@ -74,7 +77,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    host_allocator.reuse_freed_memory()  # before JAX starts, as fer_flax.main
+    runtime.start()  # before JAX starts, as every entry point
     print(f"batch {args.batch}, median of {args.reps}, ms per batch gradient, {jax.device_count()} device(s)")
     print(f"{'model':<24}" + "".join(f"{name:>18}" for name in SETTINGS))
     for spec in args.models.split(","):

@@ -5,8 +5,9 @@ JAX): batches are sharded along the mesh's `data` axis, the train state is repli
 the all-reduces. Under jit, BatchNorm statistics and metrics are therefore global-batch values.
 
 Several processes (hosts, or one process per GPU under SLURM) join with `initialize_distributed`, which
-must run before anything else touches JAX. After it the same code runs unchanged: `jax.devices()` lists
-every device of every process, and each process feeds its own slice of each global batch.
+must run before anything else touches JAX (`fer_flax.runtime.start()` calls it). After it the same code
+runs unchanged: `jax.devices()` lists every device of every process, and each process feeds its own
+slice of each global batch.
 """
 
 from __future__ import annotations
@@ -191,58 +192,3 @@ def shutdown_distributed() -> None:
     """Leaves the job cleanly (all processes meet at a barrier); a no-op when not initialised."""
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
-
-
-def usable_cpu_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no affinity masks
-        return os.cpu_count() or 1
-
-
-def configure_cpu_devices(requested: int, batch_sizes: tuple[int, ...]) -> int | None:
-    """Splits the host CPU into several JAX devices so data parallelism uses every core.
-
-    Why: the data-parallel step (the same code that drives 8 GPUs) then runs each device's share of
-    the batch concurrently. When XLA:CPU handed convolutions to YNNPACK, which barely used a second
-    core, this made the small CNN ~1.4x faster on 2 cores; with XLA's own convolutions (fer_flax.xla_cpu)
-    every convolution uses all cores already, and two devices still pay for the larger nets
-    (BeefyModel/base 21.3 against 18.6 images/s, ResNet-18 17.4 against 16.5 at batch 128) and are a
-    wash for the small CNNs (benchmarks/RESULTS.md). The numerics are those of the one-device run up to
-    summation order: BatchNorm statistics and losses are global-batch values under jit, and random
-    draws do not depend on the sharding.
-
-    `requested`: 0 = auto (one device per usable core, reduced to the largest count dividing every
-    batch size) or a positive count; 1 leaves JAX's default of one CPU device. Returns the count set,
-    or None when nothing was changed: JAX already started (a library caller, or tests), the device
-    count is already fixed by XLA_FLAGS or jax_num_cpu_devices, or several processes share the job
-    (each is then expected to own its cores). Must run before anything touches a JAX device.
-    """
-    # No public aliases in JAX 0.10-0.11; jax.process_count() itself would start the backends.
-    from jax._src import distributed, xla_bridge
-
-    if requested == 0:
-        count = usable_cpu_cores()
-        while count > 1 and any(b % count for b in batch_sizes):
-            count -= 1
-    elif requested >= 1:
-        bad = [b for b in batch_sizes if b % requested]
-        if bad:
-            raise ValueError(
-                f"config.cpu_devices={requested} does not divide the batch sizes {bad}; "
-                "choose a divisor of every batch size, or 0 (auto)"
-            )
-        count = requested
-    else:
-        raise ValueError(f"config.cpu_devices must be 0 (auto) or a positive integer, not {requested!r}")
-    if (
-        count <= 1
-        or xla_bridge.backends_are_initialized()
-        or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-        or jax.config.jax_num_cpu_devices != -1
-        or (distributed.global_state.num_processes or 1) > 1
-    ):
-        return None
-    jax.config.update("jax_num_cpu_devices", count)
-    return count

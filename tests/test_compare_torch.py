@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import compare_torch as ct  # noqa: E402
+from benchmarks import torch_models as tm  # noqa: E402
+from benchmarks import torch_step as ts  # noqa: E402
 from fer_flax import models, optim, parallel  # noqa: E402
 from fer_flax.augment import preprocess  # noqa: E402
 
@@ -36,10 +38,10 @@ def test_torch_model_is_the_same_network(spec):
     x = jax.numpy.zeros((1, 48, 48, 1))
     variables = jax.jit(lambda k: model.init({"params": k}, x, train=False))(jax.random.key(0))
     variables = _randomise_norms(variables, seed=1)
-    tmodel = ct.torch_model_like(model)
-    assert ct.count_torch_params(tmodel) == ct.count_flax_params(variables["params"])
+    tmodel = tm.torch_model_like(model)
+    assert tm.count_torch_params(tmodel) == tm.count_flax_params(variables["params"])
 
-    ct.load_flax_variables(tmodel, variables)
+    tm.load_flax_variables(tmodel, variables)
     images = np.random.default_rng(2).integers(0, 256, (4, 48, 48, 1), dtype=np.uint8)
     forward = jax.jit(lambda v, im: model.apply(v, preprocess(im), train=False)[0])
     want = np.asarray(forward(variables, images))
@@ -47,7 +49,7 @@ def test_torch_model_is_the_same_network(spec):
     scale = max(1.0, float(np.abs(want).max()))
     for fmt in ct.MEMORY_FORMATS.values():
         tmodel = tmodel.to(memory_format=fmt)
-        x_t = ct.torch_preprocess(torch.from_numpy(images).permute(0, 3, 1, 2)).contiguous(memory_format=fmt)
+        x_t = ts.torch_preprocess(torch.from_numpy(images).permute(0, 3, 1, 2)).contiguous(memory_format=fmt)
         with torch.no_grad():
             got = tmodel(x_t).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
@@ -60,7 +62,7 @@ def test_weight_decay_groups_follow_the_flax_mask():
     )["params"]
     mask = jax.tree.leaves(optim.weight_decay_mask(params))
     sizes = [leaf.size for leaf in jax.tree.leaves(params)]
-    decay, no_decay = ct.decay_param_groups(ct.torch_model_like(model), 5e-4)
+    decay, no_decay = tm.decay_param_groups(tm.torch_model_like(model), 5e-4)
     assert len(decay["params"]) == sum(mask)
     decayed = sum(s for s, m in zip(sizes, mask, strict=True) if m)
     assert sum(p.numel() for p in decay["params"]) == decayed
@@ -69,11 +71,11 @@ def test_weight_decay_groups_follow_the_flax_mask():
 
 
 def test_torch_augment_is_the_identity_when_off_and_stays_in_range():
-    x = ct.torch_preprocess(torch.randint(0, 256, (6, 1, 48, 48), dtype=torch.uint8))
+    x = ts.torch_preprocess(torch.randint(0, 256, (6, 1, 48, 48), dtype=torch.uint8))
     off = ct.make_config("cnn", "tiny", 8, augment=False).augment
-    torch.testing.assert_close(ct.torch_augment(x, off), x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ts.torch_augment(x, off), x, atol=1e-5, rtol=1e-5)
     on = ct.make_config("cnn", "tiny", 8, augment=True).augment
-    y = ct.torch_augment(x, on)
+    y = ts.torch_augment(x, on)
     assert y.shape == x.shape
     assert float(y.min()) >= float(x.min()) - 1e-5 and float(y.max()) <= float(x.max()) + 1e-5
 
@@ -98,13 +100,13 @@ def test_compare_in_bfloat16_autocasts_pytorch_and_sets_fer_flax_dtype():
 
 
 def test_torch_step_runs_its_forward_pass_under_autocast():
-    model = ct.torch_model_like(models.create_model("cnn", variant="tiny"))
+    model = tm.torch_model_like(models.create_model("cnn", variant="tiny"))
     seen = []
     model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     images = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
     for autocast_dtype, logits_dtype in ((None, torch.float32), (torch.bfloat16, torch.bfloat16)):
-        step = ct.make_torch_step(
+        step = ts.make_torch_step(
             model,
             optimizer,
             images,

@@ -139,3 +139,26 @@ def test_single_process_initialisation_is_a_no_op(monkeypatch):
     assert parallel.initialize_distributed() == parallel.DistributedPlan("single")
     assert not jax.distributed.is_initialized()
     parallel.shutdown_distributed()  # nothing to shut down: must not raise
+
+
+def test_runtime_start_is_idempotent_for_a_single_process(monkeypatch):
+    from ml_collections import ConfigDict
+
+    from fer_flax import runtime
+
+    for var in (
+        parallel.ENV_COORDINATOR,
+        parallel.ENV_NUM_PROCESSES,
+        parallel.ENV_PROCESS_ID,
+        "SLURM_NTASKS",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    # The CPU corner off: this test process's XLA_FLAGS stay as conftest set them.
+    monkeypatch.setenv("FER_FLAX_CPU_TUNING", "0")
+    devices = jax.device_count()
+    config = ConfigDict(dict(cpu_devices=0, batch_size=8, eval_batch_size=8))
+    for _ in range(2):
+        runtime.start(config)
+    # JAX had started: the device split leaves the devices as they were.
+    assert not jax.distributed.is_initialized() and jax.device_count() == devices
+    runtime.shutdown()

@@ -1,7 +1,7 @@
-"""The speed-ups of issue 8 must not change what is computed: the reshape-based max-pool and its
-hand-written gradient against flax's reduce-window pool and against autodiff, the compiled steps'
-XLA:CPU options (fer_flax.xla_cpu) against eager execution, and the CPU-device split against its
-contract."""
+"""The CPU speed-ups (fer_flax.cpu) must not change what is computed: the reshape-based max-pool and its
+hand-written gradient against flax's pool, the single-channel convolution against lax's, gradients
+compiled with the XLA:CPU option against eager execution, the allocator settings' effect on page faults,
+and the CPU-device split against its contract."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_flax import xla_cpu
+from fer_flax import cpu
+from fer_flax.cpu.compiler import CPU_COMPILER_OPTIONS, XLA_DEFAULT_OPTIONS
+from fer_flax.cpu.kernels import conv_general_dilated, max_pool
 from fer_flax.models import create_model
-from fer_flax.models.layers import max_pool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,12 +94,10 @@ def _ynnpack_fused_ops(hlo_text: str) -> set[str]:
     return ops
 
 
-def test_steps_keep_convolutions_out_of_ynnpack_on_cpu(monkeypatch):
-    assert jax.default_backend() == "cpu"
-    assert xla_cpu.compiler_options() == {
-        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"
-    }
-    model = create_model("cnn", variant="tiny", num_classes=7)
+def test_the_option_keeps_convolutions_out_of_ynnpack(monkeypatch):
+    # Per-program options, so both settings compile in this process (the product sets the same option
+    # process-wide through XLA_FLAGS; tests/test_cpu_corner.py checks that route).
+    model = create_model("cnn", variant="tiny", num_classes=7, **cpu.model_ops())
     x = jnp.zeros((4, 48, 48, 1))
     variables = model.init({"params": jax.random.key(0)}, x, train=False)
 
@@ -111,27 +110,29 @@ def test_steps_keep_convolutions_out_of_ynnpack_on_cpu(monkeypatch):
         )
         return jnp.sum(logits)
 
-    grad = jax.grad(loss)
-    ours_hlo = xla_cpu.jit(grad).lower(variables["params"], x).compile().as_text()
+    def compiled(options):
+        return jax.jit(jax.grad(loss), compiler_options=options).lower(variables["params"], x).compile()
+
+    ours_hlo = compiled(CPU_COMPILER_OPTIONS).as_text()
     ours = _ynnpack_fused_ops(ours_hlo)
-    defaults = _ynnpack_fused_ops(jax.jit(grad).lower(variables["params"], x).compile().as_text())
+    defaults = _ynnpack_fused_ops(compiled(XLA_DEFAULT_OPTIONS).as_text())
     # XLA's defaults put the convolutions in YNNPACK (the check would be empty otherwise); ours keep
     # only the BatchNorm reductions there, so no reduce-window tree is left for XLA:CPU to run.
     assert "convolution" in defaults
     assert "reduce" in ours and "convolution" not in ours and "dot" not in ours
     assert "reduce-window" not in ours_hlo
-    monkeypatch.setenv("FER_FLAX_XLA_CPU_DEFAULTS", "1")
-    assert xla_cpu.compiler_options() is None
 
 
-@pytest.mark.parametrize("compile_with", ["xla_cpu.jit", "jax.jit"])
-def test_compiled_training_gradient_of_a_batchnorm_cnn_equals_eager(compile_with):
+@pytest.mark.parametrize("ops", ["cpu", "stock"])
+def test_compiled_training_gradient_of_a_batchnorm_cnn_equals_eager(ops):
     # The pools' backward pass once found each window's maximum by comparing the input with the pooled
     # output. Compiled, in a BatchNorm network in training mode, XLA recomputed the compared values
     # differently and the gradient came out wrong (relative error 1.8 here) or NaN (with YNNPACK's
     # fusions). Eager execution runs op by op and is the reference. (small_bn at initialisation is
-    # well-conditioned: a 1e-6 input perturbation moves no gradient by 1e-3.)
-    model = create_model("cnn", variant="small_bn", num_classes=7, dropout=0.0)
+    # well-conditioned: a 1e-6 input perturbation moves no gradient by 1e-3.) Compiled with the
+    # product's XLA:CPU option, with the CPU kernels and with the stock ops.
+    kernels = cpu.model_ops() if ops == "cpu" else {}
+    model = create_model("cnn", variant="small_bn", num_classes=7, dropout=0.0, **kernels)
     x = jax.random.uniform(jax.random.key(1), (16, 48, 48, 1))
     variables = model.init({"params": jax.random.key(0)}, x, train=False)
 
@@ -144,8 +145,7 @@ def test_compiled_training_gradient_of_a_batchnorm_cnn_equals_eager(compile_with
         )
         return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
 
-    jit = xla_cpu.jit if compile_with == "xla_cpu.jit" else jax.jit
-    compiled = jit(jax.grad(loss))(variables["params"])
+    compiled = jax.jit(jax.grad(loss), compiler_options=CPU_COMPILER_OPTIONS)(variables["params"])
     with jax.disable_jit():
         eager = jax.grad(loss)(variables["params"])
     eager_leaves = jax.tree.leaves(eager)
@@ -166,30 +166,30 @@ def _python(code: str, **env_overrides: str) -> subprocess.CompletedProcess:
 def test_configure_cpu_devices_contract():
     code = """
 import jax
-from fer_flax import parallel
-cores = parallel.usable_cpu_cores()
-set_to = parallel.configure_cpu_devices(0, (128, 512))
+from fer_flax.cpu import devices
+cores = devices.usable_cpu_cores()
+set_to = devices.configure_cpu_devices(0, (128, 512))
 expected = max(c for c in range(1, cores + 1) if 128 % c == 0 and 512 % c == 0)
 assert (set_to or 1) == expected == jax.device_count(), (set_to, expected, jax.device_count())
 # Once JAX has started nothing changes (a library caller keeps its devices).
-assert parallel.configure_cpu_devices(0, (128,)) is None
+assert devices.configure_cpu_devices(0, (128,)) is None
 print("ok")
 """
     out = _python(code)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
     explicit = _python(
-        "import jax; from fer_flax import parallel\n"
-        "assert parallel.configure_cpu_devices(3, (6, 9)) == 3 and jax.device_count() == 3\n"
-        "try:\n    parallel.configure_cpu_devices(3, (128,))\nexcept ValueError as e:\n    print(e)\n"
+        "import jax; from fer_flax.cpu import devices\n"
+        "assert devices.configure_cpu_devices(3, (6, 9)) == 3 and jax.device_count() == 3\n"
+        "try:\n    devices.configure_cpu_devices(3, (128,))\nexcept ValueError as e:\n    print(e)\n"
     )
     assert explicit.returncode == 0, explicit.stderr[-2000:]
     assert "config.cpu_devices=3 does not divide the batch sizes [128]" in explicit.stdout
 
     # XLA_FLAGS that fix the device count win.
     fixed = _python(
-        "import jax; from fer_flax import parallel\n"
-        "assert parallel.configure_cpu_devices(2, (128,)) is None and jax.device_count() == 3\n",
+        "import jax; from fer_flax.cpu import devices\n"
+        "assert devices.configure_cpu_devices(2, (128,)) is None and jax.device_count() == 3\n",
         XLA_FLAGS="--xla_force_host_platform_device_count=3",
     )
     assert fixed.returncode == 0, fixed.stderr[-2000:]
@@ -216,8 +216,9 @@ def test_command_line_splits_the_cpu_into_devices(tmp_path):
 
 _FAULTS_PER_STEP = """
 import resource, sys
-from fer_flax import host_allocator
-applied = host_allocator.reuse_freed_memory()
+from fer_flax import cpu
+cpu.configure_process()
+applied = cpu.allocator.in_effect()
 import jax, jax.numpy as jnp
 x = jnp.ones((64, 48, 48, 64))  # 37.7 MB, past glibc's largest mmap threshold (32 MiB); so is the output
 step = jax.jit(lambda x: jnp.tanh(x) * 2.0 + 1.0)
@@ -238,10 +239,10 @@ print(applied, sorted(faults[10:])[10])
 )
 def test_host_allocator_reuses_pages_across_steps():
     # Page faults, not timings: with glibc's defaults every step maps its 38 MB output afresh (a fault
-    # per 4 KiB page at least); with reuse_freed_memory() the freed pages come back. The settings must
-    # be made before JAX starts (hence the fresh processes).
+    # per 4 KiB page at least); with the CPU corner's allocator settings the freed pages come back. The
+    # settings must be made before JAX starts (hence the fresh processes).
     reused = _python(_FAULTS_PER_STEP)
-    defaults = _python(_FAULTS_PER_STEP, FER_FLAX_MALLOC_DEFAULTS="1")
+    defaults = _python(_FAULTS_PER_STEP, FER_FLAX_CPU_TUNING="0")
     for out in (reused, defaults):
         assert out.returncode == 0, out.stderr[-2000:]
     applied, reused_faults = reused.stdout.split()
@@ -253,7 +254,7 @@ def test_host_allocator_reuses_pages_across_steps():
 
 def test_host_allocator_leaves_accelerator_processes_alone():
     out = _python(
-        "from fer_flax import host_allocator\nprint(host_allocator.reuse_freed_memory())",
+        "from fer_flax.cpu import allocator\nprint(allocator.reuse_freed_memory())",
         JAX_PLATFORMS="cuda",
     )
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
@@ -271,8 +272,6 @@ SINGLE_CHANNEL_CONVS = [
 @pytest.mark.parametrize("shape,kernel,strides,padding", SINGLE_CHANNEL_CONVS)
 def test_single_channel_conv_matches_lax(shape, kernel, strides, padding):
     from jax import lax
-
-    from fer_flax.models.layers import conv_general_dilated
 
     dn = lax.conv_dimension_numbers(shape, (*kernel, 1, 16), ("NHWC", "HWIO", "NHWC"))
     x = jax.random.normal(jax.random.key(0), shape)
@@ -293,16 +292,8 @@ def test_single_channel_conv_matches_lax(shape, kernel, strides, padding):
 
 
 def test_conv_general_dilated_leaves_multichannel_convs_to_xla():
-    from fer_flax.models.layers import conv_general_dilated
-
     x, w = jnp.ones((2, 12, 12, 3)), jnp.ones((3, 3, 3, 8))
     fn = jax.jit(
         lambda x, w: conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     )
     assert "convolution(" in fn.lower(x, w).compile().as_text()
-    # A stem using it: only the single-channel convolution leaves XLA's convolutions.
-    model = create_model("cnn", variant="tiny", num_classes=7)
-    images = jnp.zeros((2, 48, 48, 1))
-    variables = model.init({"params": jax.random.key(0)}, images, train=False)
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
-    assert forward.lower(variables, images).compile().as_text().count("convolution(") == 2  # of 3 convs

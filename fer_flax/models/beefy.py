@@ -32,7 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, conv_general_dilated, he_normal_fan_out, max_pool
+from fer_flax.models.layers import ModuleDef, batch_norm, he_normal_fan_out
 
 ACTIVATIONS: dict[str, Callable] = {
     "relu": nn.relu,
@@ -51,17 +51,17 @@ class ConvBNAct(nn.Module):
     features: int
     activation: str = "relu"
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        x = nn.Conv(
+        x = self.conv(
             self.features,
             (3, 3),
             padding=1,
             use_bias=False,
             kernel_init=he_normal_fan_out,
             dtype=self.dtype,
-            conv_general_dilated=conv_general_dilated,  # fast on the grayscale input (the stem)
         )(x)
         return ACTIVATIONS[self.activation](batch_norm(train, self.dtype)(x))
 
@@ -74,12 +74,13 @@ class ResidualBlock(nn.Module):
     dropout: float = 0.0
     activation: str = "relu"
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         act = ACTIVATIONS[self.activation]
         s = (self.strides, self.strides)
-        y = nn.Conv(
+        y = self.conv(
             self.features,
             (3, 3),
             strides=s,
@@ -89,12 +90,12 @@ class ResidualBlock(nn.Module):
             dtype=self.dtype,
         )(x)
         y = act(batch_norm(train, self.dtype)(y))
-        y = nn.Conv(
+        y = self.conv(
             self.features, (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_out, dtype=self.dtype
         )(y)
         y = batch_norm(train, self.dtype)(y)
         if x.shape[-1] != self.features or self.strides != 1:
-            x = nn.Conv(
+            x = self.conv(
                 self.features,
                 (1, 1),
                 strides=s,
@@ -121,6 +122,8 @@ class BeefyModel(nn.Module):
     downsample: str = "maxpool"
     pooling: str = "avg"
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv  # every convolution (see models/layers.py, "the seam")
+    max_pool: Callable = nn.max_pool  # every max-pool
 
     def _stage_blocks(self) -> tuple[int, ...]:
         if isinstance(self.blocks_per_stage, int):
@@ -145,15 +148,15 @@ class BeefyModel(nn.Module):
         blocks = self._stage_blocks()
 
         x = x.astype(self.dtype)
-        x = ConvBNAct(self.width, self.activation, self.dtype, name="stem")(x, train=train)
+        x = ConvBNAct(self.width, self.activation, self.dtype, self.conv, name="stem")(x, train=train)
         for i, num_blocks in enumerate(blocks):
             features = self.width * 2**i
             first_stride = 1
             if i > 0 and self.downsample == "maxpool":
-                x = ConvBNAct(features, self.activation, self.dtype, name=f"stage{i + 1}_widen")(
+                x = ConvBNAct(features, self.activation, self.dtype, self.conv, name=f"stage{i + 1}_widen")(
                     x, train=train
                 )
-                x = max_pool(x, (2, 2), strides=(2, 2))
+                x = self.max_pool(x, (2, 2), strides=(2, 2))
             elif i > 0:
                 first_stride = 2
             for j in range(num_blocks):
@@ -163,6 +166,7 @@ class BeefyModel(nn.Module):
                     dropout=self.block_dropout,
                     activation=self.activation,
                     dtype=self.dtype,
+                    conv=self.conv,
                     name=f"stage{i + 1}_block{j + 1}",
                 )(x, train=train)
 

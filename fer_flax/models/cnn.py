@@ -7,13 +7,13 @@ stacks exactly; with BatchNorm the same shapes train far faster and are the defa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, conv_general_dilated, max_pool
+from fer_flax.models.layers import ModuleDef, batch_norm
 
 
 class PlainCNN(nn.Module):
@@ -26,14 +26,16 @@ class PlainCNN(nn.Module):
     # small net) takes steps far larger than the convs' at SGD learning rates near 0.1, and on FER2013
     # the head dies within an epoch (every prediction "happy"); with it lr 0.1 trains as in ResNets.
     head_batch_norm: bool = False
-    # Each stage's last conv is max-pooled before its BatchNorm and ReLU (conv → pool → BN → ReLU)
-    # instead of after them. With a positive BatchNorm scale, BN+ReLU is monotonic per channel, so this
-    # is the same function up to which values the BN statistics are taken over; the BN and ReLU passes
-    # (forward and backward) then touch a quarter of the elements. On a 2-core CPU the CPU recipe's net
-    # trains 1.28x faster this way (memory-bound passes at 48x48 dominate there; benchmarks/RESULTS.md).
+    # Architecture variant: each stage's last conv is max-pooled before its BatchNorm and ReLU
+    # (conv → pool → BN → ReLU) instead of after them. With a positive BatchNorm scale, BN+ReLU is
+    # monotonic per channel, so this is the same function up to which values the BN statistics are
+    # taken over; it is cheaper because the BN and ReLU passes (forward and backward) touch a quarter
+    # of the elements.
     pool_before_norm: bool = False
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv  # every convolution (see models/layers.py, "the seam")
+    max_pool: Callable = nn.max_pool  # every max-pool
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -46,21 +48,15 @@ class PlainCNN(nn.Module):
         for width, count in zip(self.stage_widths, counts, strict=True):
             for index in range(count):
                 # A bias right before BatchNorm is redundant (and its gradient is pure rounding noise).
-                x = nn.Conv(
-                    width,
-                    (3, 3),
-                    use_bias=not self.batch_norm,
-                    dtype=self.dtype,
-                    conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
-                )(x)
+                x = self.conv(width, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype)(x)
                 pool_now = self.pool_before_norm and index == count - 1
                 if pool_now:
-                    x = max_pool(x, (2, 2), strides=(2, 2))
+                    x = self.max_pool(x, (2, 2), strides=(2, 2))
                 if self.batch_norm:
                     x = batch_norm(train, self.dtype)(x)
                 x = nn.relu(x)
             if not self.pool_before_norm:
-                x = max_pool(x, (2, 2), strides=(2, 2))
+                x = self.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         for width in self.dense_widths:
             x = nn.Dense(width, use_bias=not self.head_batch_norm, dtype=self.dtype)(x)
@@ -82,11 +78,11 @@ VARIANTS: dict[str, dict] = {
     # "small" with a BatchNorm head, which trains at SGD lr 0.1 where "small" collapses.
     "small_bn": dict(stage_widths=(32, 64, 128), dense_widths=(256,), head_batch_norm=True, dropout=0.3),
     # The CPU recipe's net (configs/cpu_recipe.py): small_bn plus a fourth stage at 6x6. small_bn
-    # underfits in 20 CPU epochs (train accuracy ~ validation accuracy, 0.64); the extra stage adds
+    # underfits in a CPU-length run (train accuracy close to validation accuracy); the extra stage adds
     # conv capacity and whole-face receptive fields where maps are small and convs cheap.
     "cpu": dict(stage_widths=(32, 64, 128, 256), dense_widths=(256,), head_batch_norm=True, dropout=0.2),
-    # "cpu" pooling before each stage's last BatchNorm and ReLU: the same parameters, 1.28x faster on a
-    # CPU, so ~25% more epochs in the CPU recipe's 30 minutes.
+    # "cpu" pooling before each stage's last BatchNorm and ReLU (pool_before_norm): the same
+    # parameters, less work per step, so more epochs in the CPU recipe's time budget.
     "cpu_fast": dict(
         stage_widths=(32, 64, 128, 256),
         dense_widths=(256,),

@@ -6,7 +6,7 @@ Two flavours share one module:
   modules 3a-5b with the paper's exact branch widths, 3×3/2 max-pools between the stages, LRN in the stem,
   ReLU without normalisation, the two auxiliary classifiers on 4a and 4d (avg-pool → 1×1 conv 128 →
   FC 1024 → ReLU → dropout 0.7 → FC), global average pooling → dropout 0.4 → FC.
-* **Modified** (`batch_norm=True`): the course project's best GoogLeNet (0.59 there) — BatchNorm after
+* **Modified** (`batch_norm=True`): the course project's best GoogLeNet — BatchNorm after
   every conv (the convs lose their bias), more dropout (classifier, aux heads, optional channel-wise
   spatial dropout after stages 3 and 4) and auxiliary heads scaled down for 48×48 maps (adaptive avg-pool
   → 1×1 conv 128 + BN + ReLU → Dense → dropout → Dense).
@@ -37,7 +37,7 @@ the BatchNorm variants leave it out, as BatchNorm supersedes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax.models.layers import batch_norm, conv_general_dilated, max_pool
+from fer_flax.models.layers import ModuleDef, batch_norm
 
 # Table 1 of the paper: (#1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj) per inception module, in
 # stage order; a 3×3/2 max-pool separates the stages. Output channels = #1×1 + #3×3 + #5×5 + pool proj:
@@ -125,10 +125,11 @@ class ConvUnit(nn.Module):
     strides: int = 1
     batch_norm: bool = False
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = nn.Conv(
+        x = self.conv(
             self.features,
             (self.kernel, self.kernel),
             strides=(self.strides, self.strides),
@@ -137,7 +138,6 @@ class ConvUnit(nn.Module):
             kernel_init=_conv_init,
             dtype=self.dtype,
             name="conv",
-            conv_general_dilated=conv_general_dilated,  # fast on the grayscale input (the stem)
         )(x)
         if self.batch_norm:
             x = batch_norm(train, self.dtype, name="bn")(x)
@@ -158,16 +158,18 @@ class Inception(nn.Module):
     pool_proj: int
     batch_norm: bool = False
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
+    max_pool: Callable = nn.max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        unit = dict(batch_norm=self.batch_norm, dtype=self.dtype)
+        unit = dict(batch_norm=self.batch_norm, dtype=self.dtype, conv=self.conv)
         b1 = ConvUnit(self.c1, 1, **unit, name="b1")(x, train=train)
         b3 = ConvUnit(self.c3_reduce, 1, **unit, name="b3_reduce")(x, train=train)
         b3 = ConvUnit(self.c3, 3, **unit, name="b3")(b3, train=train)
         b5 = ConvUnit(self.c5_reduce, 1, **unit, name="b5_reduce")(x, train=train)
         b5 = ConvUnit(self.c5, 5, **unit, name="b5")(b5, train=train)
-        bp = max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+        bp = self.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
         bp = ConvUnit(self.pool_proj, 1, **unit, name="pool_proj")(bp, train=train)
         return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
@@ -182,13 +184,14 @@ class AuxHead(nn.Module):
     dropout: float = 0.7
     batch_norm: bool = False
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = adaptive_avg_pool(x, self.pool_size)
-        x = ConvUnit(self.conv_features, 1, batch_norm=self.batch_norm, dtype=self.dtype, name="conv")(
-            x, train=train
-        )
+        x = ConvUnit(
+            self.conv_features, 1, batch_norm=self.batch_norm, dtype=self.dtype, conv=self.conv, name="conv"
+        )(x, train=train)
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc")(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -211,6 +214,8 @@ class GoogLeNet(nn.Module):
       aux_pool_size, aux_hidden, aux_dropout: aux head's pooled grid, FC width and dropout rate.
       dropout: before the final classifier (0.4 in the paper).
       spatial_dropout: channel-wise dropout (whole feature maps) on the outputs of stages 3 and 4.
+      conv, max_pool: the Module that makes every convolution and the function of every max-pool
+        (see models/layers.py, "the seam").
     """
 
     num_classes: int = 7
@@ -226,13 +231,15 @@ class GoogLeNet(nn.Module):
     spatial_dropout: float = 0.0
     stages: Sequence[Sequence[tuple[str, Sequence[int]]]] = INCEPTION_V1_STAGES
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
+    max_pool: Callable = nn.max_pool
 
     def _stem(self, x: jax.Array, *, train: bool) -> jax.Array:
-        unit = dict(batch_norm=self.batch_norm, dtype=self.dtype)
+        unit = dict(batch_norm=self.batch_norm, dtype=self.dtype, conv=self.conv)
         c64, c192 = _scaled(64, self.width), _scaled(192, self.width)
         if self.stem == "imagenet":
             x = ConvUnit(c64, 7, strides=2, **unit, name="stem_conv1")(x, train=train)
-            x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = self.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         else:
             x = ConvUnit(c64, 3, **unit, name="stem_conv1")(x, train=train)
         if self.lrn:
@@ -242,7 +249,7 @@ class GoogLeNet(nn.Module):
         if self.lrn:
             x = local_response_norm(x)
         if self.stem != "fer_hires":
-            x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = self.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         return x
 
     @nn.compact
@@ -257,12 +264,14 @@ class GoogLeNet(nn.Module):
         aux_logits = []
         for stage_index, stage in enumerate(self.stages):
             if stage_index > 0:
-                x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+                x = self.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
             for name, channels in stage:
                 x = Inception(
                     *(_scaled(c, self.width) for c in channels),
                     batch_norm=self.batch_norm,
                     dtype=self.dtype,
+                    conv=self.conv,
+                    max_pool=self.max_pool,
                     name=f"inception_{name}",
                 )(x, train=train)
                 if run_aux and name in AUX_AFTER:
@@ -275,6 +284,7 @@ class GoogLeNet(nn.Module):
                             dropout=self.aux_dropout,
                             batch_norm=self.batch_norm,
                             dtype=self.dtype,
+                            conv=self.conv,
                             name=f"aux_{name}",
                         )(x, train=train)
                     )

@@ -20,13 +20,13 @@ dropout head train at the trunk's learning rate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.models.layers import batch_norm, conv_general_dilated, he_normal_fan_out, max_pool
+from fer_flax.models.layers import ModuleDef, batch_norm, he_normal_fan_out
 
 STEMS: tuple[str, ...] = ("s1", "s2", "imagenet")
 
@@ -38,11 +38,12 @@ class BasicBlock(nn.Module):
     strides: int = 1
     zero_init_residual: bool = False
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         def conv(features, kernel, strides, padding, name):
-            return nn.Conv(
+            return self.conv(
                 features,
                 kernel,
                 strides=strides,
@@ -78,6 +79,8 @@ class ResNet(nn.Module):
     head_widths: Sequence[int] = ()
     head_dropout: float = 0.0
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv  # every convolution (see models/layers.py, "the seam")
+    max_pool: Callable = nn.max_pool  # every max-pool
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -94,7 +97,7 @@ class ResNet(nn.Module):
         else:
             stride = 1 if self.stem == "s1" else 2
             kernel, strides, padding = (3, 3), (stride, stride), ((1, 1), (1, 1))
-        x = nn.Conv(
+        x = self.conv(
             self.widths[0],
             kernel,
             strides=strides,
@@ -103,13 +106,12 @@ class ResNet(nn.Module):
             kernel_init=he_normal_fan_out,
             dtype=self.dtype,
             name="stem_conv",
-            conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
         )(x)
         x = batch_norm(train, self.dtype, name="stem_bn")(x)
         x = nn.relu(x)
         if self.stem == "imagenet":
             # Explicit padding 1 (with -inf) as in torchvision: 24×24 → 12×12.
-            x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = self.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for j in range(num_blocks):
@@ -118,6 +120,7 @@ class ResNet(nn.Module):
                     strides=2 if i > 0 and j == 0 else 1,
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
+                    conv=self.conv,
                     name=f"stage{i + 1}_block{j + 1}",
                 )(x, train=train)
 

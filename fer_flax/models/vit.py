@@ -31,7 +31,8 @@ collection for inspection (`model.apply(..., mutable=["intermediates"])`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax.models.layers import conv_general_dilated, max_pool
+from fer_flax.models.layers import ModuleDef, batch_norm
 
 STEMS = ("patch", "conv", "cct", "spt")
 POOLS = ("cls", "gap", "seq")
@@ -200,6 +201,8 @@ class VisionTransformer(nn.Module):
     attention_dropout: float = 0.0  # dropout on the attention weights
     drop_path: float = 0.0  # stochastic-depth rate of the last block (linear from 0)
     dtype: Any = jnp.float32
+    conv: ModuleDef = nn.Conv  # every convolution (see models/layers.py, "the seam")
+    max_pool: Callable = nn.max_pool  # every max-pool
 
     def _check(self, x: jax.Array) -> None:
         for field, value, valid in (
@@ -231,46 +234,20 @@ class VisionTransformer(nn.Module):
         """Image [B, H, W, C] → token grid [B, h, w, dim]."""
         p = self.patch_size
         if self.stem == "patch":
-            return nn.Conv(
-                self.dim,
-                (p, p),
-                strides=(p, p),
-                padding="VALID",
-                dtype=self.dtype,
-                name="embedding",
+            return self.conv(
+                self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embedding"
             )(x)
+        # The stems' 3x3 convs are bias-free (in the conv stem BatchNorm's shift makes a bias redundant).
+        conv3x3 = functools.partial(self.conv, kernel_size=(3, 3), use_bias=False, dtype=self.dtype)
         if self.stem == "conv":
             for i, (width, stride) in enumerate(zip(self.stem_widths, self.stem_strides, strict=True)):
-                # Bias-free: BatchNorm's shift makes it redundant (see STACK_NOTES).
-                x = nn.Conv(
-                    width,
-                    (3, 3),
-                    strides=(stride, stride),
-                    use_bias=False,
-                    dtype=self.dtype,
-                    name=f"stem_conv{i}",
-                    conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
-                )(x)
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    dtype=self.dtype,
-                    name=f"stem_bn{i}",
-                )(x)
-                x = nn.relu(x)
-            return nn.Conv(self.dim, (1, 1), dtype=self.dtype, name="embedding")(x)
+                x = conv3x3(width, strides=(stride, stride), name=f"stem_conv{i}")(x)
+                x = nn.relu(batch_norm(train, self.dtype, name=f"stem_bn{i}")(x))
+            return self.conv(self.dim, (1, 1), dtype=self.dtype, name="embedding")(x)
         if self.stem == "cct":
             for i, width in enumerate(self.stem_widths):
-                x = nn.Conv(
-                    width,
-                    (3, 3),
-                    use_bias=False,
-                    dtype=self.dtype,
-                    name=f"stem_conv{i}",
-                    conv_general_dilated=conv_general_dilated,  # fast on the grayscale input
-                )(x)
-                x = nn.relu(x)
-                x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                x = nn.relu(conv3x3(width, name=f"stem_conv{i}")(x))
+                x = self.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
             return x
         # "spt": the image and its four half-patch diagonal shifts, cut into pxp patches.
         b, h, w, c = x.shape

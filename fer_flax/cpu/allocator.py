@@ -4,21 +4,24 @@ Why. XLA:CPU allocates each step's outputs and temporaries with `malloc` and fre
 ends. glibc serves large blocks (from 128 KiB, a threshold that adapts up to 32 MiB) with a fresh
 `mmap` and unmaps them on `free`, and XLA's worker threads get arenas of their own whose heaps are
 capped at 64 MiB, past which blocks are mmapped too. So every step touches hundreds of megabytes of
-new pages, each costing a page fault: 57,000 faults per step for the small CNN at batch 128 on the
-2-core machine (about a third of its step time; benchmarks/RESULTS.md, "Page faults").
+new pages, each costing a page fault, and those faults are a large share of a small network's
+step (benchmarks/RESULTS.md, "Page faults", has the measured counts and their share of a step).
 `reuse_freed_memory()` serves every block from the main arena's heap (`M_ARENA_MAX=1`,
 `M_MMAP_MAX=0`) and never gives that heap back to the system (`M_TRIM_THRESHOLD=-1`), so the next
-step reuses the same, already-mapped pages: 0-1 faults per step once the heap has grown (a few steps).
+step reuses the same, already-mapped pages once the heap has grown (a few steps).
 
-The cost: the process keeps its peak heap resident (the small CNN at batch 128: 1.3 GB against 0.9;
-ResNet-18 at batch 128: 6.7 GB) and all threads share one arena (a few large blocks per step; no
-measurable contention).
+The cost: the process keeps its peak heap resident and all threads share one arena (a few large blocks
+per step).
 
 Arena settings only reach threads that have not allocated yet, so this must run before JAX creates
-its CPU client (before anything touches a device): `python -m fer_flax.main` and the benchmarks call
-it first; a script or notebook that wants the same calls `reuse_freed_memory()` before its first JAX
-computation. It does nothing off Linux/glibc, when an accelerator plugin is installed (its steps'
-buffers live on the device), or with `FER_FLAX_MALLOC_DEFAULTS=1` in the environment.
+its CPU client (before anything touches a device). `fer_flax.cpu.configure_process()` (called by
+`fer_flax.runtime.start()`) applies it unless the CPU corner is switched off; benchmarks that compare
+with glibc's defaults call `reuse_freed_memory()` themselves. It does nothing off Linux/glibc or when
+an accelerator is expected (its steps' buffers live on the device).
+
+`FER_FLAX_MALLOC_DEFAULTS=1` keeps glibc's defaults while the rest of the CPU corner stays on: the
+benchmarks that compare the two allocators (`--malloc defaults`) set it. To switch the whole corner
+off use `FER_FLAX_CPU_TUNING=0` (fer_flax.cpu).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
 # mallopt(3): "Setting M_TRIM_THRESHOLD to -1 disables trimming completely." (The largest positive
-# value, 2**31 - 1, is not enough: ResNet-18's steps at batch 128 leave more than 2 GiB free at the top
-# of the heap, which was then trimmed and faulted back in at every step, 560,000 faults each.)
+# value, 2**31 - 1, is not enough: a large network's steps can leave more than 2 GiB free at the top of
+# the heap, which is then trimmed and faulted back in at every step.)
 _NEVER_TRIM = -1
 SETTINGS: tuple[tuple[str, int, int], ...] = (
     ("M_ARENA_MAX", M_ARENA_MAX, 1),
@@ -48,7 +51,9 @@ _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_pl
 _applied: bool | None = None
 
 
-def _accelerator_expected() -> bool:
+def accelerator_expected() -> bool:
+    """Whether this process will run on an accelerator: `JAX_PLATFORMS` names one first, or (unset)
+    a GPU/TPU plugin is installed. Decided without starting JAX."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() not in ("cpu", "")
@@ -63,7 +68,7 @@ def reuse_freed_memory() -> bool:
     _applied = False
     if os.environ.get(KEEP_DEFAULTS_ENV, "") not in ("", "0"):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _accelerator_expected():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or accelerator_expected():
         return False
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
@@ -71,3 +76,8 @@ def reuse_freed_memory() -> bool:
     accepted = [mallopt(param, value) == 1 for _, param, value in SETTINGS]
     _applied = all(accepted)
     return _applied
+
+
+def in_effect() -> bool:
+    """Whether `reuse_freed_memory()` has run in this process and its settings were accepted."""
+    return bool(_applied)
