@@ -1,6 +1,8 @@
-"""Test-wide set-up: four simulated CPU devices, so every test exercises the sharded code path.
+"""Test-wide set-up: four simulated CPU devices, so every test exercises the sharded code path, and
+the process start-up every entry point runs (`fer_flax.cpu.configure_process`: the XLA:CPU option
+and allocator settings), so tests compile what users run.
 
-XLA reads the flag when the backend starts, so it must be set before anything imports jax.
+XLA reads its flags when the backend starts, so both happen before any test touches a device.
 """
 
 import os
@@ -18,6 +20,10 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest
+
+from fer_flax import cpu
+
+cpu.configure_process()
 
 REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
 
