@@ -26,12 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from fer_flax import models
+from fer_flax.choices import ConfigError, check_choice, choice_problem
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
-
-
-class ConfigError(ValueError):
-    """A configuration value (a config key or a command-line flag) is not allowed."""
-
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
 NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
@@ -66,26 +62,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 _RESERVED_MODEL_FIELDS = frozenset({"parent", "name", "num_classes", "dtype", "conv", "max_pool"})
 
 _MISSING = object()
-
-
-def _show(choice: Any) -> str:
-    return choice if isinstance(choice, str) and choice else repr(choice)
-
-
-def choice_problem(key: str, value: Any, choices: Iterable[Any]) -> str | None:
-    """The message for `value` not in `choices` (None when it is one): the one wording of the schema."""
-    choices = tuple(choices)
-    if value in choices:
-        return None
-    return f"{key}={value!r} is not one of: {', '.join(_show(c) for c in choices)}"
-
-
-def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raises ConfigError unless `value` is one of `choices`. `key` is how the user set the value: a
-    dotted config path ("config.optim.name") or a flag ("--split")."""
-    problem = choice_problem(key, value, choices)
-    if problem:
-        raise ConfigError(problem)
 
 
 def class_weights_problem(key: str, weights: Any) -> str | None:

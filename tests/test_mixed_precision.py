@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax import models, optim, parallel, train
+from fer_flax import model_state, models, optim, parallel, steps
 from fer_flax.data.synthetic import generate_synthetic
 
 STEPS = 30
@@ -28,12 +28,12 @@ def floating_dtypes(tree) -> set[str]:
 
 
 def _setup(config, mesh):
-    model = train.create_model(config)
+    model = model_state.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=10, total_steps=STEPS)
-    state = train.create_train_state(
+    state = model_state.create_train_state(
         model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
     )
-    return state, functools.partial(train.train_step, config=config, schedule=schedule)
+    return state, functools.partial(steps.train_step, config=config, schedule=schedule)
 
 
 @pytest.fixture(scope="module")
@@ -84,20 +84,20 @@ def test_every_family_keeps_float32_state_under_bfloat16(family, fixed_batch):
     except ValueError as e:  # a family not in this version yet
         pytest.skip(str(e))
     config = fixed_problem_config("bfloat16", family, variant)
-    model = train.create_model(config)
+    model = model_state.create_model(config)
     tx = optim.create_optimizer(
         config.optim, optim.create_learning_rate_schedule(config.optim, steps_per_epoch=10, total_steps=STEPS)
     )
 
     def init_and_step(rng, batch):
-        variables = train.initial_variables(model, rng)
-        state = train.TrainState.create(
+        variables = model_state.initial_variables(model, rng)
+        state = model_state.TrainState.create(
             apply_fn=model.apply,
             params=variables["params"],
             batch_stats=variables.get("batch_stats", {}),
             tx=tx,
         )
-        new_state, metrics = train.train_step(state, batch, rng, config=config, schedule=lambda step: 0.01)
+        new_state, metrics = steps.train_step(state, batch, rng, config=config, schedule=lambda step: 0.01)
         logits, _ = model.apply(variables, batch["image"].astype(jnp.float32), train=False)
         return new_state, metrics, logits
 

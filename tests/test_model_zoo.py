@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_flax import models, optim, parallel, train
+from fer_flax import model_state, models, optim, parallel, steps, train
 from fer_flax.augment import preprocess
 from fer_flax.data.synthetic import generate_synthetic
 
@@ -93,10 +93,13 @@ def test_smallest_variant_fits_a_fixed_batch(family, fixed_batch):
     config.optim.grad_clip_norm = 1.0
     mesh = parallel.make_mesh()
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=1, total_steps=1)
-    state = train.create_train_state(
-        train.create_model(config), optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
+    state = model_state.create_train_state(
+        model_state.create_model(config),
+        optim.create_optimizer(config.optim, schedule),
+        jax.random.key(0),
+        mesh,
     )
-    step = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule), donate_argnums=0)
+    step = jax.jit(functools.partial(steps.train_step, config=config, schedule=schedule), donate_argnums=0)
     batch = parallel.to_global_batch(fixed_batch, mesh)
     initial_params = jax.device_get(state.params)
     accuracies = []
@@ -134,8 +137,8 @@ def test_every_config_file_builds_its_model():
             continue
         for arg in ("", "smoke"):
             config = _load_config(path.stem, arg)
-            model = train.create_model(config)
-            shapes = jax.eval_shape(lambda m=model: train.initial_variables(m, jax.random.key(0)))
+            model = model_state.create_model(config)
+            shapes = jax.eval_shape(lambda m=model: model_state.initial_variables(m, jax.random.key(0)))
             assert "params" in shapes, path
 
 
@@ -155,7 +158,7 @@ def test_every_variant_gives_finite_logits_for_a_real_face(family, variant):
         logits, aux = model.apply(variables, x, train=False)
         return logits, aux
 
-    logits, aux = train.compile_once(jax.jit(forward).lower(jax.random.key(0), x))(jax.random.key(0), x)
+    logits, aux = model_state.compile_once(jax.jit(forward).lower(jax.random.key(0), x))(jax.random.key(0), x)
     assert logits.shape == (1, 7) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
     assert aux == {}  # extras (GoogLeNet's auxiliary logits) exist only in training

@@ -176,12 +176,12 @@ def test_param_count_matches_hand_count(name):
 
 
 def test_create_model_rejects_unknown_variant_and_options():
-    with pytest.raises(ValueError, match=r"Unknown variant 'vit_huge'.*vit_micro"):
+    with pytest.raises(ValueError, match=r"vit variant='vit_huge' is not one of: .*vit_micro"):
         create_model("vit", variant="vit_huge")
     bad = [
-        (dict(pool="max"), "Unknown pool 'max'"),
-        (dict(stem="swin"), "Unknown stem 'swin'"),
-        (dict(pos_emb="rope"), "Unknown pos_emb 'rope'"),
+        (dict(pool="max"), "ViT pool='max' is not one of"),
+        (dict(stem="swin"), "ViT stem='swin' is not one of"),
+        (dict(pos_emb="rope"), "ViT pos_emb='rope' is not one of"),
         (dict(patch_size=5), "patch_size=5 does not tile"),
         (dict(stem="cct", stem_widths=(32,)), "stem_widths ending in dim=64"),
         (dict(stem="conv", stem_widths=(16,), stem_strides=()), "same non-zero length"),

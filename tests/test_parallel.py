@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax import models, optim, parallel, train
+from fer_flax import model_state, models, optim, parallel, steps
 from fer_flax.data.splits import NUM_CLASSES
 
 STEPS = 4
@@ -18,8 +18,8 @@ def _run(mesh, config, model, batches):
     """STEPS real train steps on `mesh`; returns per-step losses and the final host-side state."""
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=2, total_steps=STEPS)
     tx = optim.create_optimizer(config.optim, schedule)
-    state = train.create_train_state(model, tx, jax.random.key(0), mesh)
-    step = jax.jit(functools.partial(train.train_step, config=config, schedule=schedule))
+    state = model_state.create_train_state(model, tx, jax.random.key(0), mesh)
+    step = jax.jit(functools.partial(steps.train_step, config=config, schedule=schedule))
     rng = jax.random.key(1)
     losses = []
     for local in batches:

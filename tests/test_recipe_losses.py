@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
-from fer_flax import augment, losses, mixing, parallel, train, tta
+from fer_flax import augment, inference, losses, mixing, model_state, parallel, steps, train, tta
 from fer_flax.config_schema import ConfigError, validate
 from fer_flax.data.synthetic import generate_synthetic
 
@@ -54,13 +54,13 @@ def test_soft_cross_entropy_equals_optax_on_one_hot_and_with_smoothing():
     np.testing.assert_allclose(
         losses.soft_cross_entropy(logits, jax.nn.one_hot(labels, K)), expected, rtol=1e-6
     )
-    # train.classification_loss takes integer labels or soft targets; float32 even from bf16 logits.
-    got = train.classification_loss(jnp.bfloat16(logits), labels, num_classes=K, label_smoothing=0.0)
+    # steps.classification_loss takes integer labels or soft targets; float32 even from bf16 logits.
+    got = steps.classification_loss(jnp.bfloat16(logits), labels, num_classes=K, label_smoothing=0.0)
     assert got.dtype == jnp.float32
-    smoothed = train.classification_loss(logits, labels, num_classes=K, label_smoothing=0.1)
+    smoothed = steps.classification_loss(logits, labels, num_classes=K, label_smoothing=0.1)
     by_hand = -np.sum((0.9 * np.eye(K)[labels] + 0.1 / K) * jax.nn.log_softmax(logits), -1)
     np.testing.assert_allclose(smoothed, by_hand, rtol=1e-6)
-    soft = train.classification_loss(logits, jax.nn.one_hot(labels, K), num_classes=K, label_smoothing=0.1)
+    soft = steps.classification_loss(logits, jax.nn.one_hot(labels, K), num_classes=K, label_smoothing=0.1)
     np.testing.assert_allclose(soft, smoothed, rtol=1e-6)
 
 
@@ -297,7 +297,7 @@ def test_bad_crop_size_names_the_key(crop_size):
     assert augment.ten_crop_size(config.augment) is None
 
 
-# ------------------------------------------------------------------------- wiring through train.py
+# ------------------------------------------------------------------- wiring through the train step
 
 
 def step_config(**overrides) -> ConfigDict:
@@ -312,16 +312,16 @@ def step_config(**overrides) -> ConfigDict:
 @pytest.fixture(scope="module")
 def setup():
     config = step_config()
-    model = train.create_model(config)
+    model = model_state.create_model(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    state = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), mesh)
+    state = model_state.create_train_state(model, optax.sgd(0.1), jax.random.key(0), mesh)
     split = generate_synthetic(8, 0, 0, seed=0)["train"]
     batch = {"image": split.images[:, :, :, None], "label": split.labels.astype(np.int32)}
     return state, batch
 
 
 def loss_and_logits(state, batch, config, counts=COUNTS):
-    fn = jax.jit(functools.partial(train._loss_and_grads, config=config, class_counts=counts))
+    fn = jax.jit(functools.partial(steps._loss_and_grads, config=config, class_counts=counts))
     loss, logits, _, _ = fn(state, batch, jax.random.key(3))
     return float(loss), np.asarray(logits)
 
@@ -350,7 +350,6 @@ def test_train_loss_applies_weights_and_adjustment_to_the_training_logits(setup)
 def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
     state, batch = setup
     b = len(batch["label"])
-    eval_batch = {**batch, "mask": np.ones(b, bool)}
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     images = augment.preprocess(batch["image"])
     raw = state.apply_fn(variables, images, train=False)[0]
@@ -360,20 +359,23 @@ def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
         return tta.apply_with_tta(lambda v: state.apply_fn(variables, v, train=False)[0], images, mode)
 
     for mode in tta.TTA_MODES:
-        out = jax.jit(functools.partial(train.eval_step, tta_mode=mode))(state, eval_batch)
+        step = jax.jit(functools.partial(steps.logits_step, state.apply_fn, tta_mode=mode))
+        out_logits = np.asarray(step(variables, batch["image"]))
+        out = inference.split_metrics(out_logits, batch["label"])
         logits = reference(variables, images, mode)
+        np.testing.assert_allclose(out_logits, logits, rtol=1e-5, atol=1e-6)
         if mode == "none":  # raw ran eagerly: compiled float32 sums may round differently (FMA)
             np.testing.assert_allclose(logits, raw, rtol=1e-5, atol=1e-6)
         else:
             assert not np.allclose(logits, raw, atol=1e-4)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])  # raw logits, no terms
-        assert float(out["loss_sum"]) == pytest.approx(float(ce.sum()), rel=1e-5)
+        assert out["loss"] * b == pytest.approx(float(ce.sum()), rel=1e-5)
         predicted = np.argmax(np.asarray(logits), -1)
         np.testing.assert_array_equal(
             np.asarray(out["confusion"]).sum(0), np.bincount(predicted, minlength=K)
         )
     with pytest.raises(ValueError, match=r"'fivecrop'.*none, flip, tencrop"):
-        train.eval_step(state, eval_batch, tta_mode="fivecrop")
+        steps.logits_step(state.apply_fn, variables, batch["image"], tta_mode="fivecrop")
 
 
 def test_ten_crop_training_averages_the_loss_over_every_crop(setup):

@@ -223,14 +223,15 @@ def test_plateau_min_delta_and_patience_one():
     "key, value, message",
     [
         ("plateau_factor", 1.0, "plateau_factor=1.0 must be in"),
-        ("plateau_patience", 0, "plateau_patience=0 must be >= 1"),
+        ("plateau_patience", 0, "plateau_patience=0 must be an integer >= 1"),
         ("plateau_min_scale", 2.0, "plateau_min_scale=2.0"),
     ],
 )
 def test_plateau_settings_are_checked(key, value, message):
-    c = _plateau_optim(**{key: value})
+    config = get_base_config()
+    config.optim = _plateau_optim(**{key: value})
     with pytest.raises(ValueError, match=message):
-        optim.create_learning_rate_schedule(c, steps_per_epoch=10, total_steps=100)
+        config_schema.validate(config)
 
 
 def test_applied_learning_rate_is_schedule_times_plateau_scale():

@@ -22,14 +22,15 @@ from typing import Any
 
 import flax.linen as nn
 
+from fer_flax.choices import ConfigError, check_choice
+
 FAMILIES: tuple[str, ...] = ("cnn", "beefy", "resnet", "googlenet", "vit")
 # Fields of every MODEL that select kernels, not the architecture: never config options.
 SEAM_FIELDS: tuple[str, ...] = ("conv", "max_pool")
 
 
 def _family_module(model_name: str):
-    if model_name not in FAMILIES:
-        raise ValueError(f"Unknown model_name {model_name!r}; valid choices: {', '.join(FAMILIES)}")
+    check_choice("model_name", model_name, FAMILIES)
     try:
         return importlib.import_module(f"fer_flax.models.{model_name}")
     except ModuleNotFoundError as e:
@@ -63,17 +64,13 @@ def create_model(
     options, as `config.model.*` gives them). `conv` / `max_pool`: the seam's kernels (None: the stock
     `nn.Conv` / `nn.max_pool`)."""
     module = _family_module(model_name)
-    if variant not in module.VARIANTS:
-        raise ValueError(
-            f"Unknown variant {variant!r} for model {model_name!r}; valid choices: "
-            f"{', '.join(module.VARIANTS)}"
-        )
+    check_choice(f"{model_name} variant", variant, module.VARIANTS)
     fields = option_fields(model_name)
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ValueError(
-            f"Unknown model option(s) {unknown} for {model_name!r}; "
-            f"valid options: {', '.join(sorted(fields))}"
+        raise ConfigError(
+            f"model option(s) {unknown} are not options of {model_name!r}; valid options: "
+            f"{', '.join(sorted(fields))}"
         )
     kwargs = {**module.VARIANTS[variant], **overrides, "num_classes": num_classes}
     if "dtype" in fields:

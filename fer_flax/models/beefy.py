@@ -32,6 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_flax.choices import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm, he_normal_fan_out
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -142,8 +143,7 @@ class BeefyModel(nn.Module):
             ("downsample", self.downsample, DOWNSAMPLES),
             ("pooling", self.pooling, POOLINGS),
         ):
-            if value not in valid:
-                raise ValueError(f"Unknown BeefyModel {field} {value!r}; valid: {', '.join(valid)}")
+            check_choice(f"BeefyModel {field}", value, valid)
         act = ACTIVATIONS[self.activation]
         blocks = self._stage_blocks()
 

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_flax.choices import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm
 
 # Table 1 of the paper: (#1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj) per inception module, in
@@ -254,8 +255,7 @@ class GoogLeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
-        if self.stem not in STEMS:
-            raise ValueError(f"Unknown GoogLeNet stem {self.stem!r}; valid choices: {', '.join(STEMS)}")
+        check_choice("GoogLeNet stem", self.stem, STEMS)
         x = self._stem(x.astype(self.dtype), train=train)
 
         # Aux heads run while training. At init they run in either mode so that a state initialised

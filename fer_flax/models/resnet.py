@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_flax.choices import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm, he_normal_fan_out
 
 STEMS: tuple[str, ...] = ("s1", "s2", "imagenet")
@@ -84,8 +85,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        if self.stem not in STEMS:
-            raise ValueError(f"Unknown ResNet stem {self.stem!r}; valid choices: {', '.join(STEMS)}")
+        check_choice("ResNet stem", self.stem, STEMS)
         if len(self.stage_sizes) != len(self.widths):
             raise ValueError(
                 f"stage_sizes {tuple(self.stage_sizes)} and widths {tuple(self.widths)} must have the "

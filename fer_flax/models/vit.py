@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_flax.choices import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm
 
 STEMS = ("patch", "conv", "cct", "spt")
@@ -210,8 +211,7 @@ class VisionTransformer(nn.Module):
             ("pool", self.pool, POOLS),
             ("pos_emb", self.pos_emb, POS_EMBS),
         ):
-            if value not in valid:
-                raise ValueError(f"Unknown {field} {value!r}; valid choices: {', '.join(valid)}")
+            check_choice(f"ViT {field}", value, valid)
         if self.stem in ("patch", "spt"):
             h, w = x.shape[1:3]
             if h % self.patch_size or w % self.patch_size:
