@@ -142,15 +142,27 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
     )
     run = _Run(
-        config, workdir, say, mesh, model, data["train"], data["val"], plan, schedule, state,
-        train_rng, train_iter, ckpt, start_step=0,
+        config=config,
+        workdir=workdir,
+        say=say,
+        mesh=mesh,
+        model=model,
+        train_split=data["train"],
+        val_split=data["val"],
+        plan=plan,
+        schedule=schedule,
+        state=state,
+        train_rng=train_rng,
+        train_iter=train_iter,
+        ckpt=ckpt,
+        start_step=0,
         num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
-    )  # fmt: skip
+    )
     if ckpt.latest_step() is not None:
         run.state = ckpt.restore_latest(state, train_iter)
         run.start_step = int(jax.device_get(run.state.step))
-        say(f"Resumed from {run.checkpoint_dir}/{run.start_step} (step {run.start_step} of "
-            f"{plan['total_steps']}).")  # fmt: skip
+        total = plan["total_steps"]
+        say(f"Resumed from {run.checkpoint_dir}/{run.start_step} (step {run.start_step} of {total}).")
     if is_main:
         _record_run(run, changes)
     say(
@@ -227,10 +239,10 @@ def _evaluation_step(
     if config.wandb.mode != "disabled":  # wandb: confusion matrix and sample predictions
         samples = run.val_split.images[:16]
         # Every process runs the (collective) prediction; only process 0 logs.
+        variables = model_state.variables(state)
         logits = inference.predict_logits(
-            run.model, model_state.variables(state), samples, batch_size=config.eval_batch_size,
-            mesh=run.mesh,
-        )  # fmt: skip
+            run.model, variables, samples, batch_size=config.eval_batch_size, mesh=run.mesh
+        )
         writer.log_evaluation_media(
             step,
             confusion=evaluation.val["confusion"],

@@ -128,7 +128,9 @@ def test_resolve_distributed_rejects_incomplete_settings(args, env, message):
         parallel.resolve_distributed(*args, env=env)
 
 
-def test_single_process_initialisation_is_a_no_op(monkeypatch):
+@pytest.fixture
+def single_process_env(monkeypatch):
+    """No coordinator, process count or SLURM job in the environment."""
     for var in (
         parallel.ENV_COORDINATOR,
         parallel.ENV_NUM_PROCESSES,
@@ -136,23 +138,19 @@ def test_single_process_initialisation_is_a_no_op(monkeypatch):
         "SLURM_NTASKS",
     ):
         monkeypatch.delenv(var, raising=False)
+
+
+def test_single_process_initialisation_is_a_no_op(single_process_env):
     assert parallel.initialize_distributed() == parallel.DistributedPlan("single")
     assert not jax.distributed.is_initialized()
     parallel.shutdown_distributed()  # nothing to shut down: must not raise
 
 
-def test_runtime_start_is_idempotent_for_a_single_process(monkeypatch):
+def test_runtime_start_is_idempotent_for_a_single_process(single_process_env, monkeypatch):
     from ml_collections import ConfigDict
 
     from fer_flax import runtime
 
-    for var in (
-        parallel.ENV_COORDINATOR,
-        parallel.ENV_NUM_PROCESSES,
-        parallel.ENV_PROCESS_ID,
-        "SLURM_NTASKS",
-    ):
-        monkeypatch.delenv(var, raising=False)
     # The CPU corner off: this test process's XLA_FLAGS stay as conftest set them.
     monkeypatch.setenv("FER_FLAX_CPU_TUNING", "0")
     devices = jax.device_count()
