@@ -18,6 +18,11 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fer_flax_test_xla_cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# glibc's malloc defaults for the test processes (and the programs they start): the CPU corner's
+# allocator settings make training steps stop page-faulting, but with one arena XLA's compiler threads
+# contend for the heap, and this suite spends most of its time compiling. Numerics are the same either
+# way; the allocator has its own tests in fresh processes (test_performance_paths, test_cpu_corner).
+os.environ.setdefault("FER_FLAX_MALLOC_DEFAULTS", "1")
 
 import pytest
 

@@ -177,7 +177,8 @@ print(json.dumps(dict(before=before, after=after, allocator=cpu.allocator.in_eff
 
 
 def _python(code: str, **env_overrides: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu.SWITCH_ENV, "JAX_PLATFORMS")}
+    unset = ("XLA_FLAGS", cpu.SWITCH_ENV, "JAX_PLATFORMS", cpu.allocator.KEEP_DEFAULTS_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(env_overrides)
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120

@@ -156,7 +156,8 @@ def test_compiled_training_gradient_of_a_batchnorm_cnn_equals_eager(ops):
 
 
 def _python(code: str, **env_overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest fixes 4 devices
+    # conftest fixes 4 devices and keeps glibc's malloc defaults: a fresh process starts as users' do.
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu.allocator.KEEP_DEFAULTS_ENV)}
     env.update(env_overrides)
     return subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
