@@ -14,10 +14,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # Many tests compile the same small programs (the smoke CNN's steps, for instance), also in the
 # subprocesses some tests start. A persistent compilation cache shared by all of them turns the
 # repeats into cache hits; entries are keyed by program and jax version, so reuse is always safe.
+# Every program is cached, however quick its compilation: the suite compiles hundreds of small ones.
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fer_flax_test_xla_cache")
 )
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # glibc's malloc defaults for the test processes (and the programs they start): the CPU corner's
 # allocator settings make training steps stop page-faulting, but with one arena XLA's compiler threads
 # contend for the heap, and this suite spends most of its time compiling. Numerics are the same either
