@@ -105,11 +105,11 @@ def test_smallest_variant_fits_a_fixed_batch(family, fixed_batch):
     batch = parallel.to_global_batch(fixed_batch, mesh)
     initial_params = jax.device_get(state.params)
     accuracies = []
-    for _ in range(30):
+    for _ in range(16):
         state, m = step(state, batch, jax.random.key(1))
         accuracies.append(m["accuracy"])
     accuracies = [float(a) for a in jax.device_get(accuracies)]
-    assert max(accuracies[-5:]) > 0.9, accuracies
+    assert max(accuracies[-3:]) > 0.9, accuracies
     # With Adam and no weight decay a parameter moves only if some gradient reached it.
     unchanged = jax.tree_util.tree_map_with_path(
         lambda path, before, after: jax.tree_util.keystr(path) if np.array_equal(before, after) else None,
