@@ -27,7 +27,6 @@ reported like a single model.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict
 
 from fer_flax import config_schema, inference, metrics, model_state, parallel, runtime, tta
+from fer_flax import workdir as workdir_lib
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import SPLITS
 from fer_flax.model_state import Restored
@@ -181,10 +181,7 @@ def write_report(report: dict, out_path: str, *, figures: bool = True) -> dict[s
         )
         files.update(paths)
     report = {**report, "files": files}
-    tmp = out_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, out_path)  # a reader (the leaderboard) never sees half a report
+    workdir_lib.write_json(out_path, report)  # atomic: the leaderboard never sees half a report
     return files
 
 
@@ -204,7 +201,7 @@ def evaluate_workdirs(
 ) -> dict:
     """The whole command as a library call: restore, read the split, evaluate, write the report.
     `weights`: "raw" or "ema" (the EMA weights of checkpoint 'latest' or a step; see
-    `restore_for_inference`).
+    `model_state.restore`).
 
     Returns the report (as written to JSON, with a `files` entry)."""
     config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)

@@ -21,7 +21,6 @@ the std and CI are undefined and reported as null.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -32,6 +31,7 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from fer_flax import config_schema, evaluate, leaderboard, model_state, runtime, train, tta
+from fer_flax import workdir as workdir_lib
 from fer_flax.data.splits import SPLITS
 
 # Student's t 0.975 quantiles for 1..30 degrees of freedom (scipy.stats.t.ppf(0.975, df)).
@@ -164,10 +164,8 @@ def run(
         "training": aggregate(training),
         "splits": {split: aggregate(evaluations[split]) for split in eval_splits},
     }
-    with open(os.path.join(root, "multiseed.json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    with open(os.path.join(root, "multiseed.md"), "w") as f:
-        f.write(markdown(result))
+    workdir_lib.write_json(os.path.join(root, "multiseed.json"), result)
+    workdir_lib.write_text(os.path.join(root, "multiseed.md"), markdown(result))
     return result
 
 

@@ -37,7 +37,7 @@ def select_weights(select: str, val: dict[str, Any], val_ema: dict[str, Any]) ->
     return select
 
 
-def split_metrics(
+def metrics_of(
     model: nn.Module, variables: dict, split: ArraySplit, config: ConfigDict, mesh: jax.sharding.Mesh
 ) -> dict[str, Any]:
     """The metrics of `variables` on `split` with the config's evaluation batch size and TTA."""
@@ -60,8 +60,8 @@ def evaluate(
     config: ConfigDict,
     mesh: jax.sharding.Mesh,
 ) -> Evaluation:
-    val = split_metrics(model, model_state.variables(state), split, config, mesh)
+    val = metrics_of(model, model_state.variables(state), split, config, mesh)
     if not model_state.has_ema(state):
         return Evaluation(val)
-    val_ema = split_metrics(model, model_state.variables(state.ema_weights()), split, config, mesh)
+    val_ema = metrics_of(model, model_state.variables(state.ema_weights()), split, config, mesh)
     return Evaluation(val, val_ema, select_weights(config.ema.select, val, val_ema))

@@ -70,12 +70,18 @@ def check_writable(workdir: str, process_index: int = 0) -> None:
         ) from e
 
 
-def write_json(file_path: str, obj: Any) -> None:
-    """Writes `obj` as indented JSON atomically (temporary file, then rename)."""
+def write_text(file_path: str, text: str) -> None:
+    """Writes `text` atomically (a temporary file renamed over the old one): a reader never sees half
+    a file, and a kill mid-write leaves the previous version."""
     tmp = f"{file_path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
+        f.write(text)
     os.replace(tmp, file_path)
+
+
+def write_json(file_path: str, obj: Any) -> None:
+    """Writes `obj` as indented JSON atomically (`write_text`)."""
+    write_text(file_path, json.dumps(obj, indent=2, default=str))
 
 
 # ----------------------------------------------------------------------------- the run's config
@@ -198,10 +204,7 @@ def truncate_metrics(workdir: str, last_step: int) -> None:
         if line.endswith("\n") and isinstance(record, dict) and record.get("step", 0) <= last_step:
             kept.append(line)
     if len(kept) != len(lines):
-        tmp = f"{file_path}.tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, file_path)
+        write_text(file_path, "".join(kept))
 
 
 def best_accuracy(workdir: str, best_step: int | None) -> float | None:

@@ -1,7 +1,7 @@
 """Training recipe: soft-target losses, class weights, logit adjustment, mixup/cutmix, ten-crop, eval TTA.
 
 Expectations are computed by hand (or independently with optax / tta.py), and the wiring is checked
-through train.py's own `_loss_and_grads` and `eval_step`, then once end to end with everything on.
+through steps.py's `_loss_and_grads` and `logits_step`, then once end to end with everything on.
 """
 
 import functools
@@ -355,7 +355,7 @@ def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
     raw = state.apply_fn(variables, images, train=False)[0]
 
     @functools.partial(jax.jit, static_argnums=2)
-    def reference(variables, images, mode):  # tta.py's logit averaging, independently of eval_step
+    def reference(variables, images, mode):  # tta.py's logit averaging, independently of logits_step
         return tta.apply_with_tta(lambda v: state.apply_fn(variables, v, train=False)[0], images, mode)
 
     for mode in tta.TTA_MODES:
