@@ -5,7 +5,6 @@ and the CPU-device split against its contract."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -123,6 +122,7 @@ def test_the_option_keeps_convolutions_out_of_ynnpack(monkeypatch):
     assert "reduce-window" not in ours_hlo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ops", ["cpu", "stock"])
 def test_compiled_training_gradient_of_a_batchnorm_cnn_equals_eager(ops):
     # The pools' backward pass once found each window's maximum by comparing the input with the pooled
@@ -196,25 +196,6 @@ print("ok")
     assert fixed.returncode == 0, fixed.stderr[-2000:]
 
 
-def test_command_line_splits_the_cpu_into_devices(tmp_path):
-    workdir = tmp_path / "cli"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "fer_flax.main", "--config", "configs/simple_cnn.py:smoke"),
-            *("--workdir", str(workdir), "--config.cpu_devices=2", "--config.num_epochs=0.25"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    with open(workdir / "config.json") as f:
-        assert json.load(f)["derived"]["num_devices"] == 2
-
-
 _FAULTS_PER_STEP = """
 import resource, sys
 from fer_flax import cpu
@@ -238,6 +219,7 @@ print(applied, sorted(faults[10:])[10])
     sys.platform != "linux" or os.environ.get("JAX_PLATFORMS", "cpu") != "cpu",
     reason="glibc malloc settings on a CPU backend",
 )
+@pytest.mark.slow
 def test_host_allocator_reuses_pages_across_steps():
     # Page faults, not timings: with glibc's defaults every step maps its 38 MB output afresh (a fault
     # per 4 KiB page at least); with the CPU corner's allocator settings the freed pages come back. The

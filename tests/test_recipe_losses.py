@@ -400,6 +400,7 @@ def test_ten_crop_training_averages_the_loss_over_every_crop(setup):
     )
 
 
+@pytest.mark.slow
 def test_everything_on_end_to_end(tmp_path):
     c = simple_cnn.get_config()
     use_smoke_settings(c, variant="tiny")

@@ -12,6 +12,9 @@ from trained_runs import tiny_config, trained_run
 
 from fer_flax import leaderboard, multiseed, tracking
 
+# One worker trains the tiny run these tests (and test_evaluate's, test_predict's) share.
+pytestmark = pytest.mark.xdist_group("trained_run")
+
 # ------------------------------------------------------------------------------------- statistics
 
 
@@ -127,6 +130,7 @@ def run(tmp_path_factory):
     return trained_run(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_multiseed_resumes_trains_evaluates_and_aggregates(run, tmp_path):
     # seed_0 is the shared finished run (resumed: not retrained); seed_1 is trained here.
     root = tmp_path / "seeds"

@@ -69,6 +69,7 @@ def test_end_to_end_writes_outputs_and_best_checkpoint_reproduces_val_metrics(tm
     np.testing.assert_allclose(again["loss"], val_records[best_step]["val/loss"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_grain_worker_processes_train_the_same_and_are_stopped(tmp_path):
     # The training stream does not depend on where it is produced, and train_and_evaluate stops its
     # worker process before returning (no orphan left holding memory).
@@ -81,6 +82,7 @@ def test_grain_worker_processes_train_the_same_and_are_stopped(tmp_path):
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("grain")]
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     # A constant learning rate makes the schedule independent of the planned length, so "train one
     # epoch, then rerun the same command asking for two" must equal "train two epochs" exactly:
@@ -125,12 +127,16 @@ def test_config_mistakes_fail_before_training(tmp_path, override, message):
     assert not (workdir / "checkpoints").exists()
 
 
-def test_command_line_trains_and_rejects_unknown_keys(tmp_path):
+@pytest.mark.slow
+def test_command_line_trains_on_the_configured_cpu_devices_and_rejects_unknown_keys(tmp_path):
+    # The command users type: without XLA_FLAGS from the environment, `cpu_devices` splits the CPU.
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     base = [sys.executable, "-m", "fer_flax.main", "--config", "configs/simple_cnn.py:smoke"]
     ok = subprocess.run(
-        [*base, "--workdir", str(tmp_path / "cli"), "--config.num_epochs=1"],
+        [*base, "--workdir", str(tmp_path / "cli"), "--config.num_epochs=0.5", "--config.cpu_devices=2"],
         cwd=repo,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -138,6 +144,8 @@ def test_command_line_trains_and_rejects_unknown_keys(tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "SYNTHETIC" in ok.stdout
     assert "Final validation accuracy" in ok.stdout
+    with open(tmp_path / "cli" / "config.json") as f:
+        assert json.load(f)["derived"]["num_devices"] == 2
     bad = subprocess.run(
         [*base, "--workdir", str(tmp_path / "bad"), "--config.optim.lrr=0.1"],
         cwd=repo,
