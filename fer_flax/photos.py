@@ -108,10 +108,10 @@ def _write_outputs(
         Image.fromarray(annotated).save(out.path(outputs["annotated"]))
         outputs["faces"] = f"{base}.faces.png"
         Image.fromarray(annotate.contact_sheet(photo.crops, predictions)).save(out.path(outputs["faces"]))
+    outputs["record"] = json_name
     record["outputs"] = {kind: out.final_path(name) for kind, name in outputs.items()}
     with open(out.path(json_name), "w") as f:
         json.dump(record, f, indent=2)
-    record["outputs"]["record"] = out.final_path(json_name)
 
 
 class _Progress:
