@@ -51,9 +51,25 @@ def _bars(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, probs: np.ndarr
                        fill=CLASS_COLORS[k])  # fmt: skip
 
 
+def _panel_place(box, panel: tuple[int, int], image: tuple[int, int], *, gap: int, above: int):
+    """Where the bars go: under the box, else right of it, left of it, above its label; the first
+    place that fits in the picture (else under the box, clipped)."""
+    pw, ph = panel
+    places = (
+        (box.x, box.y + box.height + gap),
+        (box.x + box.width + gap, box.y),
+        (box.x - pw - gap, box.y),
+        (box.x, box.y - above - ph - gap),
+    )
+    for x, y in places:
+        if x >= 0 and y >= 0 and x + pw <= image[0] and y + ph <= image[1]:
+            return x, y
+    return max(0, box.x), max(0, min(places[0][1], image[1] - ph))
+
+
 def draw_faces(rgb: np.ndarray, faces: Sequence, *, titles: Sequence[str] | None = None) -> np.ndarray:
     """A copy of `rgb` [H, W, 3] with each face's box, "label confidence" (prefixed by its title,
-    e.g. a track id) and probability bars under the box (inside it when the picture ends)."""
+    e.g. a track id) and a probability bar per class beside the box (under it where it fits)."""
     im = Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB")
     draw = ImageDraw.Draw(im)
     h, w = rgb.shape[:2]
@@ -67,9 +83,9 @@ def draw_faces(rgb: np.ndarray, faces: Sequence, *, titles: Sequence[str] | None
         text_h = draw.textbbox((0, 0), text, font=font)[3] + 2
         _label(draw, (b.x + 1, max(0, b.y - text_h - line)), text, color, font)
         bar_font = _font(round(min(max(b.height * 0.11, 9), 16)))
-        panel_h = _bar_row(bar_font) * len(CLASS_NAMES) + 2
-        top = b.y + b.height + line if b.y + b.height + line + panel_h <= h else b.y + b.height - panel_h
-        _bars(draw, b.x, max(0, top), max(b.width, 60), face.probabilities, bar_font)
+        panel = (max(b.width, 60), _bar_row(bar_font) * len(CLASS_NAMES) + 2)
+        x, y = _panel_place(b, panel, (w, h), gap=line, above=text_h + line)
+        _bars(draw, x, y, panel[0], face.probabilities, bar_font)
     return np.asarray(im)
 
 

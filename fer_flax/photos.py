@@ -7,7 +7,8 @@ For each image, `analyze_photos` returns a JSON-able record
      "note": "no face found" (only when there is none), "outputs": {kind: path} (with out_dir)}
 
 and, given `out_dir`, writes `<stem>.json` (that record), `<stem>.annotated.png` (boxes, labels,
-probability bars) and `<stem>.faces.png` (a contact sheet of the crops the model saw).
+probability bars; `.jpg` for a JPEG input) and `<stem>.faces.png` (a contact sheet of the crops the
+model saw).
 
 Which images are searched for faces (`faces`):
   auto    every image except 48x48 ones, which are already FER2013-style face crops (as before
@@ -103,9 +104,13 @@ def _write_outputs(
     base = json_name[: -len(".json")]
     outputs = {}
     if predictions:
-        annotated = annotate.draw_faces(image_io.to_rgb(photo.image), predictions)
-        outputs["annotated"] = f"{base}.annotated.png"
-        Image.fromarray(annotated).save(out.path(outputs["annotated"]))
+        annotated = Image.fromarray(annotate.draw_faces(image_io.to_rgb(photo.image), predictions))
+        if photo.path.lower().endswith((".jpg", ".jpeg")):  # a photo stays a JPEG: 10x smaller, faster
+            outputs["annotated"] = f"{base}.annotated.jpg"
+            annotated.save(out.path(outputs["annotated"]), quality=92)
+        else:
+            outputs["annotated"] = f"{base}.annotated.png"
+            annotated.save(out.path(outputs["annotated"]), compress_level=1)
         outputs["faces"] = f"{base}.faces.png"
         Image.fromarray(annotate.contact_sheet(photo.crops, predictions)).save(out.path(outputs["faces"]))
     outputs["record"] = json_name

@@ -42,7 +42,7 @@ def check_available(index: int):
     if gui_backend(cv2) == "NONE":
         raise WebcamUnavailable(
             f"--webcam needs a build of OpenCV with windows; this one ({cv2.__version__}) is headless. "
-            f"pip uninstall opencv-python-headless && pip install \"fer_flax[{WEBCAM_EXTRA}]\""
+            f'pip uninstall opencv-python-headless && pip install "fer_flax[{WEBCAM_EXTRA}]"'
         )
     has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     if sys.platform.startswith("linux") and not has_display:

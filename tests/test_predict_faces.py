@@ -70,11 +70,11 @@ def test_photos_faces_records_and_pictures(classifier, tmp_path, monkeypatch):
     # Per image: its JSON record, an annotated copy of the same size, a contact sheet of its crops.
     assert sorted(os.listdir(out_dir)) == [
         "a_astronaut.annotated.png", "a_astronaut.faces.png", "a_astronaut.json",
-        "b_group.annotated.png", "b_group.faces.png", "b_group.json", "c_no_face.json",
+        "b_group.annotated.jpg", "b_group.faces.png", "b_group.json", "c_no_face.json",
         "crop48.annotated.png", "crop48.faces.png", "crop48.json",
     ]  # fmt: skip
     assert json.loads((out_dir / "b_group.json").read_text()) == records[1]
-    annotated = Image.open(out_dir / "b_group.annotated.png")
+    annotated = Image.open(out_dir / "b_group.annotated.jpg")
     assert annotated.size == (720, 480)
     assert not np.array_equal(np.asarray(annotated.convert("RGB")), np.asarray(group_picture()))
     assert Image.open(out_dir / "b_group.faces.png").width > 4 * 96  # four 2x crops side by side

@@ -50,8 +50,8 @@ def import_cv2(extra: str = PHOTOS_EXTRA, purpose: str = "face detection") -> An
         import cv2
     except ImportError as e:
         raise MissingDependencyError(
-            f"{purpose} needs OpenCV, which is not installed: pip install \"fer_flax[{extra}]\" "
-            f"(or pip install \"opencv-python-headless>=4.8,<5\")"
+            f'{purpose} needs OpenCV, which is not installed: pip install "fer_flax[{extra}]" '
+            f'(or pip install "opencv-python-headless>=4.8,<5")'
         ) from e
     return cv2
 
@@ -63,7 +63,7 @@ def cascade_path(cv2: Any, name: str) -> str:
     if not folder or not os.path.isfile(path):
         raise MissingDependencyError(
             f"OpenCV {cv2.__version__} ships no Haar cascade {name!r} (OpenCV 5.x wheels ship none): "
-            f"pip install \"opencv-python-headless>=4.8,<5\""
+            f'pip install "opencv-python-headless>=4.8,<5"'
         )
     return path
 
