@@ -7,7 +7,8 @@ portrait (512x512, one face) and a group picture composed from it and three face
 LFW subset on its coffee photo, at 720x480 and enlarged to 1920x1280 (a phone-sized photo; the
 detector searches it shrunk to 1280 pixels), all saved as JPEG and cycled to `--images` files.
 
-Three figures, each after a warm-up pass (compilation excluded):
+Detection alone per kind of photo, then three figures, each after a warm-up pass (compilation
+excluded):
   detect    decode + Haar detection + FER2013-framed crops, no model;
   classify  the crops alone through `FaceClassifier` (the run's TTA by default), batched as
             `fer_flax.photos` batches them;
@@ -99,6 +100,14 @@ def main() -> None:
             dt = time.perf_counter() - t0
             rows.append((name, dt))
     n_faces = len(crops)
+    for name, im in kinds:  # detection alone, per kind of photo (median of 5)
+        gray = image_io.to_gray(im)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            detector.detect(gray)
+            times.append(time.perf_counter() - t0)
+        print(f"detect {name} {im.width}x{im.height}: {np.median(times):.3f} s")
     print(f"{args.images} photos ({', '.join(k for k, _ in kinds)} cycled), {n_faces} faces, "
           f"TTA {classifier.tta_mode}, {os.cpu_count()} CPUs")  # fmt: skip
     print("| stage | seconds | images/s | faces/s |\n|---|---:|---:|---:|")
