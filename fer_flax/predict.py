@@ -49,7 +49,6 @@ from fer_flax.image_io import FIT_MODES, ImageReadError, collect_inputs, fit_who
 from fer_flax.model_state import Restored
 
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
-__all__ = ["FIT_MODES", "ImageReadError", "classify", "collect_inputs", "load_image", "main"]
 
 
 def load_image(path: str | os.PathLike, *, fit: str = "stretch") -> np.ndarray:
