@@ -146,3 +146,30 @@ def predictions_grid(
         )
     fig.suptitle("true / predicted", fontsize=9)
     return fig
+
+
+# ------------------------------------------------------------------------------------- video tracks
+
+
+def track_probabilities(
+    times: Sequence[float],
+    probabilities: np.ndarray,
+    *,
+    title: str = "",
+    xlabel: str = "time (s)",
+    class_names: Sequence[str] = CLASS_NAMES,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+) -> Figure:
+    """One tracked face's class probabilities [T, K] over time, a line per class."""
+    probabilities = np.asarray(probabilities)
+    fig = Figure(figsize=(7, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for k, name in enumerate(class_names):
+        color = None if colors is None else tuple(c / 255 for c in colors[k])
+        ax.plot(times, probabilities[:, k], marker="." if len(times) < 40 else None, label=name, color=color)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("probability")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig

@@ -1,32 +1,35 @@
-"""Classify image files and folders with a trained checkpoint.
+"""Classify faces in photos, face crops, videos and a webcam with a trained checkpoint.
 
 Command:
   python -m fer_flax.predict --workdir W [--workdir W2 ...] [--checkpoint best|latest|STEP]
-      [--tta none|flip|tencrop] [--fit stretch|center_crop] [--out preds.json|preds.csv]
-      [--format table|json|csv] PATH [PATH ...]
+      [--tta none|flip|tencrop] [--faces auto|detect|whole] [--margin 0.125] [--fit stretch|center_crop]
+      [--out_dir DIR] [--out preds.json|preds.csv] [--format table|json|csv]
+      [--every N] [--annotate_video] PATH [PATH ...]
+  python -m fer_flax.predict --workdir W --webcam 0
 
-PATH is an image file or a folder (searched recursively for *.png, *.jpg, *.jpeg; hidden files are
-skipped). Each image gets the predicted label and the 7 class probabilities, printed as a table (or
-JSON/CSV with `--format`) and written to `--out` (JSON or CSV by its extension). A file that cannot
-be read gets an error line of its own and every other file is still classified; the exit status is
-1 when any input failed, 0 otherwise.
+PATH is an image file, a folder (searched recursively for *.png, *.jpg, *.jpeg; hidden files are
+skipped) or a video file (.mp4, .avi, .mov, ...). Photos of any size and colour go through face
+detection (`fer_flax.faces`, OpenCV's Haar cascade from the `photos` extra); each face is cropped
+square with a margin, like FER2013's faces, and classified with the run's test-time augmentation
+(`--tta` overrides it). 48x48 images are taken as face crops already and classified whole
+(`--faces whole` does that for every image, resizing it as `--fit` says). Each image's faces are
+printed (table, JSON or CSV) and written to `--out`; with `--out_dir`, each image also gets a JSON
+record, an annotated copy and a contact sheet of its crops (`fer_flax.photos`). Videos need
+`--out_dir`: a timeline CSV, per-face probability plots and, with `--annotate_video`, an annotated
+video (`fer_flax.video`). `--webcam INDEX` opens a live window (`fer_flax.webcam`).
 
-Preprocessing matches how the training data was prepared:
-  1. decode with Pillow, applying the EXIF orientation (phone photos are often stored rotated);
-  2. grayscale with Pillow's `convert("L")` (ITU-R 601-2 luma, L = 0.299 R + 0.587 G + 0.114 B);
-     alpha is dropped, as the FER2013 folder reader drops it; 16-bit grayscale is scaled to 8 bits;
-  3. 48x48 with `Image.Resampling.BILINEAR`. FER2013 images are already 48x48, so this step only
-     touches user images. Bilinear is torchvision's default `Resize` filter, and Pillow widens the
-     filter by the reduction factor when shrinking, so a large photo is area-averaged (no aliasing)
-     rather than point-sampled. `--fit stretch` (default) resizes the whole image, as FER2013's
-     face crops were; `--fit center_crop` first takes the centred square, keeping the aspect ratio;
-  4. the training normalisation, `fer_flax.augment.preprocess`, applied on the device.
-The input should be a face crop: like FER2013, the models have only ever seen centred faces.
+An unreadable input stops the command with an error naming it, before any output is written.
+
+Preprocessing matches how the training data was prepared (`fer_flax.image_io`): decode with Pillow,
+apply the EXIF orientation, grayscale with `convert("L")` (ITU-R 601-2 luma; alpha dropped; 16-bit
+scaled to 8 bits), resize to 48x48 with Pillow's bilinear filter (area-averaging when shrinking),
+then the training normalisation, `fer_flax.augment.preprocess`, on the device.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -35,65 +38,23 @@ from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags, logging
-from PIL import Image, ImageOps
 
-from fer_flax import config_schema, inference, runtime, tta
-from fer_flax.data.image_folders import IMAGE_EXTENSIONS
-from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
+from fer_flax import inference, photos, runtime, tta, video, webcam, workdir
+from fer_flax.choices import check_choice
+from fer_flax.data.splits import CLASS_NAMES
+from fer_flax.faces import crop as crop_lib
+from fer_flax.faces.classify import FaceClassifier
+from fer_flax.faces.detect import DETECTORS, MissingDependencyError, make_detector
+from fer_flax.image_io import FIT_MODES, ImageReadError, collect_inputs, fit_whole, open_image
 from fer_flax.model_state import Restored
 
-RESAMPLE = Image.Resampling.BILINEAR
-FIT_MODES: tuple[str, ...] = ("stretch", "center_crop")
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
 
 
-class ImageReadError(ValueError):
-    """An input image that cannot be read; the message names the file and the reason."""
-
-
 def load_image(path: str | os.PathLike, *, fit: str = "stretch") -> np.ndarray:
-    """uint8 [48, 48] grayscale face from any PNG/JPEG (any size, colour or grayscale)."""
-    if fit not in FIT_MODES:
-        config_schema.check_choice("--fit", fit, FIT_MODES)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode == "I" or im.mode.startswith("I;16"):
-                # 16-bit grayscale PNG (Pillow opens it as I;16, or I in older versions):
-                # convert("L") would clip at 255 instead of rescaling.
-                wide = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L")
-            gray = im.convert("L")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # Pillow reports unreadable and truncated files as OSError (UnidentifiedImageError) and some
-        # malformed headers as ValueError or SyntaxError.
-        raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-    if fit == "center_crop" and gray.width != gray.height:
-        side = min(gray.size)
-        left, top = (gray.width - side) // 2, (gray.height - side) // 2
-        gray = gray.crop((left, top, left + side, top + side))
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
-    return np.asarray(gray, dtype=np.uint8)
-
-
-def collect_inputs(paths: Sequence[str]) -> list[str]:
-    """Files in the order given; folders expanded recursively (sorted) to their PNG/JPEG files.
-    A path that does not exist is kept, so it gets its own error."""
-    out: list[str] = []
-    for p in paths:
-        if not os.path.isdir(p):
-            out.append(p)
-            continue
-        found = []
-        for dirpath, dirnames, filenames in os.walk(p):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                    found.append(os.path.join(dirpath, name))
-        out.extend(sorted(found))
-    return out
+    """uint8 [48, 48] grayscale face from a whole image file that is a face crop (any size, colour or
+    grayscale); ImageReadError naming the file when it cannot be read."""
+    return fit_whole(open_image(path).convert("L"), fit)
 
 
 def classify(
@@ -133,39 +94,54 @@ def classify(
 # ------------------------------------------------------------------------------------------- output
 
 
-def to_json(results: Sequence[dict]) -> str:
-    return json.dumps(list(results), indent=2)
+def to_json(records: Sequence[dict]) -> str:
+    return json.dumps(list(records), indent=2)
 
 
-def to_csv(results: Sequence[dict]) -> str:
-    """Columns: path, label, one probability per class, error (empty on success)."""
+CSV_COLUMNS = ("path", "face", "x", "y", "width", "height", "label", "confidence", *CLASS_NAMES, "note")
+
+
+def _face_rows(records: Sequence[dict]):
+    """(path, face number or None, face record or None, note) per face; one row for a faceless image."""
+    for r in records:
+        if not r["faces"]:
+            yield r["path"], None, None, r.get("note", "")
+        for i, face in enumerate(r["faces"], start=1):
+            yield r["path"], i, face, ""
+
+
+def to_csv(records: Sequence[dict]) -> str:
+    """One row per face (an image without faces gets one row with only its path and note)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", *CLASS_NAMES, "error"])
-    for r in results:
-        if "error" in r:
-            writer.writerow([r["path"], "", *[""] * len(CLASS_NAMES), r["error"]])
-        else:
-            probs = [f"{r['probabilities'][name]:.6f}" for name in CLASS_NAMES]
-            writer.writerow([r["path"], r["label"], *probs, ""])
+    writer.writerow(CSV_COLUMNS)
+    for path, i, face, note in _face_rows(records):
+        if face is None:
+            writer.writerow([path, *[""] * (len(CSV_COLUMNS) - 2), note])
+            continue
+        box, probs = face["box"], [f"{face['probabilities'][n]:.6f}" for n in CLASS_NAMES]
+        writer.writerow([path, i, box["x"], box["y"], box["width"], box["height"], face["label"],
+                         f"{face['confidence']:.6f}", *probs, note])  # fmt: skip
     return buf.getvalue()
 
 
-def to_table(results: Sequence[dict]) -> str:
-    width = max([len(r["path"]) for r in results] + [4])
-    lines = [f"{'path':<{width}}  {'label':<9}" + "".join(f"{n[:8]:>9}" for n in CLASS_NAMES)]
-    for r in results:
-        if "error" in r:
-            lines.append(f"{r['path']:<{width}}  ERROR    {r['error']}")
-        else:
-            probs = "".join(f"{r['probabilities'][n]:>9.4f}" for n in CLASS_NAMES)
-            lines.append(f"{r['path']:<{width}}  {r['label']:<9}{probs}")
+def to_table(records: Sequence[dict]) -> str:
+    width = max([len(r["path"]) for r in records] + [4])
+    head = f"{'path':<{width}}  face  {'box (x,y,w,h)':<19}  {'label':<9}"
+    lines = [head + "".join(f"{n[:8]:>9}" for n in CLASS_NAMES)]
+    for path, i, face, note in _face_rows(records):
+        if face is None:
+            lines.append(f"{path:<{width}}  -     {note}")
+            continue
+        box = ",".join(str(face["box"][k]) for k in ("x", "y", "width", "height"))
+        probs = "".join(f"{face['probabilities'][n]:>9.4f}" for n in CLASS_NAMES)
+        lines.append(f"{path:<{width}}  {i:<4}  {box:<19}  {face['label']:<9}{probs}")
     return "\n".join(lines)
 
 
 def render(results: Sequence[dict], fmt: str) -> str:
     if fmt not in OUTPUT_FORMATS:
-        config_schema.check_choice("--format", fmt, OUTPUT_FORMATS)
+        check_choice("--format", fmt, OUTPUT_FORMATS)
     return {"table": to_table, "json": to_json, "csv": to_csv}[fmt](results)
 
 
@@ -187,48 +163,123 @@ def output_format(out: str | None, fmt: str | None) -> str:
 def define_flags() -> None:
     flags.DEFINE_multi_string("workdir", None, "Training workdir; repeat for an ensemble.")
     flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
-    flags.DEFINE_enum("tta", "none", list(tta.TTA_MODES), "Test-time augmentation.")
-    flags.DEFINE_integer("crop_size", tta.DEFAULT_CROP_SIZE, "Ten-crop crop side (of 48).")
-    flags.DEFINE_enum("fit", "stretch", list(FIT_MODES), "How a non-square image becomes 48x48.")
-    flags.DEFINE_string("out", None, "Write the predictions to this .json or .csv file.")
+    flags.DEFINE_enum("tta", None, list(tta.TTA_MODES), "TTA; default: the run's eval_tta.")
+    flags.DEFINE_integer("crop_size", None, "Ten-crop crop side (default: the run's augment.crop_size).")
+    flags.DEFINE_enum("faces", "auto", list(photos.FACE_MODES),
+                      "auto: detect faces except in 48x48 crops; detect: always; whole: never.")  # fmt: skip
+    flags.DEFINE_enum("detector", "haar", list(DETECTORS), "Face detector.")
+    flags.DEFINE_float("margin", crop_lib.FER2013_MARGIN, "Margin around a detected face, of its side.")
+    flags.DEFINE_enum("fit", "stretch", list(FIT_MODES), "How a whole non-square image becomes 48x48.")
+    flags.DEFINE_string("out_dir", None, "Per-input outputs: JSON records, annotated copies, plots.")
+    flags.DEFINE_string("out", None, "Write the photos' predictions to this .json or .csv file.")
     flags.DEFINE_enum("format", None, list(OUTPUT_FORMATS), "Printed format (default: table).")
-    flags.DEFINE_integer("batch_size", None, "Global batch size; default: the run's eval_batch_size.")
+    flags.DEFINE_integer("batch_size", None, "Largest batch; default: the run's eval_batch_size.")
+    flags.DEFINE_integer("every", 1, "Videos: classify every N-th frame.")
+    flags.DEFINE_bool("annotate_video", False, "Videos: also write an annotated video.")
+    flags.DEFINE_integer("webcam", None, "Open camera INDEX in a live window instead of reading files.")
     flags.mark_flag_as_required("workdir")
+
+
+def make_classifier(
+    members: Sequence[Restored],
+    tta_mode: str | None = None,
+    crop_size: int | None = None,
+    batch_size: int | None = None,
+) -> FaceClassifier:
+    """The run's test-time augmentation (eval_tta and its ten-crop size) unless overridden."""
+    config = members[0].config
+    return FaceClassifier(
+        members,
+        tta_mode=tta_mode or config.eval_tta,
+        crop_size=crop_size or config.augment.get("crop_size", tta.DEFAULT_CROP_SIZE),
+        max_batch=batch_size,
+    )
+
+
+def predict_inputs(
+    paths: Sequence[str],
+    classifier: FaceClassifier,
+    *,
+    faces: str = "auto",
+    fit: str = "stretch",
+    margin: float = crop_lib.FER2013_MARGIN,
+    detector: str = "haar",
+    out_dir: str | None = None,
+    every: int = 1,
+    annotate_video: bool = False,
+) -> tuple[list[dict], list[dict]]:
+    """(photo records, video summaries) of image files, folders and videos; every video is checked
+    readable before any output is written."""
+    videos = [p for p in paths if video.is_video(p)]
+    images = [p for p in paths if not video.is_video(p)]
+    if videos and out_dir is None:
+        raise ValueError("videos write a timeline, plots and an optional video: give --out_dir DIR")
+    for v in videos:
+        video.check_readable(v)
+    get_detector = functools.cache(lambda: make_detector(detector))
+    records = []
+    if images:
+        records = photos.analyze_photos(
+            images, classifier, detector=get_detector, faces=faces, fit=fit, margin=margin, out_dir=out_dir
+        )
+    summaries = [
+        video.analyze_video(
+            v,
+            classifier,
+            detector=get_detector(),
+            out_dir=out_dir,
+            every=every,
+            annotate_video=annotate_video,
+            margin=margin,
+        )
+        for v in videos
+    ]
+    return records, summaries
+
+
+def describe_video(summary: dict) -> str:
+    tracks = ", ".join(
+        f"#{t['track']} {t['label']} (frames {t['first_frame']}-{t['last_frame']})" for t in summary["tracks"]
+    )
+    return (
+        f"{summary['video']}: {summary['processed_frames']} frames processed, {summary['faces']} faces, "
+        f"{len(summary['tracks'])} tracked: {tracks or 'no face found'}; timeline {summary['timeline']}"
+    )
 
 
 def main(argv: list[str]) -> None:
     paths = argv[1:]
-    if not paths:
-        raise app.UsageError("give at least one image file or folder to classify")
+    f = flags.FLAGS
+    if not paths and f.webcam is None:
+        raise app.UsageError("give at least one image file, folder or video, or --webcam INDEX")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
     runtime.start()
-    f = flags.FLAGS
     try:
         file_format = output_format(f.out, None) if f.out else None
+        camera = webcam.check_available(f.webcam) if f.webcam is not None else None
         members = inference.load_members(f.workdir, f.checkpoint)
-        results = classify(
-            members,
-            paths,
-            batch_size=f.batch_size,
-            tta_mode=f.tta,
-            crop_size=f.crop_size,
-            fit=f.fit,
-        )
-    except (FileNotFoundError, ValueError) as e:
+        classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
+        if camera is not None:
+            webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)
+            return
+        records, summaries = predict_inputs(
+            paths, classifier, faces=f.faces, fit=f.fit, margin=f.margin, detector=f.detector,
+            out_dir=f.out_dir, every=f.every, annotate_video=f.annotate_video,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, MissingDependencyError, webcam.WebcamUnavailable) as e:
         sys.exit(f"error: {e}")
-    if not results:
-        sys.exit(f"error: no PNG/JPEG images found in {', '.join(paths)}")
-    print(render(results, f.format or "table"))
-    if f.out:
-        with open(f.out, "w") as out:
-            out.write(render(results, file_format))
-    failed = [r for r in results if "error" in r]
-    for r in failed:
-        print(f"error: {r['error']}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} of {len(results)} input(s) could not be classified.", file=sys.stderr)
-        sys.exit(1)
+    if records:
+        print(render(records, f.format or "table"))
+        if f.out:
+            workdir.write_text(f.out, render(records, file_format))
+    for summary in summaries:
+        print(describe_video(summary))
+    for r in records:
+        if not r["faces"]:
+            print(f"{r['path']}: no face found", file=sys.stderr)
+    if f.out_dir:
+        print(f"Outputs written to {os.path.abspath(f.out_dir)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

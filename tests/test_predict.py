@@ -101,25 +101,36 @@ def test_classify_folder_with_corrupt_files(run, images):
 
 
 def test_command_line_json_and_csv(run, images, tmp_path):
-    out_csv = tmp_path / "preds.csv"
+    """Faces found in a photo, a 48x48 crop classified whole, a picture without a face said so."""
+    pytest.importorskip("cv2")
+    skimage_data = pytest.importorskip("skimage.data")
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
+    out_csv, out_dir = tmp_path / "preds.csv", tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "fer_flax.predict", f"--workdir={run}", "--format=json",
-        f"--out={out_csv}", str(images / "a_rgb.png"), str(images / "e_corrupt.png"), str(images / "nested"),
+        sys.executable, "-m", "fer_flax.predict", f"--workdir={run}", "--format=json", f"--out={out_csv}",
+        f"--out_dir={out_dir}", str(tmp_path / "astronaut.png"), str(images / "d_48.png"),
+        str(images / "a_rgb.png"),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr[-3000:]  # one input failed; the others were classified
-    assert "e_corrupt.png" in done.stderr and "1 of 3" in done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "a_rgb.png: no face found" in done.stderr and "3/3 images, 2 faces" in done.stderr
     printed = json.loads(done.stdout)
-    assert [os.path.basename(r["path"]) for r in printed] == ["a_rgb.png", "e_corrupt.png", "c_rgba.png"]
-    assert printed[0]["label"] in CLASS_NAMES
-    assert sum(printed[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
-    assert "cannot read image" in printed[1]["error"]
+    assert [os.path.basename(r["path"]) for r in printed] == ["astronaut.png", "d_48.png", "a_rgb.png"]
+    assert [len(r["faces"]) for r in printed] == [1, 1, 0]
+    face = printed[0]["faces"][0]
+    assert face["label"] in CLASS_NAMES and printed[0]["detector"].startswith("haar")
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert printed[1]["detector"] is None and printed[2]["note"] == "no face found"
+    assert os.path.isfile(printed[0]["outputs"]["annotated"])
 
     rows = list(csv.DictReader(out_csv.open()))
-    assert list(rows[0]) == ["path", "label", *CLASS_NAMES, "error"]
-    assert rows[0]["label"] == printed[0]["label"] and rows[0]["error"] == ""
-    assert float(rows[2]["happy"]) == pytest.approx(printed[2]["probabilities"]["happy"], abs=1e-6)
-    assert rows[1]["label"] == "" and "cannot read image" in rows[1]["error"]
+    assert list(rows[0]) == ["path", "face", "x", "y", "width", "height", "label", "confidence",
+                             *CLASS_NAMES, "note"]  # fmt: skip
+    assert rows[0]["label"] == face["label"] and rows[0]["face"] == "1"
+    assert float(rows[1]["happy"]) == pytest.approx(
+        printed[1]["faces"][0]["probabilities"]["happy"], abs=1e-6
+    )
+    assert rows[2]["label"] == "" and rows[2]["note"] == "no face found"
 
 
 def test_output_format_choice():

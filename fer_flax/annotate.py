@@ -1,0 +1,113 @@
+"""Pictures of predictions, drawn with Pillow: boxes, labels and probability bars on a photo or a
+video frame, and a contact sheet of the face crops that were classified."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from fer_flax.data.splits import CLASS_NAMES
+
+# One colour per class (angry, disgust, fear, happy, sad, surprise, neutral), distinct on photos.
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (230, 57, 70),
+    (106, 153, 78),
+    (155, 93, 229),
+    (255, 190, 11),
+    (58, 134, 255),
+    (255, 0, 110),
+    (200, 200, 200),
+)
+SHORT_NAMES = tuple(n[:3] for n in CLASS_NAMES)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=max(8, size))
+
+
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, color, font) -> None:
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=color)
+    draw.text(xy, text, fill=(0, 0, 0), font=font)
+
+
+def _bar_row(font) -> int:
+    return round(getattr(font, "size", 10)) + 2
+
+
+def _bars(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, probs: np.ndarray, font) -> None:
+    """Seven horizontal bars (one per class, its length the probability) in a dark panel."""
+    row = _bar_row(font)
+    text_w = round(draw.textlength("neu", font=font)) + 6
+    draw.rectangle((x, y, x + width, y + row * len(probs) + 2), fill=(20, 20, 20))
+    for k, p in enumerate(probs):
+        top = y + 1 + k * row
+        if text_w:
+            draw.text((x + 2, top), SHORT_NAMES[k], fill=(235, 235, 235), font=font)
+        span = max(0, width - text_w - 4)
+        draw.rectangle((x + 2 + text_w, top + 1, x + 2 + text_w + round(span * float(p)), top + row - 2),
+                       fill=CLASS_COLORS[k])  # fmt: skip
+
+
+def _panel_place(box, panel: tuple[int, int], image: tuple[int, int], *, gap: int, above: int):
+    """Where the bars go: under the box, else right of it, left of it, above its label; the first
+    place that fits in the picture (else under the box, clipped)."""
+    pw, ph = panel
+    places = (
+        (box.x, box.y + box.height + gap),
+        (box.x + box.width + gap, box.y),
+        (box.x - pw - gap, box.y),
+        (box.x, box.y - above - ph - gap),
+    )
+    for x, y in places:
+        if x >= 0 and y >= 0 and x + pw <= image[0] and y + ph <= image[1]:
+            return x, y
+    return max(0, box.x), max(0, min(places[0][1], image[1] - ph))
+
+
+def draw_faces(rgb: np.ndarray, faces: Sequence, *, titles: Sequence[str] | None = None) -> np.ndarray:
+    """A copy of `rgb` [H, W, 3] with each face's box, "label confidence" (prefixed by its title,
+    e.g. a track id) and a probability bar per class beside the box (under it where it fits)."""
+    im = Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB")
+    draw = ImageDraw.Draw(im)
+    h, w = rgb.shape[:2]
+    line = max(2, round(min(h, w) / 250))
+    for i, face in enumerate(faces):
+        b, color = face.box, CLASS_COLORS[CLASS_NAMES.index(face.label)]
+        font = _font(round(min(max(b.height * 0.16, 11), 28)))
+        draw.rectangle((b.x, b.y, b.x + b.width, b.y + b.height), outline=color, width=line)
+        title = f"{titles[i]} " if titles else ""
+        text = f"{title}{face.label} {face.confidence:.2f}"
+        text_h = draw.textbbox((0, 0), text, font=font)[3] + 2
+        _label(draw, (b.x + 1, max(0, b.y - text_h - line)), text, color, font)
+        bar_font = _font(round(min(max(b.height * 0.11, 9), 16)))
+        panel = (max(b.width, 60), _bar_row(bar_font) * len(CLASS_NAMES) + 2)
+        x, y = _panel_place(b, panel, (w, h), gap=line, above=text_h + line)
+        _bars(draw, x, y, panel[0], face.probabilities, bar_font)
+    return np.asarray(im)
+
+
+def contact_sheet(crops: np.ndarray, faces: Sequence, *, scale: int = 2, columns: int = 8) -> np.ndarray:
+    """The classified crops [N, 48, 48] in a grid, each enlarged `scale` times with "#i label conf"
+    under it: what the model saw. RGB uint8."""
+    n = len(crops)
+    if n == 0:
+        raise ValueError("no face crops to lay out")
+    side = crops.shape[1] * scale
+    font = _font(11)
+    caption = 16
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    sheet = Image.new("RGB", (cols * (side + 4) + 4, rows * (side + caption + 4) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (crop, face) in enumerate(zip(crops, faces, strict=True)):
+        x, y = 4 + (i % cols) * (side + 4), 4 + (i // cols) * (side + caption + 4)
+        big = Image.fromarray(crop, "L").resize((side, side), Image.Resampling.NEAREST)
+        sheet.paste(big.convert("RGB"), (x, y))
+        color = CLASS_COLORS[CLASS_NAMES.index(face.label)]
+        draw.rectangle((x, y + side, x + side - 1, y + side + caption - 2), fill=color)
+        text = f"#{i + 1} {face.label} {face.confidence:.2f}"
+        draw.text((x + 2, y + side + 1), text, fill=(0, 0, 0), font=font)
+    return np.asarray(sheet)

@@ -1,0 +1,63 @@
+"""Output files that appear all together or not at all.
+
+A command that writes many files per input (annotated pictures, JSON records, plots) writes them
+into a hidden staging folder beside the output folder; `commit()` moves them into place once every
+input has been processed, and leaving the `with` block without committing (an unreadable input, an
+interrupt) deletes the staging folder. So a failed run leaves no partial outputs, and the output
+folder is created only when there is something to put in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+
+class StagedOutputs:
+    """with StagedOutputs(out_dir) as out: write to out.path(name) ...; out.commit() -> final paths."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = os.path.abspath(os.fspath(out_dir))
+        self._stage: str | None = None
+        self._names: list[str] = []
+
+    def __enter__(self) -> StagedOutputs:
+        parent = os.path.dirname(self.out_dir)
+        os.makedirs(parent, exist_ok=True)
+        self._stage = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.partial-", dir=parent)
+        return self
+
+    def unique_name(self, stem: str, suffix: str) -> str:
+        """`stem + suffix`, or `stem-2 + suffix`, ... when taken in this run or in the output folder."""
+        name, n = f"{stem}{suffix}", 1
+        while name in self._names or os.path.exists(os.path.join(self.out_dir, name)):
+            n += 1
+            name = f"{stem}-{n}{suffix}"
+        self._names.append(name)
+        return name
+
+    def path(self, name: str) -> str:
+        """Where to write output `name` now (inside the staging folder)."""
+        assert self._stage is not None, "use StagedOutputs in a with block"
+        return os.path.join(self._stage, name)
+
+    def final_path(self, name: str) -> str:
+        return os.path.join(self.out_dir, name)
+
+    def commit(self) -> list[str]:
+        """Moves every staged file into the output folder; returns their final paths."""
+        assert self._stage is not None
+        os.makedirs(self.out_dir, exist_ok=True)
+        moved = []
+        for name in sorted(os.listdir(self._stage)):
+            os.replace(os.path.join(self._stage, name), self.final_path(name))
+            moved.append(self.final_path(name))
+        shutil.rmtree(self._stage, ignore_errors=True)
+        self._stage = None
+        return moved
+
+    def __exit__(self, *exc) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
