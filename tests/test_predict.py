@@ -17,7 +17,7 @@ from fer_flax import inference, metrics, predict
 from fer_flax.augment import preprocess
 from fer_flax.data.splits import CLASS_NAMES
 
-# One worker trains the tiny run these tests (and test_evaluate's, test_reports') share.
+# One worker trains the tiny run (tests/trained_runs.py) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

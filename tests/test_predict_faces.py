@@ -22,6 +22,9 @@ from fer_flax.faces.classify import FaceClassifier
 from fer_flax.faces.detect import Box
 from fer_flax.faces.track import iou
 
+# One worker trains the tiny run (tests/trained_runs.py) that several test files share.
+pytestmark = pytest.mark.xdist_group("trained_run")
+
 cv2 = pytest.importorskip("cv2")
 
 

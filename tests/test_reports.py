@@ -12,7 +12,7 @@ from trained_runs import tiny_config, trained_run
 
 from fer_flax import leaderboard, multiseed, tracking
 
-# One worker trains the tiny run these tests (and test_evaluate's, test_predict's) share.
+# One worker trains the tiny run (tests/trained_runs.py) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 # ------------------------------------------------------------------------------------- statistics
