@@ -37,7 +37,7 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageOps
 
-from fer_flax import config_schema, inference, runtime, tta
+from fer_flax import cli, config_schema, inference, runtime, tta
 from fer_flax.data.image_folders import IMAGE_EXTENSIONS
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.model_state import Restored
@@ -216,7 +216,7 @@ def main(argv: list[str]) -> None:
             fit=f.fit,
         )
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        cli.fail(e)
     if not results:
         sys.exit(f"error: no PNG/JPEG images found in {', '.join(paths)}")
     print(render(results, f.format or "table"))
@@ -233,4 +233,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)
