@@ -147,3 +147,6 @@ def test_command_line_trains_and_rejects_unknown_keys(tmp_path):
     )
     assert bad.returncode != 0
     assert "lrr" in bad.stderr
+    # One line naming the flag and the key it probably meant, without a traceback.
+    assert bad.stderr.startswith("error: --config.optim.lrr: the config has no key 'optim.lrr' (did you mean")
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
