@@ -129,7 +129,9 @@ def get_base_config() -> ConfigDict:
     # evaluations. Keep at least 2 so a corrupt newest checkpoint has a good one to fall back to.
     c.checkpoint_every_steps = 0
     c.checkpoint_keep = 2  # most recent checkpoints kept for resume
-    c.checkpoint_keep_best = 1  # best-by-val-accuracy checkpoints kept
+    # Best-by-val-accuracy checkpoints kept; 2 so that evaluating a damaged best one falls back to
+    # the next best.
+    c.checkpoint_keep_best = 2
     c.progress_bar = True
     # A non-finite loss or gradient: "stop" raises (naming the step and the last good checkpoint);
     # "skip" keeps the previous parameters, optimizer state and BatchNorm statistics for that step

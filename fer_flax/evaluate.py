@@ -28,14 +28,13 @@ reported like a single model.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 import jax
 from absl import app, flags, logging
 from ml_collections import ConfigDict
 
-from fer_flax import config_schema, inference, metrics, model_state, parallel, runtime, tta
+from fer_flax import cli, config_schema, inference, metrics, model_state, parallel, runtime, tta
 from fer_flax import workdir as workdir_lib
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import SPLITS
@@ -264,20 +263,18 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
     runtime.start()
     f = flags.FLAGS
-    try:
-        report = evaluate_workdirs(
-            f.workdir,
-            checkpoint=f.checkpoint,
-            split=f.split,
-            data_path=f.data,
-            tta_mode=f.tta,
-            crop_size=f.crop_size,
-            batch_size=f.batch_size,
-            out=f.out,
-            weights=f.weights,
-        )
-    except (FileNotFoundError, ValueError) as e:  # includes FERDataError: say what and where, no trace
-        sys.exit(f"error: {e}")
+    # Expected errors (a missing workdir, a bad data row, damaged checkpoints): one line, via cli.run.
+    report = evaluate_workdirs(
+        f.workdir,
+        checkpoint=f.checkpoint,
+        split=f.split,
+        data_path=f.data,
+        tta_mode=f.tta,
+        crop_size=f.crop_size,
+        batch_size=f.batch_size,
+        out=f.out,
+        weights=f.weights,
+    )
     if jax.process_index() == 0:
         print(format_report(report))
         print("Wrote " + ", ".join(report["files"].values()))
@@ -285,4 +282,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -24,13 +24,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags
 
-from fer_flax import tracking
+from fer_flax import atomic_files, cli, tracking
 
 _SKIP_DIRS = {"checkpoints", "best", "eval", "wandb"}
 _TTA_PREFERENCE = ("none", "flip", "tencrop")
@@ -53,7 +52,10 @@ def _load_json(path: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path} is damaged: not valid JSON ({e})") from e
 
 
 def test_report(workdir: str) -> dict | None:
@@ -196,16 +198,12 @@ def main(argv: list[str]) -> None:
     roots = argv[1:]
     if not roots:
         raise app.UsageError("give one or more workdirs or folders of workdirs")
-    try:
-        table = leaderboard(roots)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    table = leaderboard(roots)  # a missing folder or a damaged file: one line, via cli.run
     print(table, end="")
     if flags.FLAGS.out:
-        with open(flags.FLAGS.out, "w") as f:
-            f.write(table)
+        atomic_files.write_text(flags.FLAGS.out, table)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

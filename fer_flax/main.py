@@ -2,6 +2,10 @@
 
 Config overrides follow ml_collections: `--config.optim.lr=0.01`; unknown keys are rejected.
 
+Expected errors (a bad config value or data row, a busy or incompatible workdir, a failed checkpoint
+save, ...) print one `error: ...` line and exit with status 1; `--debug` adds the traceback
+(`fer_flax.cli`).
+
 Rerunning the same command resumes from the workdir's latest checkpoint. SIGTERM or Ctrl-C (SIGINT)
 finishes the current step, writes a checkpoint, prints where it stopped and exits with status 143 or
 130.
@@ -19,7 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_flax import runtime, train
+from fer_flax import cli, runtime, train
 from fer_flax.interrupts import TrainingInterrupted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -62,4 +66,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -183,7 +183,11 @@ def restore(
 
     `weights="ema"` takes the EMA weights of a full checkpoint ('latest' or a step) of a run trained
     with `config.ema.decay > 0`. 'best' holds the one set selected in training (`config.ema.select`);
-    the result's `weights` says which (for a best checkpoint, what its selection record says)."""
+    the result's `weights` says which (for a best checkpoint, what its selection record says).
+
+    A damaged checkpoint is skipped for the best intact one ('best') or the newest intact one
+    ('latest') with a `CorruptCheckpointWarning`; `NoRestorableCheckpointError` when none is usable
+    (`Checkpointer.restore_model`)."""
     workdir = os.path.abspath(workdir)
     config = workdir_lib.load_run_config(workdir)
     config_schema.validate(config, for_training=False)
@@ -198,20 +202,14 @@ def restore(
         {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})},
     )
     ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    target = f"the model {config.model_name}/{config.model.variant} rebuilt from its config.json"
     try:
-        restored_variables, step = ckpt.restore_model(template, which, weights=weights)
+        # The fallback past damaged checkpoints is the one training's resume uses.
+        restored_variables, step = ckpt.restore_model(template, which, weights=weights, target=target)
         restored_weights = weights
         if weights == "raw" and (which == "best" or step not in ckpt.latest.all_steps()):
             selection = ckpt.best_selection(step)
             restored_weights = selection["weights"] if selection else "raw"
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # Orbax reports a structure/shape mismatch with many exception types
-        raise ValueError(
-            f"checkpoint {checkpoint!r} in {workdir} does not match the model "
-            f"{config.model_name}/{config.model.variant} rebuilt from its config.json "
-            f"({type(e).__name__}: {e})"
-        ) from e
     finally:
         ckpt.close()
     return Restored(workdir, model, restored_variables, config, int(step), restored_weights)

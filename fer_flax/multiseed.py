@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from fer_flax import config_schema, evaluate, leaderboard, model_state, runtime, train, tta
+from fer_flax import cli, config_schema, evaluate, leaderboard, model_state, runtime, train, tta
 from fer_flax import workdir as workdir_lib
 from fer_flax.data.splits import SPLITS
 
@@ -219,22 +218,19 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.ERROR)
     f = flags.FLAGS
     runtime.start(f.config)  # the same start-up as fer_flax.main: CPU device split included
-    try:
-        seeds = parse_seeds(f.seeds)
-        result = run(
-            f.config,
-            seeds,
-            f.workdir,
-            eval_splits=f.eval_splits,
-            checkpoint=f.checkpoint,
-            tta_mode=f.tta,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    # Expected errors (a bad seed list, config value or data row, a busy workdir): one line, via cli.run.
+    result = run(
+        f.config,
+        parse_seeds(f.seeds),
+        f.workdir,
+        eval_splits=f.eval_splits,
+        checkpoint=f.checkpoint,
+        tta_mode=f.tta,
+    )
     print(markdown(result))
     print(f"Wrote {os.path.join(f.workdir, 'multiseed.json')} and multiseed.md")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from fer_flax import inference, photos, runtime, tta, video, webcam, workdir
+from fer_flax import cli, inference, photos, runtime, tta, video, webcam, workdir
 from fer_flax.choices import check_choice
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.faces import crop as crop_lib
@@ -268,7 +268,7 @@ def main(argv: list[str]) -> None:
             out_dir=f.out_dir, every=f.every, annotate_video=f.annotate_video,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, MissingDependencyError, webcam.WebcamUnavailable) as e:
-        sys.exit(f"error: {e}")
+        cli.fail(e)
     if records:
         print(render(records, f.format or "table"))
         if f.out:
@@ -284,4 +284,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

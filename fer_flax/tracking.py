@@ -22,6 +22,8 @@ import numpy as np
 from flax import traverse_util
 from ml_collections import ConfigDict
 
+from fer_flax import atomic_files
+
 
 class MetricWriter:
     def __init__(self, workdir: str, config: ConfigDict, *, enabled: bool | None = None):
@@ -112,13 +114,13 @@ def _start_wandb(workdir: str, config: ConfigDict):
 
     # Reuse the run id stored in the workdir so a resumed job continues the same wandb run.
     id_path = os.path.join(workdir, "wandb_run_id.txt")
+    run_id = ""
     if os.path.exists(id_path):
         with open(id_path) as f:
             run_id = f.read().strip()
-    else:
+    if not run_id:
         run_id = secrets.token_hex(4)  # wandb ids are [a-z0-9]; 8 hex chars, as wandb makes
-        with open(id_path, "w") as f:
-            f.write(run_id)
+        atomic_files.write_text(id_path, run_id)
     return wandb.init(
         project=config.wandb.project,
         entity=config.wandb.entity,
@@ -134,13 +136,22 @@ def _start_wandb(workdir: str, config: ConfigDict):
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl in step order (a step's train record before its val record).
-    A resumed run may log a step twice: the last record for a (step, train|val) pair wins."""
+    A resumed run may log a step twice: the last record for a (step, train|val) pair wins. A last
+    line that a kill cut short is skipped; any other damaged line is an error naming the file and line."""
     by_key: dict[tuple[int, str], dict] = {}
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+                int(record["step"])
+            except (ValueError, KeyError, TypeError) as e:
+                if not line.endswith("\n"):
+                    break  # the unfinished last line of a killed run
+                raise ValueError(
+                    f"{path}, line {number}: damaged metrics record ({type(e).__name__}: {e})"
+                ) from e
             kind = "val" if any(k.startswith("val/") for k in record) else "train"
             by_key[(int(record["step"]), kind)] = record
     return [by_key[k] for k in sorted(by_key)]

@@ -32,6 +32,7 @@ from fer_flax import (
     steps,
     tracking,
     validation,
+    workdir_lock,
 )
 from fer_flax import workdir as workdir_lib
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
@@ -107,12 +108,11 @@ class CompiledSteps:
 
 
 def _prepare(config: ConfigDict, workdir: str) -> _Run:
-    """Checks everything that can be checked before data is read, then reads the data, builds the
-    state and resumes it from the workdir's latest checkpoint if there is one."""
+    """Checks everything else that can be checked before data is read (the config and the workdir
+    are checked and locked by the caller), then reads the data, builds the state and resumes it from
+    the workdir's latest checkpoint if there is one."""
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
-    config_schema.validate(config)
-    workdir_lib.check_writable(workdir, jax.process_index())
     model = model_state.create_model(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh, name="batch_size")
@@ -175,13 +175,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
 
 def _record_run(run: _Run, changes: dict[str, tuple[Any, Any]]) -> None:
     """Process 0: metrics.jsonl cut back to the resumed step, changed settings, config.json."""
-    workdir_lib.truncate_metrics(run.workdir, run.start_step)
-    if changes:
-        run.say(
-            "Settings changed since this workdir's last run (recorded in config_history.jsonl): "
-            + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-        )
-        workdir_lib.record_config_changes(run.workdir, changes, run.start_step)
+    workdir_lib.record_resume(run.workdir, run.start_step, changes, run.say)
     derived = {
         **run.plan,
         "num_devices": jax.device_count(),
@@ -320,7 +314,6 @@ def _loop(
                 _save(run, compiled, step, state, last_evaluation if is_eval else None)
                 window.restart()
             if stopping:
-                run.ckpt.wait_until_finished()
                 interrupted = TrainingInterrupted(stop.signum, step, run.checkpoint_dir)
                 window.progress.pause()
                 run.say(str(interrupted))
@@ -371,22 +364,30 @@ def _finish(
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
-    Returns the final summary (also written to `<workdir>/summary.json`). Raises
-    `TrainingInterrupted` after SIGTERM/SIGINT (a checkpoint of the last finished step is written
-    first) and `NonFiniteError` on a non-finite loss or gradient with `config.nonfinite == "stop"`.
+    Returns the final summary (also written to `<workdir>/summary.json`). Raises `TrainingInterrupted`
+    after SIGTERM/SIGINT (once the last finished step is checkpointed), `NonFiniteError` (non-finite
+    loss or gradient, `config.nonfinite == "stop"`), `CheckpointSaveError` and `WorkdirLockedError`
+    (process 0 locks the workdir for the whole run, before any data is read).
     """
-    run = _prepare(config, os.path.abspath(workdir))
+    workdir = os.path.abspath(workdir)
+    config_schema.validate(config)
+    workdir_lib.check_writable(workdir, jax.process_index())
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        return _train(config, workdir)
+
+
+def _train(config: ConfigDict, workdir: str) -> dict[str, Any]:
+    """The run itself, from `_prepare` to `_finish`, with the workdir locked."""
+    run = _prepare(config, workdir)
     compiled = compile_steps(config, run.schedule, run.train_split.class_counts(), run.mesh)
     writer = tracking.MetricWriter(run.workdir, config)
     progress = tracking.ProgressBar(run.plan["total_steps"], config.batch_size, enabled=config.progress_bar)
     progress.start(run.start_step)
     window = MetricWindow(config, run.plan["steps_per_epoch"], writer, progress, run.last_good)
     try:
-        try:
-            state, evaluation = _loop(run, compiled, writer, window)
-        finally:
-            # Whatever ends the loop, a save already under way (of a good state) is completed.
-            run.ckpt.wait_until_finished()
+        # Checkpointer.save returns once its save is finished: nothing is left under way whatever
+        # ends the loop.
+        state, evaluation = _loop(run, compiled, writer, window)
         return _finish(run, state, evaluation, window)
     finally:
         run.train_iter.close()  # stops Grain's worker processes, if any

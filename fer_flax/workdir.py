@@ -7,8 +7,9 @@ of config changes across resumes, metric files and the final summary.
   <workdir>/summary.json          the final summary of the last finished run
   <workdir>/curves.png            train / val curves from metrics.jsonl
 
-JSON files are written atomically (a temporary file renamed over the old one), so a reader never sees
-half a file. Nothing here imports the training loop: evaluation reads runs through this module too.
+Every file here is written atomically (`fer_flax.atomic_files`), so a reader never sees half a file;
+one that is damaged all the same (emptied or edited by hand) is named in the error. Nothing here
+imports the training loop: evaluation reads runs through this module too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from fer_flax import tracking
+from fer_flax.atomic_files import write_json, write_text
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -70,20 +72,6 @@ def check_writable(workdir: str, process_index: int = 0) -> None:
         ) from e
 
 
-def write_text(file_path: str, text: str) -> None:
-    """Writes `text` atomically (a temporary file renamed over the old one): a reader never sees half
-    a file, and a kill mid-write leaves the previous version."""
-    tmp = f"{file_path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, file_path)
-
-
-def write_json(file_path: str, obj: Any) -> None:
-    """Writes `obj` as indented JSON atomically (`write_text`)."""
-    write_text(file_path, json.dumps(obj, indent=2, default=str))
-
-
 # ----------------------------------------------------------------------------- the run's config
 
 
@@ -104,11 +92,16 @@ def read_run_info(workdir: str) -> dict:
             f"{file_path} not found: {workdir!r} is not a fer_flax training workdir. Train first with "
             "`python -m fer_flax.main --config configs/<x>.py --workdir <dir>`."
         )
-    with open(file_path) as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{file_path} is not valid JSON ({e}); the run's config cannot be read") from e
+    try:
+        with open(file_path) as f:
+            info = json.load(f)
+    except ValueError as e:
+        raise ValueError(
+            f"{file_path} is damaged: not valid JSON ({e}); the run's config cannot be read"
+        ) from e
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise ValueError(f"{file_path} is damaged: it holds no run config (no 'config' entry)")
+    return info
 
 
 def load_run_config(workdir: str) -> ConfigDict:
@@ -147,7 +140,7 @@ def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any
     `IncompatibleWorkdirError` when a key of `RUN_IDENTITY_KEYS` differs. Empty for a new workdir."""
     if not os.path.exists(path(workdir, CONFIG_FILE)):
         return {}
-    old = _flatten(read_run_info(workdir).get("config", {}))
+    old = _flatten(read_run_info(workdir)["config"])
     new = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))  # as config.json stores it
     missing = object()
     changes = {
@@ -178,10 +171,28 @@ def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any
 
 
 def record_config_changes(workdir: str, changes: dict[str, tuple[Any, Any]], resumed_at_step: int) -> None:
-    """Appends one record of `changes` to config_history.jsonl."""
-    with open(path(workdir, HISTORY_FILE), "a") as f:
-        record = {"time": time.time(), "resumed_at_step": resumed_at_step, "changes": changes}
-        f.write(json.dumps(record, default=str) + "\n")
+    """Adds one record of `changes` to config_history.jsonl (rewritten atomically)."""
+    file_path = path(workdir, HISTORY_FILE)
+    previous = ""
+    if os.path.exists(file_path):
+        with open(file_path) as f:
+            previous = "".join(line for line in f if line.endswith("\n"))
+    record = {"time": time.time(), "resumed_at_step": resumed_at_step, "changes": changes}
+    write_text(file_path, previous + json.dumps(record, default=str) + "\n")
+
+
+def record_resume(
+    workdir: str, start_step: int, changes: dict[str, tuple[Any, Any]], say: Callable[[str], Any]
+) -> None:
+    """A run starting at `start_step`: metrics.jsonl cut back to it (`truncate_metrics`), the
+    changed settings printed and added to config_history.jsonl."""
+    truncate_metrics(workdir, start_step)
+    if changes:
+        say(
+            "Settings changed since this workdir's last run (recorded in config_history.jsonl): "
+            + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        )
+        record_config_changes(workdir, changes, start_step)
 
 
 # ------------------------------------------------------------------------------------- metrics

@@ -6,20 +6,22 @@ process, so that it signals itself at one exact moment. Run as a program,
 `python tests/fault_injection.py SPEC [fer_flax.main flags...]` installs it and runs `fer_flax.main`.
 
 SPEC is "<where>:<step>[:<signal>]", SIGKILL unless TERM or INT is given:
-  step:N   right after training step N is dispatched
-  eval:N   inside the evaluation at step N, after its first batch
-  save:N   inside the save of checkpoints/N, after every array is written, before Orbax commits it
+  step:N     right after training step N is dispatched
+  eval:N     inside the evaluation at step N, after its first batch
+  save:N     inside the save of checkpoints/N, after every array is written, before Orbax commits it
+  nospace:N  no signal: the commit of checkpoints/N fails with OSError(ENOSPC), as on a full disk
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import sys
 from pathlib import Path
 
-WHERE = ("step", "eval", "save")
+WHERE = ("step", "eval", "save", "nospace")
 
 
 def parse(spec: str) -> tuple[str, int, signal.Signals]:
@@ -74,8 +76,11 @@ def install(spec: str) -> None:
 
     async def finalize_that_may_stop(self, *args, **kwargs):
         final = Path(self.get_final())
-        if final.parent.name == "checkpoints" and final.name == str(at_step) and where == "save":
-            os.kill(os.getpid(), sig)
+        if final.parent.name == "checkpoints" and final.name == str(at_step):
+            if where == "save":
+                os.kill(os.getpid(), sig)
+            if where == "nospace":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.get()))
         return await finalize(self, *args, **kwargs)
 
     train.compile_steps = compile_counting_steps
@@ -87,8 +92,6 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     spec, sys.argv = sys.argv[1], [sys.argv[0], *sys.argv[2:]]
     install(spec)
-    from absl import app
+    from fer_flax import cli, main
 
-    from fer_flax import main
-
-    app.run(main.main)
+    cli.run(main.main)  # exactly what `python -m fer_flax.main` runs

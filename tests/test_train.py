@@ -155,3 +155,6 @@ def test_command_line_trains_on_the_configured_cpu_devices_and_rejects_unknown_k
     )
     assert bad.returncode != 0
     assert "lrr" in bad.stderr
+    # One line naming the flag and the key it probably meant, without a traceback.
+    assert bad.stderr.startswith("error: --config.optim.lrr: the config has no key 'optim.lrr' (did you mean")
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
