@@ -32,9 +32,10 @@ import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageDraw, ImageFont
 
-from fer_flax import evaluate, model_state, output_dir, parallel, predict, runtime, saliency
+from fer_flax import evaluate, image_io, model_state, parallel, runtime, saliency
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.model_state import Restored
+from fer_flax.staged_outputs import StagedOutputs, check_replaceable
 
 MARKER = "explanations.json"
 ROWS_PER_GRID = 16
@@ -55,10 +56,11 @@ def load_faces(
     else `n` examples of `split` spread over its classes (`balanced_sample`). An unreadable image
     raises an error naming it."""
     if paths:
-        files = predict.collect_inputs(paths)
+        files = image_io.collect_inputs(paths)
         if not files:
             raise ValueError(f"no PNG/JPEG images found in {', '.join(paths)}")
-        return np.stack([predict.load_image(f) for f in files]), None, files
+        faces = [image_io.fit_whole(image_io.open_image(f).convert("L")) for f in files]
+        return np.stack(faces), None, files
     if n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     data, _ = evaluate.load_eval_split([restored], split, data_path)
@@ -154,10 +156,15 @@ def _group_name(true: int | None, predicted: int) -> str:
 
 
 def write_outputs(
-    out: str, faces: np.ndarray, labels: np.ndarray | None, names: Sequence[str], result: dict, methods
+    out: StagedOutputs,
+    faces: np.ndarray,
+    labels: np.ndarray | None,
+    names: Sequence[str],
+    result: dict,
+    methods,
 ) -> list[str]:
-    """The grids, explanations.json and maps.npz into `out` (a folder being filled); returns the grid
-    file names."""
+    """The grids, explanations.json and maps.npz into `out` (staged until its commit); returns the
+    grid file names."""
     predicted = result["predicted"].astype(int)
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(predicted):
@@ -174,7 +181,7 @@ def write_outputs(
                 for i in rows
             ]
             maps = {m: result[m][rows] for m in methods}
-            grid_image(faces[rows], maps, titles, group.replace("_", ", ")).save(os.path.join(out, file))
+            grid_image(faces[rows], maps, titles, group.replace("_", ", ")).save(out.path(file))
             files.append(file)
             for i in rows:
                 records[i] = {
@@ -190,8 +197,8 @@ def write_outputs(
     arrays.update({m: result[m] for m in methods})
     if labels is not None:
         arrays["labels"] = labels
-    np.savez_compressed(os.path.join(out, "maps.npz"), **arrays)
-    with open(os.path.join(out, MARKER), "w") as f:
+    np.savez_compressed(out.path("maps.npz"), **arrays)
+    with open(out.path(MARKER), "w") as f:
         json.dump({"methods": list(methods), "faces": records}, f, indent=2)
     return files
 
@@ -212,15 +219,16 @@ def run(
     seed: int = 0,
 ) -> str:
     """Explains the faces and writes DIR (see the module docstring); returns its absolute path."""
-    output_dir.check_replaceable(out, MARKER, "fer_flax.explain")  # before any work
+    check_replaceable(out, MARKER, "fer_flax.explain")  # before any work
     # One device: the maps are small work, and replicated variables would repeat it on every device.
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     restored = model_state.restore(workdir, checkpoint, mesh=mesh, weights=weights)
     methods = saliency.check_methods(restored.model, methods or saliency.default_methods(restored.model))
     faces, labels, names = load_faces(restored, paths, split=split, data_path=data_path, n=n, seed=seed)
     result = explain_faces(restored, faces, methods=methods, samples=samples, noise=noise, seed=seed)
-    with output_dir.written_at_once(out, MARKER, "fer_flax.explain") as tmp:
-        files = write_outputs(tmp, faces, labels, names, result, methods)
+    with StagedOutputs(out, replaces=MARKER) as staged:
+        files = write_outputs(staged, faces, labels, names, result, methods)
+        staged.commit()
     out = os.path.abspath(out)
     print(f"wrote {len(files)} grid(s) of {len(faces)} faces ({', '.join(methods)}) to {out}")
     return out

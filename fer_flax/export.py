@@ -45,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from fer_flax import config_schema, inference, model_state, output_dir, parallel, runtime, steps, tta
+from fer_flax import config_schema, inference, model_state, parallel, runtime, steps, tta
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.model_state import Restored
+from fer_flax.staged_outputs import StagedOutputs, check_replaceable
 
 JAX_FILE, ONNX_FILE, LOADER_FILE, MARKER = "model.jaxexport", "model.onnx", "load_model.py", "model.json"
 FORMATS: tuple[str, ...] = ("jax", "onnx")
@@ -249,7 +250,7 @@ def export_run(
 ) -> dict:
     """Exports, checks and writes DIR (see the module docstring); returns model.json's record.
     `formats` None: jax, and onnx where it can be made; given: each one or an ExportError."""
-    output_dir.check_replaceable(out, MARKER, "fer_flax.export")  # before any work
+    check_replaceable(out, MARKER, "fer_flax.export")  # before any work
     for f in formats or ():
         config_schema.check_choice("--formats", f, FORMATS)
     for p in platforms:
@@ -291,15 +292,16 @@ def export_run(
         "checked_on": f"{len(probes)} probe images against fer_flax.inference.member_probabilities",
         **record,
     }
-    with output_dir.written_at_once(out, MARKER, "fer_flax.export") as tmp:
+    with StagedOutputs(out, replaces=MARKER) as staged:
         for file, blob in blobs.items():
-            with open(os.path.join(tmp, file), "wb") as f:
+            with open(staged.path(file), "wb") as f:
                 f.write(blob)
         if JAX_FILE in blobs:
-            with open(os.path.join(tmp, LOADER_FILE), "w") as f:
+            with open(staged.path(LOADER_FILE), "w") as f:
                 f.write(LOADER)
-        with open(os.path.join(tmp, MARKER), "w") as f:
+        with open(staged.path(MARKER), "w") as f:
             json.dump(info, f, indent=2)
+        staged.commit()
     return info
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from trained_runs import synthetic_split, trained_run
 
-from fer_flax import export, inference, model_state, output_dir, parallel
+from fer_flax import export, inference, model_state, parallel
+from fer_flax.staged_outputs import StagedOutputs
 
 SIZES = (1, 5, 13)  # every artifact is traced once, with a symbolic batch
 
@@ -99,15 +100,21 @@ def test_bad_requests_are_refused_before_any_work(exported, tmp_path):
 
 def test_an_output_folder_is_replaced_whole_or_not_at_all(tmp_path):
     out = tmp_path / "out"
-    with output_dir.written_at_once(str(out), "done.json", "the test") as tmp:
-        (Path(tmp) / "done.json").write_text("1")
-    with (
-        pytest.raises(RuntimeError, match="half way"),
-        output_dir.written_at_once(str(out), "done.json", "the test") as tmp,
-    ):
-        (Path(tmp) / "done.json").write_text("2")
-        raise RuntimeError("half way")
+
+    def write(files: dict[str, str], fail: bool = False) -> None:
+        with StagedOutputs(out, replaces="done.json") as staged:
+            for name, text in files.items():
+                Path(staged.path(name)).write_text(text)
+            if fail:
+                raise RuntimeError("half way")
+            staged.commit()
+
+    write({"done.json": "1", "model.onnx": "old"})
+    with pytest.raises(RuntimeError, match="half way"):
+        write({"done.json": "2"}, fail=True)
     assert (out / "done.json").read_text() == "1"
-    with output_dir.written_at_once(str(out), "done.json", "the test") as tmp:
-        (Path(tmp) / "done.json").write_text("3")
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "done.json").read_text() == "3"
+    write({"done.json": "3"})  # an earlier file the new output lacks does not survive
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == [
+        "done.json"
+    ]
+    assert (out / "done.json").read_text() == "3"
