@@ -3,7 +3,7 @@
 Command:
   python -m fer_flax.explain --workdir W --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
       [--data PATH] [--split val] [--n 32]                  # N faces of a split, every class, or
-      [IMAGE_OR_FOLDER ...]                                  # face crops, read as fer_flax.predict reads them
+      [IMAGE_OR_FOLDER ...]                                  # face crops (fer_flax.image_io, no detection)
       [--methods gradcam,smoothgrad] [--samples 16] [--noise 0.15] [--seed 0]
 
 Maps (`fer_flax.saliency`): Grad-CAM on the last convolutional stage for the conv families, attention

@@ -138,6 +138,7 @@ def test_rollout_of_identity_attention_is_the_identity_and_rows_stay_distributio
     np.testing.assert_allclose(rolled.sum(-1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.xdist_group("trained_run")
 def test_explain_command_on_a_trained_run(tmp_path_factory, tmp_path):
     workdir = trained_run(tmp_path_factory)
     out = tmp_path / "explained"

@@ -15,6 +15,8 @@ from trained_runs import synthetic_split, trained_run
 from fer_flax import export, inference, model_state, parallel
 from fer_flax.staged_outputs import StagedOutputs
 
+pytestmark = pytest.mark.xdist_group("trained_run")
+
 SIZES = (1, 5, 13)  # every artifact is traced once, with a symbolic batch
 
 
