@@ -5,6 +5,11 @@ into a hidden staging folder beside the output folder; `commit()` moves them int
 input has been processed, and leaving the `with` block without committing (an unreadable input, an
 interrupt) deletes the staging folder. So a failed run leaves no partial outputs, and the output
 folder is created only when there is something to put in it.
+
+With `replaces=MARKER` (a file every output of the command holds) the output folder is one product,
+replaced as a whole: `commit()` swaps the staged folder in, so no file of an earlier run survives
+beside the new ones. A destination that holds something other than such an output is refused
+(`check_replaceable`, which a command calls before any work).
 """
 
 from __future__ import annotations
@@ -14,11 +19,26 @@ import shutil
 import tempfile
 
 
+def check_replaceable(out_dir: str | os.PathLike, marker: str, command: str) -> str:
+    """The absolute `out_dir` if it is absent, an empty folder or an earlier output of `command` (it
+    holds `marker`); else ValueError naming it."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path} is a file; give a folder")
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, marker)):
+        raise ValueError(
+            f"--out {path} is a non-empty folder that is not an earlier output of {command} (it has no "
+            f"{marker}); choose a new or empty folder"
+        )
+    return path
+
+
 class StagedOutputs:
     """with StagedOutputs(out_dir) as out: write to out.path(name) ...; out.commit() -> final paths."""
 
-    def __init__(self, out_dir: str | os.PathLike):
+    def __init__(self, out_dir: str | os.PathLike, *, replaces: str | None = None):
         self.out_dir = os.path.abspath(os.fspath(out_dir))
+        self.replaces = replaces
         self._stage: str | None = None
         self._names: list[str] = []
 
@@ -46,8 +66,11 @@ class StagedOutputs:
         return os.path.join(self.out_dir, name)
 
     def commit(self) -> list[str]:
-        """Moves every staged file into the output folder; returns their final paths."""
+        """Moves every staged file into the output folder (or, with `replaces`, the staged folder in
+        place of the output folder); returns their final paths."""
         assert self._stage is not None
+        if self.replaces is not None:
+            return self._replace_folder()
         os.makedirs(self.out_dir, exist_ok=True)
         moved = []
         for name in sorted(os.listdir(self._stage)):
@@ -56,6 +79,24 @@ class StagedOutputs:
         shutil.rmtree(self._stage, ignore_errors=True)
         self._stage = None
         return moved
+
+    def _replace_folder(self) -> list[str]:
+        check_replaceable(self.out_dir, self.replaces, "this command")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._stage, 0o777 & ~umask)  # mkdtemp's folder is private; the result is an ordinary one
+        names = sorted(os.listdir(self._stage))
+        old = None
+        if os.path.exists(self.out_dir):
+            old = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(self.out_dir)}.old-", dir=os.path.dirname(self.out_dir)
+            )
+            os.replace(self.out_dir, os.path.join(old, "previous"))
+        os.replace(self._stage, self.out_dir)
+        self._stage = None
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return [self.final_path(name) for name in names]
 
     def __exit__(self, *exc) -> None:
         if self._stage is not None:

@@ -22,6 +22,9 @@ INFERENCE_SIDE = (
     "fer_flax.webcam",
     "fer_flax.annotate",
     "fer_flax.faces.classify",
+    "fer_flax.explain",
+    "fer_flax.saliency",
+    "fer_flax.export",
 )
 TRAINING_LOOP = ("fer_flax.train", "fer_flax.validation", "fer_flax.metric_window")
 
