@@ -26,6 +26,9 @@ from fer_flax import checkpoint as checkpoint_lib
 from fer_flax import cli, evaluate, inference, model_state, train, workdir_lock
 from fer_flax.choices import ConfigError
 
+# One worker trains the tiny run (tests/trained_runs.py) that several test files share.
+pytestmark = pytest.mark.xdist_group("trained_run")
+
 REPO = Path(__file__).resolve().parents[1]
 # The command line of tiny_config(0), the config of the shared trained run.
 TINY_FLAGS = [
