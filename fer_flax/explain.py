@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
 import matplotlib
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from PIL import Image, ImageDraw, ImageFont
 
-from fer_flax import evaluate, image_io, model_state, parallel, runtime, saliency
+from fer_flax import cli, evaluate, image_io, model_state, parallel, runtime, saliency
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.model_state import Restored
 from fer_flax.staged_outputs import StagedOutputs, check_replaceable
@@ -270,9 +269,9 @@ def main(argv: list[str]) -> None:
             seed=f.seed,
         )
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        cli.fail(e)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -34,7 +34,6 @@ import io
 import json
 import logging as std_logging
 import os
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -45,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from fer_flax import config_schema, inference, model_state, parallel, runtime, steps, tta
+from fer_flax import cli, config_schema, inference, model_state, parallel, runtime, steps, tta
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.model_state import Restored
 from fer_flax.staged_outputs import StagedOutputs, check_replaceable
@@ -341,7 +340,7 @@ def main(argv: list[str]) -> None:
             platforms=f.platforms,
         )
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        cli.fail(e)
     print(
         f"exported {restored.config.model_name}/{restored.config.model.variant} (step {restored.step}, "
         f"TTA {info['tta']}) to {os.path.abspath(f.out)}"
@@ -357,4 +356,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)
