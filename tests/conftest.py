@@ -42,14 +42,6 @@ def real_data_dir() -> Path:
     return REAL_DATA_DIR
 
 
-def pytest_configure(config):
-    # Tests that share one expensive fixture carry `xdist_group` marks, so that a single worker builds
-    # it. pytest-xdist honours those marks only in its "loadgroup" mode; make that the mode whenever the
-    # suite is spread over workers (`-n 2`), so the README's command needs no extra option.
-    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"
-
-
 def pytest_collection_modifyitems(config, items):
     # Modules with end-to-end runs (tests marked `slow`) first: handed out early, they finish before
     # the quick tests run out, and neither worker waits idle for the other's last long test. Modules
