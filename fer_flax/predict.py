@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 
 from fer_flax import config_schema, inference, runtime, tta
 from fer_flax.data.image_folders import IMAGE_EXTENSIONS
-from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
+from fer_flax.data.spec import FER2013, DataSpec
 from fer_flax.model_state import Restored
 
 RESAMPLE = Image.Resampling.BILINEAR
@@ -51,8 +51,9 @@ class ImageReadError(ValueError):
     """An input image that cannot be read; the message names the file and the reason."""
 
 
-def load_image(path: str | os.PathLike, *, fit: str = "stretch") -> np.ndarray:
-    """uint8 [48, 48] grayscale face from any PNG/JPEG (any size, colour or grayscale)."""
+def load_image(path: str | os.PathLike, *, fit: str = "stretch", spec: DataSpec = FER2013) -> np.ndarray:
+    """uint8 face of `spec`'s size from any PNG/JPEG (any size, colour or grayscale): [H, W] grayscale
+    for a 1-channel spec (FER2013's 48x48), [H, W, 3] RGB for a 3-channel one."""
     if fit not in FIT_MODES:
         config_schema.check_choice("--fit", fit, FIT_MODES)
     try:
@@ -64,17 +65,20 @@ def load_image(path: str | os.PathLike, *, fit: str = "stretch") -> np.ndarray:
                 # convert("L") would clip at 255 instead of rescaling.
                 wide = np.asarray(im, dtype=np.float64)
                 im = Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L")
-            gray = im.convert("L")
+            gray = im.convert("L" if spec.channels == 1 else "RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # Pillow reports unreadable and truncated files as OSError (UnidentifiedImageError) and some
         # malformed headers as ValueError or SyntaxError.
         raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-    if fit == "center_crop" and gray.width != gray.height:
-        side = min(gray.size)
-        left, top = (gray.width - side) // 2, (gray.height - side) // 2
-        gray = gray.crop((left, top, left + side, top + side))
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
+    height, width = spec.image_size
+    if fit == "center_crop" and gray.width * height != gray.height * width:
+        # The largest centred box of the spec's aspect ratio.
+        scale = min(gray.width / width, gray.height / height)
+        box_w, box_h = round(width * scale), round(height * scale)
+        left, top = (gray.width - box_w) // 2, (gray.height - box_h) // 2
+        gray = gray.crop((left, top, left + box_w, top + box_h))
+    if gray.size != (width, height):
+        gray = gray.resize((width, height), RESAMPLE)
     return np.asarray(gray, dtype=np.uint8)
 
 
@@ -106,12 +110,13 @@ def classify(
     fit: str = "stretch",
 ) -> list[dict]:
     """One result per input file, in order: {"path", "label", "probabilities": {class: p}} or
-    {"path", "error"}."""
+    {"path", "error"}, in the classes (and at the image size) the models were trained with."""
+    spec = members[0].spec
     results: list[dict] = []
     images, ok = [], []
     for path in collect_inputs(paths):
         try:
-            images.append(load_image(path, fit=fit))
+            images.append(load_image(path, fit=fit, spec=spec))
             ok.append(len(results))
             results.append({"path": path})
         except (ImageReadError, FileNotFoundError) as e:
@@ -125,8 +130,8 @@ def classify(
             crop_size=crop_size,
         )
         for i, p in zip(ok, probs, strict=True):
-            results[i]["label"] = CLASS_NAMES[int(np.argmax(p))]
-            results[i]["probabilities"] = {name: float(v) for name, v in zip(CLASS_NAMES, p, strict=True)}
+            results[i]["label"] = spec.class_names[int(np.argmax(p))]
+            results[i]["probabilities"] = dict(zip(spec.class_names, map(float, p), strict=True))
     return results
 
 
@@ -137,28 +142,35 @@ def to_json(results: Sequence[dict]) -> str:
     return json.dumps(list(results), indent=2)
 
 
+def _class_names(results: Sequence[dict]) -> tuple[str, ...]:
+    """The classes the results are in (FER2013's when every input failed)."""
+    return next((tuple(r["probabilities"]) for r in results if "probabilities" in r), FER2013.class_names)
+
+
 def to_csv(results: Sequence[dict]) -> str:
     """Columns: path, label, one probability per class, error (empty on success)."""
+    names = _class_names(results)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "label", *CLASS_NAMES, "error"])
+    writer.writerow(["path", "label", *names, "error"])
     for r in results:
         if "error" in r:
-            writer.writerow([r["path"], "", *[""] * len(CLASS_NAMES), r["error"]])
+            writer.writerow([r["path"], "", *[""] * len(names), r["error"]])
         else:
-            probs = [f"{r['probabilities'][name]:.6f}" for name in CLASS_NAMES]
+            probs = [f"{r['probabilities'][name]:.6f}" for name in names]
             writer.writerow([r["path"], r["label"], *probs, ""])
     return buf.getvalue()
 
 
 def to_table(results: Sequence[dict]) -> str:
+    names = _class_names(results)
     width = max([len(r["path"]) for r in results] + [4])
-    lines = [f"{'path':<{width}}  {'label':<9}" + "".join(f"{n[:8]:>9}" for n in CLASS_NAMES)]
+    lines = [f"{'path':<{width}}  {'label':<9}" + "".join(f"{n[:8]:>9}" for n in names)]
     for r in results:
         if "error" in r:
             lines.append(f"{r['path']:<{width}}  ERROR    {r['error']}")
         else:
-            probs = "".join(f"{r['probabilities'][n]:>9.4f}" for n in CLASS_NAMES)
+            probs = "".join(f"{r['probabilities'][n]:>9.4f}" for n in names)
             lines.append(f"{r['path']:<{width}}  {r['label']:<9}{probs}")
     return "\n".join(lines)
 
