@@ -25,6 +25,7 @@ from fer_flax import checkpoint as checkpoint_lib
 from fer_flax import (
     config_schema,
     inference,
+    init_from,
     input_pipeline,
     model_state,
     optim,
@@ -34,7 +35,7 @@ from fer_flax import (
     validation,
 )
 from fer_flax import workdir as workdir_lib
-from fer_flax.data import ArraySplit, default_cache_dir, load_splits
+from fer_flax.data import ArraySplit, DataSpec, default_cache_dir, load_splits, resolve_spec
 from fer_flax.interrupts import NonFiniteError, StopRequest, TrainingInterrupted
 from fer_flax.metric_window import MetricWindow
 from fer_flax.validation import Evaluation
@@ -71,6 +72,8 @@ class _Run:
     ckpt: checkpoint_lib.Checkpointer
     start_step: int
     num_params: int
+    spec: DataSpec
+    init_record: dict[str, Any] | None  # where the run started from (config.init_from)
 
     @property
     def is_main(self) -> bool:
@@ -107,40 +110,41 @@ class CompiledSteps:
 
 
 def _prepare(config: ConfigDict, workdir: str) -> _Run:
-    """Checks everything that can be checked before data is read, then reads the data, builds the
-    state and resumes it from the workdir's latest checkpoint if there is one."""
+    """Checks everything that can be checked before data is read (config, data spec, init_from), then
+    reads the data, builds the state (from init_from's weights in a new run) and resumes it from the
+    workdir's latest checkpoint if there is one."""
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
     config_schema.validate(config)
     workdir_lib.check_writable(workdir, jax.process_index())
-    model = model_state.create_model(config)
+    spec = resolve_spec(config.data)
+    model = model_state.create_model(config, spec)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh, name="batch_size")
     parallel.check_batch_divisible(config.eval_batch_size, mesh, name="eval_batch_size")
     changes = workdir_lib.config_changes(workdir, config)
-
-    cache_dir = config.data.cache_dir or default_cache_dir(workdir)
-    data = load_splits(config.data, ("train", "val"), cache_dir=cache_dir, announce=say)
-    plan = step_plan(config, len(data["train"]))
-    schedule = optim.create_learning_rate_schedule(
-        config.optim, steps_per_epoch=plan["steps_per_epoch"], total_steps=plan["total_steps"]
-    )
-    tx = optim.create_optimizer(config.optim, schedule)
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = model_state.create_train_state(model, tx, init_rng, mesh, ema=model_state.ema_enabled(config))
-    train_iter = input_pipeline.make_train_iterator(
-        data["train"],
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        sampling=config.data.sampling,
-        class_weights=config.data.class_weights,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.data.num_workers,
-    )
     ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
     )
+    resuming = ckpt.latest_step() is not None
+    init_from.check_freeze(config, model, spec)
+    plan = None if resuming else init_from.prepare(config, model, spec, mesh)
+
+    cache_dir = config.data.cache_dir or default_cache_dir(workdir)
+    data = load_splits(config.data, ("train", "val"), cache_dir=cache_dir, announce=say)
+    plan_steps = step_plan(config, len(data["train"]))
+    schedule = optim.create_learning_rate_schedule(
+        config.optim, steps_per_epoch=plan_steps["steps_per_epoch"], total_steps=plan_steps["total_steps"]
+    )
+    tx = optim.create_optimizer(config.optim, schedule)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    state = model_state.create_train_state(
+        model, tx, init_rng, mesh, ema=model_state.ema_enabled(config), image_shape=spec.image_shape
+    )
+    if plan is not None:
+        state = init_from.apply(state, plan, tx, mesh)
+        say(plan.describe())
+    train_iter = input_pipeline.training_stream(data["train"], config)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -149,7 +153,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         model=model,
         train_split=data["train"],
         val_split=data["val"],
-        plan=plan,
+        plan=plan_steps,
         schedule=schedule,
         state=state,
         train_rng=train_rng,
@@ -157,31 +161,27 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         ckpt=ckpt,
         start_step=0,
         num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+        spec=spec,
+        # A resumed run keeps the record of the run that started it.
+        init_record=plan.record() if plan else workdir_lib.derived_value(workdir, "init_from"),
     )
-    if ckpt.latest_step() is not None:
+    if resuming:
         run.state = ckpt.restore_latest(state, train_iter)
         run.start_step = int(jax.device_get(run.state.step))
-        total = plan["total_steps"]
+        total = plan_steps["total_steps"]
         say(f"Resumed from {run.checkpoint_dir}/{run.start_step} (step {run.start_step} of {total}).")
     if is_main:
         _record_run(run, changes)
     say(
         f"Model {config.model_name}/{config.model.variant}: {run.num_params / 1e6:.2f}M parameters; "
-        f"{len(run.train_split)} train / {len(run.val_split)} val images; {plan['total_steps']} steps "
-        f"of {config.batch_size} on {jax.device_count()} device(s)."
+        f"{len(run.train_split)} train / {len(run.val_split)} val images ({spec.describe()}); "
+        f"{plan_steps['total_steps']} steps of {config.batch_size} on {jax.device_count()} device(s)."
     )
     return run
 
 
 def _record_run(run: _Run, changes: dict[str, tuple[Any, Any]]) -> None:
-    """Process 0: metrics.jsonl cut back to the resumed step, changed settings, config.json."""
-    workdir_lib.truncate_metrics(run.workdir, run.start_step)
-    if changes:
-        run.say(
-            "Settings changed since this workdir's last run (recorded in config_history.jsonl): "
-            + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-        )
-        workdir_lib.record_config_changes(run.workdir, changes, run.start_step)
+    """Process 0: the run's files at start (`workdir.record_start`) with what it derived."""
     derived = {
         **run.plan,
         "num_devices": jax.device_count(),
@@ -189,8 +189,10 @@ def _record_run(run: _Run, changes: dict[str, tuple[Any, Any]]) -> None:
         "num_params": run.num_params,
         "num_train": len(run.train_split),
         "num_val": len(run.val_split),
+        "data_spec": run.spec.to_dict(),
+        "init_from": run.init_record,
     }
-    workdir_lib.write_run_info(run.workdir, run.config, derived)
+    workdir_lib.record_start(run.workdir, run.config, derived, changes, run.start_step, run.say)
 
 
 def compile_steps(
@@ -199,12 +201,13 @@ def compile_steps(
     """The run's steps under jax.jit. `class_counts` are the training split's label counts, baked into
     the step as constants: the loss's class weights and logit-adjustment prior (config.loss), never
     the val split's."""
+    counts = {"class_counts": class_counts, "num_classes": len(class_counts)}
     return CompiledSteps(
         train=jax.jit(
-            functools.partial(steps.train_step, config=config, schedule=schedule, class_counts=class_counts),
+            functools.partial(steps.train_step, config=config, schedule=schedule, **counts),
             donate_argnums=(0,),
         ),
-        gradients=jax.jit(functools.partial(steps.gradients, config=config, class_counts=class_counts)),
+        gradients=jax.jit(functools.partial(steps.gradients, config=config, **counts)),
         state_is_finite=jax.jit(steps.state_is_finite),
         # Replicated like the rest of the state, so the train step sees the shardings it was compiled for.
         plateau=jax.jit(
@@ -246,9 +249,10 @@ def _evaluation_step(
         writer.log_evaluation_media(
             step,
             confusion=evaluation.val["confusion"],
-            images=samples[..., None],
+            images=samples,
             labels=run.val_split.labels[:16],
             predictions=np.argmax(logits, -1),
+            class_names=run.spec.class_names,
         )
     val = evaluation.val
     run.say(
@@ -347,6 +351,7 @@ def _finish(
         "skipped_updates_this_run": window.skipped_updates,
         "train_seconds_this_run": window.train_seconds,
         "data_path": config.data.path,
+        "init_from": run.init_record,
     }
     if run.use_ema:
         summary["final_val_ema"] = evaluation.val_ema
