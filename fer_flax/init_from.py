@@ -72,7 +72,9 @@ class InitPlan:
             f"{self.source.weights} weights): {len(self.loaded)} leaves loaded"
         )
         if self.reinitialised:
-            text += f"; re-initialised for {len(self.source.spec.class_names)} -> new classes: "
+            text += (
+                f"; re-initialised for another class count (the source has {self.source.spec.num_classes}): "
+            )
             text += ", ".join(self.reinitialised)
         if self.skipped:
             text += f"; {len(self.skipped)} skipped (init_skip)"

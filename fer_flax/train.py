@@ -128,22 +128,22 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     )
     resuming = ckpt.latest_step() is not None
     init_from.check_freeze(config, model, spec)
-    plan = None if resuming else init_from.prepare(config, model, spec, mesh)
+    init_plan = None if resuming else init_from.prepare(config, model, spec, mesh)
 
     cache_dir = config.data.cache_dir or default_cache_dir(workdir)
     data = load_splits(config.data, ("train", "val"), cache_dir=cache_dir, announce=say)
-    plan_steps = step_plan(config, len(data["train"]))
+    plan = step_plan(config, len(data["train"]))
     schedule = optim.create_learning_rate_schedule(
-        config.optim, steps_per_epoch=plan_steps["steps_per_epoch"], total_steps=plan_steps["total_steps"]
+        config.optim, steps_per_epoch=plan["steps_per_epoch"], total_steps=plan["total_steps"]
     )
     tx = optim.create_optimizer(config.optim, schedule)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state = model_state.create_train_state(
         model, tx, init_rng, mesh, ema=model_state.ema_enabled(config), image_shape=spec.image_shape
     )
-    if plan is not None:
-        state = init_from.apply(state, plan, tx, mesh)
-        say(plan.describe())
+    if init_plan is not None:
+        state = init_from.apply(state, init_plan, tx, mesh)
+        say(init_plan.describe())
     train_iter = input_pipeline.training_stream(data["train"], config)
     run = _Run(
         config=config,
@@ -153,7 +153,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         model=model,
         train_split=data["train"],
         val_split=data["val"],
-        plan=plan_steps,
+        plan=plan,
         schedule=schedule,
         state=state,
         train_rng=train_rng,
@@ -163,19 +163,19 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
         spec=spec,
         # A resumed run keeps the record of the run that started it.
-        init_record=plan.record() if plan else workdir_lib.derived_value(workdir, "init_from"),
+        init_record=init_plan.record() if init_plan else workdir_lib.derived_value(workdir, "init_from"),
     )
     if resuming:
         run.state = ckpt.restore_latest(state, train_iter)
         run.start_step = int(jax.device_get(run.state.step))
-        total = plan_steps["total_steps"]
+        total = plan["total_steps"]
         say(f"Resumed from {run.checkpoint_dir}/{run.start_step} (step {run.start_step} of {total}).")
     if is_main:
         _record_run(run, changes)
     say(
         f"Model {config.model_name}/{config.model.variant}: {run.num_params / 1e6:.2f}M parameters; "
         f"{len(run.train_split)} train / {len(run.val_split)} val images ({spec.describe()}); "
-        f"{plan_steps['total_steps']} steps of {config.batch_size} on {jax.device_count()} device(s)."
+        f"{plan['total_steps']} steps of {config.batch_size} on {jax.device_count()} device(s)."
     )
     return run
 
