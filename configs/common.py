@@ -34,7 +34,7 @@ def get_base_config() -> ConfigDict:
     # (1/sqrt(n_c)) | explicit (loss.class_weights); normalised so their mean over the training label
     # distribution is 1.
     c.loss.class_weighting = "none"
-    c.loss.class_weights = config_dict.placeholder(tuple)  # 7 weights, for class_weighting == "explicit"
+    c.loss.class_weights = config_dict.placeholder(tuple)  # one per class, for class_weighting == "explicit"
     # Logit-adjusted loss (Menon et al. 2021): train on logits + tau * log(prior); evaluation uses the
     # raw logits. 1.0 is the paper's choice; 0 disables.
     c.loss.logit_adjustment_tau = 0.0
@@ -46,10 +46,28 @@ def get_base_config() -> ConfigDict:
     c.mix.prob = 1.0  # probability that a batch is mixed at all
     c.mix.switch_prob = 0.5  # probability of cutmix rather than mixup when both alphas are > 0
 
-    # Data: no path means the built-in synthetic faces. A path is a FER2013 CSV (.csv / .csv.gz) or an
-    # image-folder tree (train/<class>/*.jpg, test/<class>/...) or a .tar/.tar.gz of one.
+    # Data: no path means the built-in synthetic faces. A path is a FER2013 CSV (.csv / .csv.gz), an
+    # image-folder tree (train/<class>/*.jpg, test/<class>/...), a FER+ folder (FER2013Train/label.csv,
+    # ...) or a .tar/.tar.gz of one (docs/data.md).
     c.data = ConfigDict()
     c.data.path = config_dict.placeholder(str)
+    # What the path holds (config_schema.DATA_FORMATS): auto (a CSV is FER2013; a folder or archive is
+    # FER+ when it has FER2013Train/Valid/Test folders, else an image-folder set) | fer2013 | folder |
+    # ferplus.
+    c.data.format = "auto"
+    # FER+ label mode (config_schema.LABEL_MODES, fer_flax/data/labels.py): majority | probability |
+    # crossentropy | multi_target. Accuracy is always measured against the majority vote.
+    c.data.label_mode = "majority"
+    # An image-folder set that is not FER2013-shaped (RAF-DB, CK+, AffectNet, in-house): its class names
+    # in label order, the folder of each class when it differs from the name (RAF-DB's "1".."7"),
+    # (height, width), and 1 (grayscale) or 3 (RGB) channels. Unset: FER2013's 7 classes, 48x48x1.
+    c.data.classes = config_dict.placeholder(tuple)
+    c.data.class_folders = config_dict.placeholder(tuple)
+    c.data.image_size = config_dict.placeholder(tuple)
+    c.data.channels = config_dict.placeholder(int)
+    # Resize images of another size and convert colour to grayscale (for a 1-channel set) instead of
+    # rejecting them.
+    c.data.convert_images = False
     c.data.cache_dir = config_dict.placeholder(str)  # default: .fer_flax_cache beside the workdir
     c.data.synthetic_train = 8000
     c.data.synthetic_val = 1000
@@ -58,7 +76,7 @@ def get_base_config() -> ConfigDict:
     # Class-balanced sampling of the training stream (config_schema.SAMPLING_MODES): none | balanced |
     # sqrt | explicit.
     c.data.sampling = "none"
-    c.data.class_weights = config_dict.placeholder(tuple)  # 7 weights, used when sampling == "explicit"
+    c.data.class_weights = config_dict.placeholder(tuple)  # one per class, used when sampling == "explicit"
     c.data.num_workers = 0  # Grain worker processes; 0 is fastest on small CPU machines
 
     # On-device augmentation (training only).
@@ -100,6 +118,9 @@ def get_base_config() -> ConfigDict:
     )  # step schedule: epochs at which lr is multiplied by step_factor
     c.optim.step_factor = 0.1
     c.optim.grad_clip_norm = config_dict.placeholder(float)
+    # A regex of parameter paths ("Conv_0/kernel", "BatchNorm_2/scale"; re.search) kept fixed: zero
+    # updates through optax.multi_transform, and their BatchNorm statistics stay fixed too.
+    c.optim.freeze = config_dict.placeholder(str)
     # schedule == "plateau": warmup, then optim.lr times a scale that drops by plateau_factor after
     # plateau_patience evaluations in a row whose validation accuracy did not beat the best by more
     # than plateau_min_delta. The plateau_cooldown evaluations after a drop are not counted, and the
@@ -137,6 +158,13 @@ def get_base_config() -> ConfigDict:
     # "skip" keeps the previous parameters, optimizer state and BatchNorm statistics for that step
     # and counts it in `train/skipped_updates`. A non-finite state is never checkpointed either way.
     c.nonfinite = "stop"
+    # Fine-tuning (fer_flax/init_from.py): start a new run from another run's weights and BatchNorm
+    # statistics, "WORKDIR[:best|latest|STEP]" (default best); the classifier head is re-initialised when
+    # the class count differs. init_weights: its raw or EMA weights (EMA: a full checkpoint, latest or a
+    # step). init_skip: a regex of parameter paths not to load.
+    c.init_from = config_dict.placeholder(str)
+    c.init_weights = "raw"
+    c.init_skip = config_dict.placeholder(str)
     c.wandb = ConfigDict()
     c.wandb.mode = "offline"  # offline | online | disabled
     c.wandb.project = "fer_flax"

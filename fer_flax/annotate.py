@@ -8,9 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fer_flax.data.splits import CLASS_NAMES
-
-# One colour per class (angry, disgust, fear, happy, sad, surprise, neutral), distinct on photos.
+# One colour per class in label order (FER2013's angry, disgust, fear, happy, sad, surprise, neutral),
+# distinct on photos; a data set with more classes takes them from the extra colours below, cycling.
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
     (230, 57, 70),
     (106, 153, 78),
@@ -20,7 +19,19 @@ CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 0, 110),
     (200, 200, 200),
 )
-SHORT_NAMES = tuple(n[:3] for n in CLASS_NAMES)
+EXTRA_COLORS: tuple[tuple[int, int, int], ...] = ((0, 187, 249), (241, 91, 181), (254, 228, 64))
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """A colour per class in label order (the palette repeats past its 10 colours)."""
+    palette = CLASS_COLORS + EXTRA_COLORS
+    return [palette[k % len(palette)] for k in range(num_classes)]
+
+
+def class_color(face, k: int | None = None) -> tuple[int, int, int]:
+    """The colour of class `k` (default: the face's top class) among the face's classes."""
+    k = face.class_names.index(face.label) if k is None else k
+    return class_colors(k + 1)[k]
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -37,18 +48,18 @@ def _bar_row(font) -> int:
     return round(getattr(font, "size", 10)) + 2
 
 
-def _bars(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, probs: np.ndarray, font) -> None:
-    """Seven horizontal bars (one per class, its length the probability) in a dark panel."""
+def _bars(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, face, font) -> None:
+    """One horizontal bar per class (its length the probability) in a dark panel."""
     row = _bar_row(font)
     text_w = round(draw.textlength("neu", font=font)) + 6
-    draw.rectangle((x, y, x + width, y + row * len(probs) + 2), fill=(20, 20, 20))
-    for k, p in enumerate(probs):
+    draw.rectangle((x, y, x + width, y + row * len(face.probabilities) + 2), fill=(20, 20, 20))
+    for k, p in enumerate(face.probabilities):
         top = y + 1 + k * row
         if text_w:
-            draw.text((x + 2, top), SHORT_NAMES[k], fill=(235, 235, 235), font=font)
+            draw.text((x + 2, top), face.class_names[k][:3], fill=(235, 235, 235), font=font)
         span = max(0, width - text_w - 4)
         draw.rectangle((x + 2 + text_w, top + 1, x + 2 + text_w + round(span * float(p)), top + row - 2),
-                       fill=CLASS_COLORS[k])  # fmt: skip
+                       fill=class_color(face, k))  # fmt: skip
 
 
 def _panel_place(box, panel: tuple[int, int], image: tuple[int, int], *, gap: int, above: int):
@@ -75,7 +86,7 @@ def draw_faces(rgb: np.ndarray, faces: Sequence, *, titles: Sequence[str] | None
     h, w = rgb.shape[:2]
     line = max(2, round(min(h, w) / 250))
     for i, face in enumerate(faces):
-        b, color = face.box, CLASS_COLORS[CLASS_NAMES.index(face.label)]
+        b, color = face.box, class_color(face)
         font = _font(round(min(max(b.height * 0.16, 11), 28)))
         draw.rectangle((b.x, b.y, b.x + b.width, b.y + b.height), outline=color, width=line)
         title = f"{titles[i]} " if titles else ""
@@ -83,31 +94,30 @@ def draw_faces(rgb: np.ndarray, faces: Sequence, *, titles: Sequence[str] | None
         text_h = draw.textbbox((0, 0), text, font=font)[3] + 2
         _label(draw, (b.x + 1, max(0, b.y - text_h - line)), text, color, font)
         bar_font = _font(round(min(max(b.height * 0.11, 9), 16)))
-        panel = (max(b.width, 60), _bar_row(bar_font) * len(CLASS_NAMES) + 2)
+        panel = (max(b.width, 60), _bar_row(bar_font) * len(face.probabilities) + 2)
         x, y = _panel_place(b, panel, (w, h), gap=line, above=text_h + line)
-        _bars(draw, x, y, panel[0], face.probabilities, bar_font)
+        _bars(draw, x, y, panel[0], face, bar_font)
     return np.asarray(im)
 
 
 def contact_sheet(crops: np.ndarray, faces: Sequence, *, scale: int = 2, columns: int = 8) -> np.ndarray:
-    """The classified crops [N, 48, 48] in a grid, each enlarged `scale` times with "#i label conf"
+    """The classified crops [N, H, W(, 3)] in a grid, each enlarged `scale` times with "#i label conf"
     under it: what the model saw. RGB uint8."""
     n = len(crops)
     if n == 0:
         raise ValueError("no face crops to lay out")
-    side = crops.shape[1] * scale
+    height, width = crops.shape[1] * scale, crops.shape[2] * scale
     font = _font(11)
     caption = 16
     cols = min(columns, n)
     rows = -(-n // cols)
-    sheet = Image.new("RGB", (cols * (side + 4) + 4, rows * (side + caption + 4) + 4), (255, 255, 255))
+    sheet = Image.new("RGB", (cols * (width + 4) + 4, rows * (height + caption + 4) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (crop, face) in enumerate(zip(crops, faces, strict=True)):
-        x, y = 4 + (i % cols) * (side + 4), 4 + (i // cols) * (side + caption + 4)
-        big = Image.fromarray(crop, "L").resize((side, side), Image.Resampling.NEAREST)
-        sheet.paste(big.convert("RGB"), (x, y))
-        color = CLASS_COLORS[CLASS_NAMES.index(face.label)]
-        draw.rectangle((x, y + side, x + side - 1, y + side + caption - 2), fill=color)
+        x, y = 4 + (i % cols) * (width + 4), 4 + (i // cols) * (height + caption + 4)
+        big = Image.fromarray(crop, "L" if crop.ndim == 2 else "RGB")
+        sheet.paste(big.resize((width, height), Image.Resampling.NEAREST).convert("RGB"), (x, y))
+        draw.rectangle((x, y + height, x + width - 1, y + height + caption - 2), fill=class_color(face))
         text = f"#{i + 1} {face.label} {face.confidence:.2f}"
-        draw.text((x + 2, y + side + 1), text, fill=(0, 0, 0), font=font)
+        draw.text((x + 2, y + height + 1), text, fill=(0, 0, 0), font=font)
     return np.asarray(sheet)

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 
 from fer_flax import tta
-from fer_flax.data.splits import IMAGE_SIZE
 
 # Normalisation (x/255 - MEAN) / STD. FER2013 Training pixels have mean 0.506 and std 0.255
 # (measured on 6,000 images); round constants keep inputs ~zero-mean, unit-variance on any face set,
@@ -42,7 +41,7 @@ ERASE_RATIO = (0.3, 3.3)
 
 
 def preprocess(images_uint8: jax.Array) -> jax.Array:
-    """uint8 [B, 48, 48, 1] (or [B, 48, 48]) -> float32 [B, 48, 48, 1], `(x/255 - MEAN) / STD`."""
+    """uint8 [B, H, W, C] (or grayscale [B, H, W]) -> float32 [B, H, W, C], `(x/255 - MEAN) / STD`."""
     x = jnp.asarray(images_uint8)
     if x.ndim == 3:
         x = x[..., None]
@@ -129,26 +128,27 @@ def _affine(u: jax.Array, img: jax.Array, flip: jax.Array, p: dict[str, Any]) ->
     """Random-resized crop, pad-crop shift, flip and rotation as one inverse map (output -> input)
     and one resample. The flip is folded in because a separate reverse after the gather made the
     whole augmentation several times slower on XLA:CPU (33 ms vs 2-6 ms for 128 images)."""
-    size = float(IMAGE_SIZE)
-    # Crop box in continuous pixel-edge coordinates [0, 48]: centre (cx, cy), size (cw, ch).
-    cw = ch = jnp.float32(size)
-    cx = cy = jnp.float32(size / 2)
+    height, width = (float(n) for n in img.shape[:2])
+    # Crop box in continuous pixel-edge coordinates [0, W] x [0, H]: centre (cx, cy), size (cw, ch).
+    cw, ch = jnp.float32(width), jnp.float32(height)
+    cx, cy = jnp.float32(width / 2), jnp.float32(height / 2)
     if p["rrc"]:
         area = _between(u[_SLOT["rrc_area"]], *p["rrc_scale"])
         ratio = _log_between(u[_SLOT["rrc_ratio"]], *p["rrc_ratio"])  # width / height
         # Clipping to the image is torchvision's fallback when a drawn box doesn't fit.
-        cw = jnp.minimum(size * jnp.sqrt(area * ratio), size)
-        ch = jnp.minimum(size * jnp.sqrt(area / ratio), size)
-        cx = _between(u[_SLOT["rrc_cx"]], cw / 2, size - cw / 2)
-        cy = _between(u[_SLOT["rrc_cy"]], ch / 2, size - ch / 2)
+        cw = jnp.minimum(width * jnp.sqrt(area * ratio), width)
+        ch = jnp.minimum(height * jnp.sqrt(area / ratio), height)
+        cx = _between(u[_SLOT["rrc_cx"]], cw / 2, width - cw / 2)
+        cy = _between(u[_SLOT["rrc_cy"]], ch / 2, height - ch / 2)
     if p["pad_crop"]:
         # Pad-crop's shift (same draws); the mirror boundaries stand in for the reflect padding.
         pad = p["pad_crop"]
         cy = cy + _integer(u[_SLOT["shift_y"]], 2 * pad + 1) - pad
         cx = cx + _integer(u[_SLOT["shift_x"]], 2 * pad + 1) - pad
     # Output pixel centre offsets from the image centre, scaled into the crop box.
-    offs = jnp.arange(IMAGE_SIZE, dtype=jnp.float32) + 0.5 - size / 2
-    v, h = jnp.meshgrid(offs * (ch / size), offs * (cw / size), indexing="ij")
+    rows = jnp.arange(img.shape[0], dtype=jnp.float32) + 0.5 - height / 2
+    cols = jnp.arange(img.shape[1], dtype=jnp.float32) + 0.5 - width / 2
+    v, h = jnp.meshgrid(rows * (ch / height), cols * (cw / width), indexing="ij")
     h = jnp.where(flip, -h, h)
     if p["rotate"]:
         theta = jnp.deg2rad(_between(u[_SLOT["rotate"]], -p["rotate"], p["rotate"]))
@@ -181,11 +181,11 @@ def _erase(u: jax.Array, img: jax.Array, p: dict[str, Any]) -> jax.Array:
 
 
 def augment_batch(rng: jax.Array, images: jax.Array, cfg: Any) -> jax.Array:
-    """Augments a preprocessed float batch [B, 48, 48, C]; `cfg` has the `config.augment` keys.
+    """Augments a preprocessed float batch [B, H, W, C]; `cfg` has the `config.augment` keys.
 
-    pad_crop: reflect-pad by this many pixels and take a random 48x48 window (0 = off).
+    pad_crop: reflect-pad by this many pixels and take a random HxW window (0 = off).
     random_resized_crop, rrc_scale, rrc_ratio: crop a box of that area fraction and aspect ratio
-      (log-uniform) and resize it to 48x48.
+      (log-uniform) and resize it to HxW.
     rotate_degrees: rotate by an angle uniform in [-d, d] about the centre (0 = off).
     flip: mirror horizontally with probability 1/2.
     erase_prob, erase_scale: random erasing, filled with 0 (the normalised mean).
@@ -220,7 +220,7 @@ def ten_crop_size(cfg: Any) -> int | None:
 
 
 def ten_crop_batch(images: jax.Array, labels: jax.Array, crop_size: int) -> tuple[jax.Array, jax.Array]:
-    """images [B, 48, 48, C] -> [10B, 48, 48, C] with `tta.ten_crop`'s views; labels [B, ...] -> [10B, ...].
+    """images [B, H, H, C] -> [10B, H, H, C] with `tta.ten_crop`'s views; labels [B, ...] -> [10B, ...].
 
     Example i's crops are rows 10i .. 10i+9 (in tta's view order), so each device's shard of a batch
     makes its own crops and `x.reshape(B, 10, ...)` groups them back by image."""

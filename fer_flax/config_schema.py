@@ -22,11 +22,13 @@ import dataclasses
 import importlib
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from fer_flax import models
 from fer_flax.choices import ConfigError, check_choice, choice_problem
+from fer_flax.data.spec import CHANNEL_COUNTS, FERPLUS
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
@@ -41,6 +43,11 @@ SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step", "plateau")
 CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "inverse", "sqrt_inverse", "explicit")
 SAMPLING_MODES: tuple[str, ...] = ("none", "balanced", "sqrt", "explicit")
 WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
+# What `data.path` holds ("auto": a CSV is FER2013; a folder or archive is FER+ when it has the
+# FER2013Train/Valid/Test folders, else an image-folder set); fer_flax.data.sources reads each.
+DATA_FORMATS: tuple[str, ...] = ("auto", "fer2013", "folder", "ferplus")
+# FER+'s label modes (fer_flax.data.labels); data without votes trains with "majority" only.
+LABEL_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy", "multi_target")
 
 # Dotted config key (without "config.") -> its valid values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -53,6 +60,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": SCHEDULES,
     "loss.class_weighting": CLASS_WEIGHTINGS,
     "data.sampling": SAMPLING_MODES,
+    "data.format": DATA_FORMATS,
+    "data.label_mode": LABEL_MODES,
+    "init_weights": WEIGHT_SETS,
     "wandb.mode": WANDB_MODES,
 }
 
@@ -64,10 +74,12 @@ _RESERVED_MODEL_FIELDS = frozenset({"parent", "name", "num_classes", "dtype", "c
 _MISSING = object()
 
 
-def class_weights_problem(key: str, weights: Any) -> str | None:
-    """Why `weights` is not NUM_CLASSES finite non-negative numbers with a positive one, or None."""
-    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or len(weights) != NUM_CLASSES:
-        return f"{key}={weights!r} must be {NUM_CLASSES} weights, one per class"
+def class_weights_problem(key: str, weights: Any, num_classes: int | None = NUM_CLASSES) -> str | None:
+    """Why `weights` is not `num_classes` finite non-negative numbers with a positive one, or None
+    (`num_classes` None: any count, for a config whose class count is known only from its data)."""
+    sequence = isinstance(weights, Sequence) and not isinstance(weights, (str, bytes))
+    if not sequence or len(weights) != (num_classes or len(weights)):
+        return f"{key}={weights!r} must be {num_classes or 'the'} weights, one per class"
     if not all(_is_number(w) and math.isfinite(w) and w >= 0 for w in weights):
         return f"{key}={tuple(weights)!r} must be finite numbers >= 0"
     if not any(w > 0 for w in weights):
@@ -75,11 +87,42 @@ def class_weights_problem(key: str, weights: Any) -> str | None:
     return None
 
 
-def check_class_weights(key: str, weights: Any) -> None:
+def check_class_weights(key: str, weights: Any, num_classes: int | None = NUM_CLASSES) -> None:
     """Raises ConfigError unless `weights` are valid explicit class weights (see class_weights_problem)."""
-    problem = class_weights_problem(key, weights)
+    problem = class_weights_problem(key, weights, num_classes)
     if problem:
         raise ConfigError(problem)
+
+
+def _lookup(config: Any, key: str) -> Any:
+    """config[key] for a dotted key, or _MISSING."""
+    node = config
+    for part in key.split("."):
+        if node is None or not hasattr(node, "keys") or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def expected_num_classes(config: Any) -> int | None:
+    """The class count a config's data will have, when the config alone says it: `data.classes`, FER+
+    (8), FER2013 or the synthetic faces (7); None when only the data can tell (format "auto" or
+    "folder" on a path)."""
+    classes = _lookup(config, "data.classes")
+    if _names(classes):
+        return len(classes)
+    fmt = _lookup(config, "data.format")
+    if fmt == "ferplus":
+        return FERPLUS.num_classes
+    return NUM_CLASSES if fmt == "fer2013" or _unset(_lookup(config, "data.path")) else None
+    return None
+
+
+def expected_image_side(config: Any) -> int:
+    """The smaller side of the images a config trains on, as far as the config says (48 otherwise)."""
+    size = _lookup(config, "data.image_size")
+    ok = isinstance(size, Sequence) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)
+    return min(size) if ok else IMAGE_SIZE
 
 
 def _is_number(v: Any) -> bool:
@@ -114,12 +157,7 @@ class _Checker:
         self.problems: list[str] = []
 
     def get(self, key: str) -> Any:
-        node = self.config
-        for part in key.split("."):
-            if node is None or not hasattr(node, "keys") or part not in node:
-                return _MISSING
-            node = node[part]
-        return node
+        return _lookup(self.config, key)
 
     def choice(self, key: str, choices: Iterable[Any]) -> bool:
         """Records a problem unless config[key] is one of `choices`; True when it is (or is absent)."""
@@ -140,7 +178,7 @@ class _Checker:
         if mode is _MISSING or weights is _MISSING:
             return
         if mode == "explicit":
-            problem = class_weights_problem(f"config.{key}", weights)
+            problem = class_weights_problem(f"config.{key}", weights, expected_num_classes(self.config))
             if problem:
                 self.problems.append(f"{problem} (config.{mode_key}='explicit')")
         elif weights is not None:
@@ -174,6 +212,10 @@ def _fraction(v: Any) -> bool:
 def _probability(v: Any) -> bool:
     """In [0, 1]."""
     return _finite(v) and 0 <= v <= 1
+
+
+def _unset(v: Any) -> bool:
+    return v is None or v is _MISSING
 
 
 def model_options(model_name: str) -> frozenset[str]:
@@ -243,9 +285,8 @@ def _check_loss_and_mix(c: _Checker) -> None:
 
 
 def _check_augment(c: _Checker) -> None:
-    c.require(
-        "augment.pad_crop", lambda v: _is_int(v) and 0 <= v < IMAGE_SIZE, f"an integer in [0, {IMAGE_SIZE})"
-    )
+    side = expected_image_side(c.config)
+    c.require("augment.pad_crop", lambda v: _is_int(v) and 0 <= v < side, f"an integer in [0, {side})")
     c.require("augment.rrc_scale", _pair(0, 1), "(min, max) area fractions with 0 < min <= max <= 1")
     c.require("augment.rrc_ratio", _pair(0, math.inf), "(min, max) aspect ratios with 0 < min <= max")
     c.require("augment.rotate_degrees", _non_negative, "a finite number >= 0 (the range is ±d)")
@@ -253,11 +294,22 @@ def _check_augment(c: _Checker) -> None:
     c.require("augment.erase_scale", _pair(0, 1), "(min, max) area fractions with 0 < min <= max <= 1")
     # The crop side matters for ten-crop training and for ten-crop TTA in the evaluations.
     if c.get("augment.ten_crop") is True or c.get("eval_tta") == "tencrop":
-        c.require(
-            "augment.crop_size",
-            lambda v: _is_int(v) and 0 < v <= IMAGE_SIZE,
-            f"an integer in [1, {IMAGE_SIZE}]",
-        )
+        c.require("augment.crop_size", lambda v: _is_int(v) and 0 < v <= side, f"an integer in [1, {side}]")
+
+
+def _names(v: Any) -> bool:
+    """Two or more distinct non-empty strings."""
+    if isinstance(v, str) or not isinstance(v, Sequence) or len(v) < 2:
+        return False
+    return all(isinstance(n, str) and n.strip() for n in v) and len({n.lower() for n in v}) == len(v)
+
+
+def _regex(v: Any) -> bool:
+    """Unset, or a non-empty regular expression that compiles."""
+    try:
+        return v is None or (isinstance(v, str) and v != "" and re.compile(v) is not None)
+    except re.error:
+        return False
 
 
 def _check_data(c: _Checker) -> None:
@@ -266,6 +318,43 @@ def _check_data(c: _Checker) -> None:
     for key in ("synthetic_train", "synthetic_val", "synthetic_test", "num_workers"):
         c.require(f"data.{key}", _non_negative_int, "an integer >= 0")
     c.require("data.synthetic_seed", _non_negative_int, "an integer >= 0")
+    c.choice("data.format", DATA_FORMATS)
+    c.choice("data.label_mode", LABEL_MODES)
+    c.require("data.classes", lambda v: v is None or _names(v), "unset or 2+ distinct class names")
+    c.require("data.class_folders", lambda v: v is None or _names(v), "unset or 2+ distinct folder names")
+    classes, folders = c.get("data.classes"), c.get("data.class_folders")
+    if not _unset(folders) and (_unset(classes) or len(folders) != len(classes)):
+        c.problems.append(
+            f"config.data.class_folders={tuple(folders)!r} needs config.data.classes, one class per folder"
+        )
+    c.require(
+        "data.image_size",
+        lambda v: v is None or (isinstance(v, Sequence) and len(v) == 2 and all(_positive_int(s) for s in v)),
+        "unset or (height, width), two integers >= 1",
+    )
+    c.require("data.channels", lambda v: v is None or v in CHANNEL_COUNTS, f"unset or in {CHANNEL_COUNTS}")
+    if c.get("data.label_mode") == "multi_target":
+        for key in ("label_smoothing", "mix.mixup_alpha", "mix.cutmix_alpha"):
+            value = c.get(key)
+            if value not in (_MISSING, 0, 0.0):
+                c.problems.append(
+                    f"config.{key}={value!r} must be 0 with config.data.label_mode='multi_target' (its "
+                    "targets are sets of acceptable classes, not distributions to smooth or mix)"
+                )
+
+
+def _check_init(c: _Checker) -> None:
+    """Fine-tuning: init_from, init_skip, init_weights and optim.freeze."""
+    c.require(
+        "init_from",
+        lambda v: v is None or (isinstance(v, str) and v.strip() != "" and not v.startswith(":")),
+        "unset or 'WORKDIR', 'WORKDIR:best', 'WORKDIR:latest' or 'WORKDIR:STEP'",
+    )
+    c.require("init_skip", _regex, "unset or a regular expression of parameter paths")
+    c.require("optim.freeze", _regex, "unset or a regular expression of parameter paths")
+    c.choice("init_weights", WEIGHT_SETS)
+    if not _unset(c.get("init_skip")) and _unset(c.get("init_from")):
+        c.problems.append("config.init_skip is set but config.init_from is not: there is nothing to skip")
 
 
 def _check_loop(c: _Checker) -> None:
@@ -303,6 +392,7 @@ def validate(config: Any, *, for_training: bool = True) -> None:
         _check_loss_and_mix(c)
         _check_augment(c)
         _check_data(c)
+        _check_init(c)
     if len(c.problems) == 1:
         raise ConfigError(c.problems[0])
     if c.problems:

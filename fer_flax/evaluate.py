@@ -3,7 +3,7 @@
 Command:
   python -m fer_flax.evaluate --workdir W [--workdir W2 ...] [--checkpoint best|latest|STEP]
       [--weights raw|ema] [--data PATH] [--split train|val|test] [--tta none|flip|tencrop]
-      [--out report.json]
+      [--class_map by_name|DATA=MODEL,...] [--out report.json]
 
 It reads the run's config from `W/config.json`, restores only what inference needs (params and
 batch statistics; no optimizer state), runs every example of the split exactly once (padded, masked
@@ -20,6 +20,10 @@ Protocol: this command (and `fer_flax.multiseed`, which calls it) is the only pl
 is ever read. Training selects checkpoints on `val`. The default split is `val`: reading `test` is
 always an explicit request.
 
+Data with another class set than the model's (a FER2013 model on FER+, a FER+ model on FER2013) is
+evaluated through an explicit `--class_map` (`fer_flax.class_mapping`): data classes without a partner
+are excluded, model classes without one are masked out, and the report says so (`class_mapping`).
+
 Several `--workdir`s form an ensemble: each model's class probabilities (after its own test-time
 augmentation, which averages logits over views, see `fer_flax.tta`) are averaged, and the ensemble is
 reported like a single model.
@@ -34,7 +38,17 @@ import jax
 from absl import app, flags, logging
 from ml_collections import ConfigDict
 
-from fer_flax import cli, config_schema, inference, metrics, model_state, parallel, runtime, tta
+from fer_flax import (
+    class_mapping,
+    cli,
+    config_schema,
+    inference,
+    metrics,
+    model_state,
+    parallel,
+    runtime,
+    tta,
+)
 from fer_flax import workdir as workdir_lib
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import SPLITS
@@ -43,6 +57,33 @@ from fer_flax.model_state import Restored
 # Data-config keys that decide which examples a split holds; the others (sampling, workers, cache)
 # only affect training or speed.
 _DATA_IDENTITY_KEYS = ("path", "synthetic_train", "synthetic_val", "synthetic_test", "synthetic_seed")
+
+
+def resolve_mapping(
+    members: Sequence[Restored], split: ArraySplit, class_map: str | None
+) -> class_mapping.ClassMapping | None:
+    """The class mapping between `split`'s classes and the models' (None when they are the same and
+    none is asked for). ValueError when the data does not fit the models without one."""
+    spec = members[0].spec
+    for m in members[1:]:
+        if m.spec != spec:
+            raise ValueError(
+                f"the ensemble's runs were trained on different classes or image shapes: {m.workdir}"
+            )
+    if split.image_shape != spec.image_shape:
+        raise ValueError(
+            f"the data's images are {split.image_shape} (height, width, channels), the model takes "
+            f"{spec.image_shape}; evaluate on data of the model's shape"
+        )
+    if class_map is None:
+        if tuple(split.class_names) == spec.class_names:
+            return None
+        raise ValueError(
+            f"the data's classes ({', '.join(split.class_names)}) are not the model's "
+            f"({', '.join(spec.class_names)}); pass --class_map {class_mapping.BY_NAME} or "
+            "--class_map DATA_CLASS=MODEL_CLASS,... to evaluate through a class mapping"
+        )
+    return class_mapping.parse(class_map, split.class_names, spec.class_names)
 
 
 def evaluate_split(
@@ -54,13 +95,21 @@ def evaluate_split(
     crop_size: int = tta.DEFAULT_CROP_SIZE,
     mesh: jax.sharding.Mesh | None = None,
     num_bins: int = metrics.ECE_BINS,
+    class_map: str | None = None,
 ) -> dict:
     """The classification report (see `metrics.classification_report`) of `members` on `split`, with
-    what was evaluated: tta, crop_size, num_models, models, checkpoint_step."""
+    what was evaluated: tta, crop_size, num_models, models, checkpoint_step, class_mapping (None, or the
+    mapping of `class_map` with the examples it excluded)."""
+    mapping = resolve_mapping(members, split, class_map)
     probs = inference.member_probabilities(
         members, split, batch_size=batch_size, tta_mode=tta_mode, crop_size=crop_size, mesh=mesh
     )
-    report = metrics.classification_report(probs, split.labels, num_bins=num_bins)
+    labels, names, mapped = split.labels, split.class_names, None
+    if mapping is not None:
+        probs, labels, excluded = mapping.apply(probs, labels)
+        names = tuple(d for d, _ in mapping.pairs)
+        mapped = {**mapping.record(), "excluded_examples": excluded}
+    report = metrics.classification_report(probs, labels, num_bins=num_bins, class_names=names)
     steps = [m.step for m in members]
     return {
         "tta": tta_mode,
@@ -68,6 +117,7 @@ def evaluate_split(
         "num_models": len(members),
         "models": [m.describe() for m in members],
         "checkpoint_step": steps[0] if len(steps) == 1 else steps,
+        "class_mapping": mapped,
         **report,
     }
 
@@ -81,6 +131,7 @@ def resolve_data_config(members: Sequence[Restored], data_path: str | None) -> C
     base = members[0].config.data.to_dict()
     if data_path is not None:
         base["path"] = data_path
+        base["format"] = "auto"  # the new source says what it is
     else:
         ident = {k: base.get(k) for k in _DATA_IDENTITY_KEYS}
         for m in members[1:]:
@@ -104,7 +155,10 @@ def load_eval_split(
     data_config = resolve_data_config(members, data_path)
     cache_dir = data_config.cache_dir or default_cache_dir(members[0].workdir)
     try:
-        loaded = load_splits(data_config, (split,), cache_dir=cache_dir, announce=announce)
+        # Evaluation scores majority labels, which every source has, whatever the run trained on.
+        loaded = load_splits(
+            data_config, (split,), cache_dir=cache_dir, announce=announce, label_mode="majority"
+        )
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e} (Evaluating elsewhere? Pass the data with --data PATH.)") from e
     return loaded[split], data_config
@@ -113,10 +167,26 @@ def load_eval_split(
 # ---------------------------------------------------------------------------------------- reports
 
 
+def data_source(data_config: ConfigDict) -> str:
+    """ "fer2013", "folder", "ferplus" or "synthetic (seed N)": what the evaluated split came from."""
+    from fer_flax.data import sources
+
+    fmt = sources.resolve_format(data_config)
+    return f"synthetic (seed {data_config.synthetic_seed})" if fmt == "synthetic" else fmt
+
+
 def default_report_path(
-    workdirs: Sequence[str], split: str, checkpoint: str | int, tta_mode: str, weights: str = "raw"
+    workdirs: Sequence[str],
+    split: str,
+    checkpoint: str | int,
+    tta_mode: str,
+    weights: str = "raw",
+    *,
+    mapped: bool = False,
 ) -> str:
     name = f"{split}-{checkpoint if not isinstance(checkpoint, int) else f'step{checkpoint}'}"
+    if mapped:  # another data set's classes: a report of its own, beside the run's own-data reports
+        name = f"mapped-{name}"
     # The EMA weights of a checkpoint get their own report instead of overwriting the raw weights' one.
     name += f"-ema-{tta_mode}" if weights == "ema" else f"-{tta_mode}"
     if len(workdirs) > 1:
@@ -142,6 +212,15 @@ def format_report(report: dict) -> str:
     lines = [
         f"Evaluated {who} on split '{report['split']}' of {report['data_path'] or 'synthetic faces'}: "
         f"{report['num_examples']} examples, TTA {tta_text}",
+    ]
+    mapped = report.get("class_mapping")
+    if mapped:
+        pairs = ", ".join(f"{d}={m}" for d, m in mapped["pairs"].items())
+        excluded = ", ".join(f"{c} ({n} examples)" for c, n in mapped["excluded_examples"].items())
+        lines.append(f"  through the class mapping {pairs}" + (f"; excluded {excluded}" if excluded else ""))
+        if mapped["unmapped_model_classes"]:
+            lines.append(f"  model classes masked out: {', '.join(mapped['unmapped_model_classes'])}")
+    lines += [
         f"  accuracy {report['accuracy']:.4f}   balanced accuracy {report['balanced_accuracy']:.4f}   "
         f"macro-F1 {report['macro_f1']:.4f}   NLL {report['nll']:.4f}   "
         f"ECE {report['ece']:.4f} ({report['calibration']['num_bins']} bins)",
@@ -197,10 +276,11 @@ def evaluate_workdirs(
     figures: bool = True,
     announce: Callable = print,
     weights: str = "raw",
+    class_map: str | None = None,
 ) -> dict:
     """The whole command as a library call: restore, read the split, evaluate, write the report.
     `weights`: "raw" or "ema" (the EMA weights of checkpoint 'latest' or a step; see
-    `model_state.restore`).
+    `model_state.restore`). `class_map`: see `fer_flax.class_mapping`.
 
     Returns the report (as written to JSON, with a `files` entry)."""
     config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)
@@ -210,19 +290,25 @@ def evaluate_workdirs(
     split_data, data_config = load_eval_split(members, split, data_path, announce=announce)
     batch_size = batch_size or members[0].config.eval_batch_size
     report = evaluate_split(
-        members, split_data, batch_size=batch_size, tta_mode=tta_mode, crop_size=crop_size, mesh=mesh
+        members,
+        split_data,
+        batch_size=batch_size,
+        tta_mode=tta_mode,
+        crop_size=crop_size,
+        mesh=mesh,
+        class_map=class_map,
     )
     report = {
         "split": split,
         "data_path": data_config.path,
-        "data_source": "fer2013" if data_config.path else f"synthetic (seed {data_config.synthetic_seed})",
+        "data_source": data_source(data_config),
         "checkpoint": which,
         # Which weights were evaluated, "raw" or "ema" (per model for an ensemble).
         "weights": members[0].weights if len(members) == 1 else [m.weights for m in members],
         "workdirs": [m.workdir for m in members],
         **report,
     }
-    out = out or default_report_path(workdirs, split, which, tta_mode, weights)
+    out = out or default_report_path(workdirs, split, which, tta_mode, weights, mapped=class_map is not None)
     if jax.process_index() == 0:
         report["files"] = write_report(report, out, figures=figures)
     return report
@@ -251,6 +337,12 @@ def define_flags() -> None:
     flags.DEFINE_enum("split", "val", list(SPLITS), "Split to evaluate (test only on purpose).")
     flags.DEFINE_enum("tta", "none", list(tta.TTA_MODES), "Test-time augmentation.")
     flags.DEFINE_integer("crop_size", tta.DEFAULT_CROP_SIZE, "Ten-crop crop side (of 48).")
+    flags.DEFINE_string(
+        "class_map",
+        None,
+        "For data with other classes than the model's: 'by_name' or 'DATA_CLASS=MODEL_CLASS,...'; unmapped "
+        "data classes are excluded and unmapped model classes masked out.",
+    )
     flags.DEFINE_string("out", None, "Report path (.json); default <workdir>/eval/<split>-<ckpt>-<tta>.json")
     flags.DEFINE_integer("batch_size", None, "Global batch size; default: the run's eval_batch_size.")
     flags.mark_flag_as_required("workdir")
@@ -274,6 +366,7 @@ def main(argv: list[str]) -> None:
         batch_size=f.batch_size,
         out=f.out,
         weights=f.weights,
+        class_map=f.class_map,
     )
     if jax.process_index() == 0:
         print(format_report(report))

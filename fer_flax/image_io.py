@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from fer_flax.choices import check_choice
 from fer_flax.data.image_folders import IMAGE_EXTENSIONS
-from fer_flax.data.splits import IMAGE_SIZE
+from fer_flax.data.spec import FER2013, DataSpec
 
 RESAMPLE = Image.Resampling.BILINEAR
 FIT_MODES: tuple[str, ...] = ("stretch", "center_crop")
@@ -54,19 +54,23 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def fit_whole(gray: Image.Image, fit: str = "stretch") -> np.ndarray:
-    """uint8 [48, 48] from a whole grayscale image that is already a face crop: `stretch` resizes it
-    as it is (as FER2013's crops were made), `center_crop` takes the centred square first. Pillow's
-    bilinear filter widens with the reduction factor, so a large image is area-averaged."""
+def fit_whole(image: Image.Image, fit: str = "stretch", spec: DataSpec = FER2013) -> np.ndarray:
+    """uint8 face of `spec`'s size and colour ([H, W] grayscale for 1 channel, [H, W, 3] RGB for 3)
+    from a whole image that is already a face crop: `stretch` resizes it as it is (as FER2013's crops
+    were made), `center_crop` takes the largest centred box of the spec's aspect ratio first.
+    Pillow's bilinear filter widens with the reduction factor, so a large image is area-averaged."""
     if fit not in FIT_MODES:
         check_choice("--fit", fit, FIT_MODES)
-    if fit == "center_crop" and gray.width != gray.height:
-        side = min(gray.size)
-        left, top = (gray.width - side) // 2, (gray.height - side) // 2
-        gray = gray.crop((left, top, left + side, top + side))
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE)
-    return np.asarray(gray, dtype=np.uint8)
+    image = image.convert("L" if spec.channels == 1 else "RGB")
+    height, width = spec.image_size
+    if fit == "center_crop" and image.width * height != image.height * width:
+        scale = min(image.width / width, image.height / height)
+        box_w, box_h = round(width * scale), round(height * scale)
+        left, top = (image.width - box_w) // 2, (image.height - box_h) // 2
+        image = image.crop((left, top, left + box_w, top + box_h))
+    if image.size != (width, height):
+        image = image.resize((width, height), RESAMPLE)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def collect_inputs(paths: Sequence[str], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:

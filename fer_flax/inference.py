@@ -19,13 +19,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fer_flax import input_pipeline, metrics, model_state, parallel, steps, tta
-from fer_flax.data import NUM_CLASSES, ArraySplit
+from fer_flax.data import CLASS_NAMES, ArraySplit
 from fer_flax.model_state import Restored
 
 
 @functools.lru_cache(maxsize=32)
 def logits_fn(model: nn.Module, tta_mode: str = "none", crop_size: int = tta.DEFAULT_CROP_SIZE):
-    """jit(variables, uint8 images [B, 48, 48, 1]) -> float32 logits [B, K] (`steps.logits_step`).
+    """jit(variables, uint8 images [B, H, W, C]) -> float32 logits [B, K] (`steps.logits_step`).
 
     Cached: Linen modules compare by their fields, so evaluating the same architecture again (another
     seed, split, checkpoint or evaluation of the same run) reuses the compiled function; the
@@ -49,7 +49,7 @@ def predict_logits(
     tta_mode: str = "none",
     crop_size: int = tta.DEFAULT_CROP_SIZE,
 ) -> np.ndarray:
-    """float32 logits [N, K] for every example of `data` (an ArraySplit or uint8 images [N, 48, 48]),
+    """float32 logits [N, K] for every example of `data` (an ArraySplit or uint8 images [N, H, W(, C)]),
     in order, each exactly once. `batch_size` is global (all devices and processes) and must divide
     evenly over the devices."""
     if isinstance(data, np.ndarray):
@@ -76,17 +76,20 @@ def predict_logits(
     return logits[:n].astype(np.float32)
 
 
-def split_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def split_metrics(
+    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = CLASS_NAMES
+) -> dict[str, Any]:
     """Training's validation metrics of `logits` [N, K] against integer `labels` [N]: those of
     `metrics.summarize` (accuracy, balanced accuracy, macro-F1, the mean cross-entropy of the logits,
     per-class recall) plus "confusion" as nested lists (rows true class)."""
     labels = np.asarray(labels, np.int64)
     predictions = np.argmax(logits, axis=-1)
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    k = len(class_names)
+    confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (labels, predictions), 1)
     log_probs = np.log(np.maximum(metrics.softmax(logits), np.finfo(np.float64).tiny))
     loss_sum = float(-log_probs[np.arange(len(labels)), labels].sum())
-    out = metrics.summarize(confusion, loss_sum, len(labels))
+    out = metrics.summarize(confusion, loss_sum, len(labels), class_names)
     out["confusion"] = confusion.tolist()
     return out
 

@@ -20,8 +20,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
+import jax
 import numpy as np
 from absl import flags
 
@@ -39,16 +41,19 @@ _PARENT_POLL_S = 1.0
 
 
 def class_sampling_weights(
-    labels: np.ndarray, mode: str, explicit: Sequence[float] | None = None
+    labels: np.ndarray,
+    mode: str,
+    explicit: Sequence[float] | None = None,
+    num_classes: int = NUM_CLASSES,
 ) -> np.ndarray:
-    """Per-class target sampling probabilities (float64 [7], sum 1) for a training stream.
+    """Per-class target sampling probabilities (float64 [num_classes], sum 1) for a training stream.
 
     Modes:
       none      natural class frequencies (count / N).
       balanced  every class present in `labels` equally likely (per-example weight 1/count); classes
                 with no examples get 0.
       sqrt      class probability proportional to sqrt(count) (per-example weight 1/sqrt(count)).
-      explicit  `explicit` gives 7 non-negative class weights, normalised to sum 1.
+      explicit  `explicit` gives one non-negative weight per class, normalised to sum 1.
 
     Raises ConfigError for an unknown mode, or `explicit` weights that `config_schema.validate` would
     reject for `config.data.class_weights`, and ValueError for empty or out-of-range labels and a class
@@ -58,14 +63,14 @@ def class_sampling_weights(
     check_choice("sampling", mode, SAMPLING_MODES)
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
     if explicit is not None and mode != "explicit":
         raise ValueError(
             f"class weights were given but sampling={mode!r}; set sampling='explicit' to use "
             "them or drop the weights"
         )
-    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
 
     if mode == "none":
         target = counts
@@ -74,7 +79,7 @@ def class_sampling_weights(
     elif mode == "sqrt":
         target = np.sqrt(counts)
     else:
-        check_class_weights("explicit", explicit)
+        check_class_weights("explicit", explicit, num_classes)
         target = np.asarray(explicit, dtype=np.float64)
         empty = np.flatnonzero((target > 0) & (counts == 0))
         if empty.size:
@@ -92,7 +97,7 @@ class _WeightedPick(grain.transforms.RandomMap):
     def __init__(self, labels: np.ndarray, class_probs: np.ndarray):
         # Examples grouped by class: class c owns order[starts[c]:starts[c] + counts[c]].
         self._order = np.argsort(labels, kind="stable").astype(np.int64)
-        self._counts = np.bincount(labels, minlength=NUM_CLASSES)
+        self._counts = np.bincount(labels, minlength=len(class_probs))
         self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
         self._cdf = np.cumsum(class_probs)
         # A draw can round onto the top of the CDF: clamp to the last class that can be drawn.
@@ -104,15 +109,25 @@ class _WeightedPick(grain.transforms.RandomMap):
         return int(self._order[self._starts[c] + rng.integers(self._counts[c])])
 
 
+def _nhwc(images: np.ndarray) -> np.ndarray:
+    """Images with a channel axis: grayscale [N, H, W] gets one."""
+    return images[..., None] if images.ndim == 3 else images
+
+
 class _Gather(grain.transforms.Map):
-    """Turns a batch of example indices into a batch of images and labels (one fancy index each)."""
+    """Turns a batch of example indices into a batch of images and labels (one fancy index each), plus
+    the soft targets of a split that has them (FER+'s label modes)."""
 
     def __init__(self, split: ArraySplit):
         self._images = split.images
         self._labels = split.labels.astype(np.int32, copy=False)
+        self._targets = split.targets
 
     def map(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        return {"image": self._images[indices, :, :, None], "label": self._labels[indices]}
+        batch = {"image": _nhwc(self._images[indices]), "label": self._labels[indices]}
+        if self._targets is not None:
+            batch["target"] = self._targets[indices]
+        return batch
 
 
 def _stack_indices(indices: Sequence[int]) -> np.ndarray:
@@ -171,9 +186,10 @@ def make_train_iterator(
 ) -> grain.DatasetIterator:
     """Infinite, deterministic stream of this process's batches.
 
-    Each element is `{'image': uint8 [b, 48, 48, 1], 'label': int32 [b]}` with
-    `b = global_batch_size // process_count`. sampling='none' shuffles without replacement, a fresh
-    permutation per epoch (batches run across epoch boundaries, so every batch is full); the
+    Each element is `{'image': uint8 [b, H, W, C], 'label': int32 [b]}` (plus `'target'` float32 [b, K]
+    when the split has soft targets) with `b = global_batch_size // process_count`. sampling='none'
+    shuffles without replacement, a fresh permutation per epoch (batches run across epoch boundaries, so
+    every batch is full); the
     weighted modes ('balanced', 'sqrt', 'explicit', see `class_sampling_weights`) sample with
     replacement, position by position, like PyTorch's WeightedRandomSampler.
 
@@ -190,7 +206,7 @@ def make_train_iterator(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
     # Checks the labels and, with 'explicit', that every weighted class has examples.
-    probs = class_sampling_weights(split.labels, sampling, class_weights)
+    probs = class_sampling_weights(split.labels, sampling, class_weights, split.num_classes)
     if sampling == "none":
         # Shuffle before repeat: grain's repeat hands the absolute position to the shuffle, which
         # reseeds per epoch (seed + epoch), so every epoch is a new permutation of all N examples.
@@ -224,6 +240,20 @@ def make_train_iterator(
     return iter(it_ds)
 
 
+def training_stream(split: ArraySplit, config: Any) -> grain.DatasetIterator:
+    """This process's training stream as `config` sets it (batch size, seed, sampling, workers)."""
+    return make_train_iterator(
+        split,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        sampling=config.data.sampling,
+        class_weights=config.data.class_weights,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=config.data.num_workers,
+    )
+
+
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
     """Number of global batches that cover `num_examples` exactly once (the last one padded)."""
     if global_batch_size <= 0:
@@ -236,7 +266,7 @@ def eval_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every example exactly once, in order, as fixed-shape batches for exact evaluation.
 
-    Yields `{'image': uint8 [b, 48, 48, 1], 'label': int32 [b], 'mask': bool [b]}` with
+    Yields `{'image': uint8 [b, H, W, C], 'label': int32 [b], 'mask': bool [b]}` with
     `b = global_batch_size // process_count`: this process's contiguous slice of each global batch.
     Positions past the end of the split are zero images with label 0 and mask False, so every batch
     has the same shape (one compilation) and metrics weighted by `mask` are exact.
@@ -255,7 +285,7 @@ def _eval_batches(
         pos = g * global_batch_size + offset + np.arange(b)
         mask = pos < n
         idx = np.where(mask, pos, 0)
-        image = split.images[idx, :, :, None]
+        image = _nhwc(split.images[idx])
         image[~mask] = 0
         label = np.where(mask, labels[idx], 0).astype(np.int32)
         yield {"image": image, "label": label, "mask": mask}
@@ -267,4 +297,5 @@ __all__ = [
     "eval_batches",
     "make_train_iterator",
     "num_eval_batches",
+    "training_stream",
 ]

@@ -1,8 +1,10 @@
-"""Training losses: soft-target cross-entropy, label smoothing, class weights and logit adjustment.
+"""Training losses: soft-target cross-entropy, label smoothing, class weights and logit adjustment, and
+FER+'s multi-target loss.
 
 Everything here is computed in float32 whatever the model's compute dtype. Targets are soft, [B, K]
-rows that sum to one (one-hot labels, or the interpolated targets of mixup/cutmix), so one loss covers
-plain and mixed batches.
+rows that sum to one (one-hot labels, FER+ vote distributions, or the interpolated targets of
+mixup/cutmix), so one loss covers plain, crowd-labelled and mixed batches. FER+'s `multi_target` mode
+instead gives 0/1 rows marking every acceptable class (`multi_target_loss`).
 
 The class weights and the prior are numbers of the TRAINING split (its label counts), computed once in
 numpy and baked into the jitted train step as constants; evaluation never uses them.
@@ -59,6 +61,20 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.sum(targets.astype(jnp.float32) * log_probs, axis=-1)
 
 
+# FERPlus's reference code blends the 0/1 targets with this much of an all-ones vector, so that no
+# class's probability is multiplied by exactly 0.
+MULTI_TARGET_EPSILON = 1e-3
+
+
+def multi_target_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example -log max_c (y_c * softmax(logits)_c) with y = (1 - eps) * targets + eps, for 0/1
+    `targets` [..., K] marking the acceptable classes (Barsoum et al. 2016's multi-label learning): the
+    model is rewarded for putting its mass on any one of them."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    y = (1.0 - MULTI_TARGET_EPSILON) * targets.astype(jnp.float32) + MULTI_TARGET_EPSILON
+    return -jnp.log(jnp.max(y * probs, axis=-1))
+
+
 def class_weights(
     counts: Sequence[int] | np.ndarray, weighting: str, explicit: Sequence[float] | None = None
 ) -> np.ndarray | None:
@@ -78,7 +94,7 @@ def class_weights(
     elif weighting == "sqrt_inverse":
         raw = 1.0 / np.sqrt(np.maximum(counts, 1.0))
     else:
-        check_class_weights("explicit", explicit)
+        check_class_weights("explicit", explicit, len(counts))
         raw = np.asarray(explicit, np.float64)
     prior = counts / counts.sum()
     mean = float(np.sum(prior * raw))
@@ -120,17 +136,28 @@ def training_loss_terms(loss_cfg: Any, counts: Sequence[int] | np.ndarray | None
 
 
 def training_loss(
-    logits: jax.Array, targets: jax.Array, *, label_smoothing: float = 0.0, terms: LossTerms = NO_TERMS
+    logits: jax.Array,
+    targets: jax.Array,
+    *,
+    label_smoothing: float = 0.0,
+    terms: LossTerms = NO_TERMS,
+    multi_target: bool = False,
 ) -> jax.Array:
     """Per-example training loss [B] for logits [B, K] and soft targets [B, K] (rows summing to one):
     cross-entropy of the (logit-adjusted) logits against the (smoothed) targets, times the example's
-    class weight sum_c targets_c * w_c. Take `.mean()` for the batch loss."""
+    class weight sum_c targets_c * w_c. With `multi_target`, `targets` are 0/1 sets of acceptable
+    classes, the loss is `multi_target_loss` (no smoothing) and the class weight is the mean over the
+    set. Take `.mean()` for the batch loss."""
     targets = targets.astype(jnp.float32)
     logits = logits.astype(jnp.float32)
     if terms.logit_offset is not None:
         logits = logits + jnp.asarray(terms.logit_offset)
-    smoothed = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
-    loss = soft_cross_entropy(logits, smoothed)
+    if multi_target:
+        loss = multi_target_loss(logits, targets)
+        targets = targets / jnp.maximum(targets.sum(axis=-1, keepdims=True), 1.0)
+    else:
+        smoothed = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
+        loss = soft_cross_entropy(logits, smoothed)
     if terms.class_weights is not None:
         loss = loss * (targets @ jnp.asarray(terms.class_weights))
     return loss

@@ -20,6 +20,8 @@ Conventions, the same everywhere:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,8 +61,11 @@ def _headline(confusion: np.ndarray) -> dict[str, float]:
     }
 
 
-def summarize(confusion: np.ndarray, loss_sum: float, count: int) -> dict[str, float]:
-    """Accuracy, balanced accuracy (mean recall), macro-F1, mean loss and per-class recall."""
+def summarize(
+    confusion: np.ndarray, loss_sum: float, count: int, class_names: Sequence[str] = CLASS_NAMES
+) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean recall), macro-F1, mean loss and per-class recall (named by
+    `class_names`, one per row of the confusion matrix)."""
     cm = np.asarray(confusion, dtype=np.float64)
     total = cm.sum()
     if total != count:
@@ -71,7 +76,7 @@ def summarize(confusion: np.ndarray, loss_sum: float, count: int) -> dict[str, f
         "loss": float(loss_sum / max(count, 1)),
         "num_examples": int(count),
     }
-    for name, r in zip(CLASS_NAMES, recall, strict=True):
+    for name, r in zip(class_names, recall, strict=True):
         out[f"recall/{name}"] = float(r)
     return out
 
@@ -139,16 +144,22 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: 
     return float((count * gap).sum() / max(count.sum(), 1))
 
 
-def classification_report(probs: np.ndarray, labels: np.ndarray, *, num_bins: int = ECE_BINS) -> dict:
-    """Everything an evaluation reports, from probabilities [N, K] and labels [N].
+def classification_report(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_bins: int = ECE_BINS,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> dict:
+    """Everything an evaluation reports, from probabilities [N, K] and labels [N] (K = len(class_names)).
 
     Predictions are the arg-max class. Keys: num_examples, accuracy, balanced_accuracy, macro_f1,
     nll, ece, per_class {name: {precision, recall, f1, support}}, confusion_matrix (rows true,
     columns predicted), class_names, calibration (the reliability bins)."""
     probs, labels = _check_probs_labels(probs, labels)
     k = probs.shape[1]
-    if k != len(CLASS_NAMES):
-        raise ValueError(f"expected {len(CLASS_NAMES)} classes, got probabilities for {k}")
+    if k != len(class_names):
+        raise ValueError(f"expected {len(class_names)} classes, got probabilities for {k}")
     preds = probs.argmax(axis=1)
     cm = np.zeros((k, k), np.int64)
     np.add.at(cm, (labels, preds), 1)
@@ -165,9 +176,9 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, *, num_bins: in
                 "f1": float(scores["f1"][i]),
                 "support": int(scores["support"][i]),
             }
-            for i, name in enumerate(CLASS_NAMES)
+            for i, name in enumerate(class_names)
         },
         "confusion_matrix": cm.tolist(),
-        "class_names": list(CLASS_NAMES),
+        "class_names": list(class_names),
         "calibration": {"num_bins": num_bins, **calibration_bins(probs, labels, num_bins)},
     }

@@ -22,8 +22,7 @@ from ml_collections import ConfigDict
 from fer_flax import checkpoint as checkpoint_lib
 from fer_flax import config_schema, cpu, models, parallel
 from fer_flax import workdir as workdir_lib
-from fer_flax.data import NUM_CLASSES
-from fer_flax.data.splits import IMAGE_SIZE
+from fer_flax.data.spec import FER2013, DataSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -55,21 +54,25 @@ def ema_enabled(config: ConfigDict) -> bool:
     return "ema" in config and config.ema.decay > 0
 
 
-def create_model(config: ConfigDict) -> nn.Module:
-    """`config.model_name`'s `config.model.variant`, with `config.model`'s other keys as overrides."""
+def create_model(config: ConfigDict, spec: DataSpec = FER2013) -> nn.Module:
+    """`config.model_name`'s `config.model.variant` for `spec`'s class count, with `config.model`'s
+    other keys as overrides."""
     overrides = {k: v for k, v in config.model.to_dict().items() if k != "variant"}
     return models.create_model(
         config.model_name,
         variant=config.model.variant,
-        num_classes=NUM_CLASSES,
+        num_classes=spec.num_classes,
         dtype=DTYPES[config.dtype],
         **cpu.model_ops(),
         **overrides,
     )
 
 
-def initial_variables(model: nn.Module, rng: jax.Array) -> dict:
-    dummy = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
+def initial_variables(
+    model: nn.Module, rng: jax.Array, image_shape: tuple[int, int, int] = FER2013.image_shape
+) -> dict:
+    """The model's variables for inputs of `image_shape` (height, width, channels)."""
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
     params_rng, dropout_rng = jax.random.split(rng)
     return model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=False)
 
@@ -81,12 +84,13 @@ def create_train_state(
     mesh: jax.sharding.Mesh,
     *,
     ema: bool = False,
+    image_shape: tuple[int, int, int] = FER2013.image_shape,
 ) -> TrainState:
     """Initialises directly into replicated device memory (no host round trip of the parameters).
     With `ema`, the EMA weights and statistics start as copies of the initial ones."""
 
     def init(rng):
-        variables = initial_variables(model, rng)
+        variables = initial_variables(model, rng, image_shape)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         if not ema:
             return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats, tx=tx)
@@ -137,6 +141,7 @@ class Restored:
     config: ConfigDict
     step: int
     weights: str = "raw"  # "raw" or "ema": which weights of the run these are
+    spec: DataSpec = FER2013  # the classes, image size and channels the model was trained on
 
     def describe(self) -> dict:
         return {
@@ -145,7 +150,14 @@ class Restored:
             "variant": self.config.model.variant,
             "checkpoint_step": self.step,
             "weights": self.weights,
+            "class_names": list(self.spec.class_names),
         }
+
+
+def run_spec(workdir: str) -> DataSpec:
+    """The data spec a run recorded in its config.json (FER2013's for runs that predate the record)."""
+    recorded = workdir_lib.read_run_info(workdir).get("derived", {}).get("data_spec")
+    return DataSpec.from_dict(recorded) if recorded else FER2013
 
 
 def parse_checkpoint(which: str | int) -> str | int:
@@ -193,9 +205,10 @@ def restore(
     config_schema.validate(config, for_training=False)
     which = parse_checkpoint(checkpoint)
     _check_weights_request(workdir, config, which, weights)
-    model = create_model(config)
+    spec = run_spec(workdir)
+    model = create_model(config, spec)
     mesh = parallel.make_mesh() if mesh is None else mesh
-    abstract = jax.eval_shape(lambda: initial_variables(model, jax.random.key(0)))
+    abstract = jax.eval_shape(lambda: initial_variables(model, jax.random.key(0), spec.image_shape))
     replicated = parallel.replicated_sharding(mesh)
     template = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
@@ -212,4 +225,4 @@ def restore(
             restored_weights = selection["weights"] if selection else "raw"
     finally:
         ckpt.close()
-    return Restored(workdir, model, restored_variables, config, int(step), restored_weights)
+    return Restored(workdir, model, restored_variables, config, int(step), restored_weights, spec)

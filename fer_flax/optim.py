@@ -7,6 +7,7 @@ rate, plateau settings) before anything here reads it; the builders below are ke
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +25,28 @@ def weight_decay_mask(params):
     flat = traverse_util.flatten_dict(params)
     mask = {path: path[-1] == "kernel" for path in flat}
     return traverse_util.unflatten_dict(mask)
+
+
+def param_path(path: tuple) -> str:
+    """A parameter's (or BatchNorm statistic's) path as `optim.freeze` and `init_skip` match it:
+    module names and the leaf name joined by "/", e.g. "Dense_1/kernel" or "BatchNorm_0/mean"."""
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def frozen_mask(tree: Any, pattern: str | None) -> Any:
+    """A tree of bools like `tree`: True where the leaf's path matches `pattern` (re.search)."""
+    regex = re.compile(pattern) if pattern else None
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(regex and regex.search(param_path(path))), tree
+    )
+
+
+def keep_frozen(new: Any, old: Any, pattern: str | None) -> Any:
+    """`new` with the leaves whose path matches `pattern` taken from `old` (frozen BatchNorm statistics)."""
+    if not pattern:
+        return new
+    mask = frozen_mask(new, pattern)
+    return jax.tree.map(lambda keep, n, o: o if keep else n, mask, new, old)
 
 
 def _cosine(optim: ConfigDict, steps_per_epoch: int, main_steps: int, warmup_steps: int) -> optax.Schedule:
@@ -89,7 +112,8 @@ _OPTIMIZERS: dict[str, Callable[[ConfigDict, optax.Schedule], optax.GradientTran
 
 def create_optimizer(optim: ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
     """`config.optim.name`'s optimizer, after gradient clipping when `grad_clip_norm` is set, and
-    followed by the reduce-on-plateau scale when the schedule is "plateau"."""
+    followed by the reduce-on-plateau scale when the schedule is "plateau"; the parameters matching
+    `optim.freeze` (a regex of `param_path`s) are kept fixed through `optax.multi_transform`."""
     core = _OPTIMIZERS[optim.name](optim, schedule)
     if optim.grad_clip_norm is not None:
         core = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), core)
@@ -97,6 +121,15 @@ def create_optimizer(optim: ConfigDict, schedule: optax.Schedule) -> optax.Gradi
         # Last in the chain, so the scale multiplies the whole step, exactly as a lower learning rate
         # would (including adamw's decoupled decay, which optax scales by the learning rate too).
         core = optax.chain(core, scale_by_plateau())
+    freeze = optim.get("freeze")
+    if freeze:
+        # Parameters matching optim.freeze get zero updates (no momentum, no weight decay): they stay
+        # exactly as initialised (or as loaded by config.init_from).
+
+        def labels(params: Any) -> Any:
+            return jax.tree.map(lambda f: "frozen" if f else "trained", frozen_mask(params, freeze))
+
+        core = optax.multi_transform({"trained": core, "frozen": optax.set_to_zero()}, labels)
     return core
 
 

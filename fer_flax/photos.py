@@ -37,7 +37,6 @@ from PIL import Image
 
 from fer_flax import annotate, image_io
 from fer_flax.choices import check_choice
-from fer_flax.data.splits import IMAGE_SIZE
 from fer_flax.faces import crop as crop_lib
 from fer_flax.faces.classify import FaceClassifier, FacePrediction
 from fer_flax.faces.detect import Box, FaceDetector
@@ -58,7 +57,7 @@ class _Photo:
     image: Image.Image
     detector: str | None
     boxes: list[Box]
-    crops: np.ndarray  # uint8 [F, 48, 48]
+    crops: np.ndarray  # uint8 [F, H, W(, 3)], the run's image shape
 
 
 def find_faces(
@@ -66,21 +65,25 @@ def find_faces(
     *,
     faces: str,
     detector: Callable[[], FaceDetector],
+    classifier: FaceClassifier,
     fit: str = "stretch",
     margin: float = crop_lib.FER2013_MARGIN,
 ) -> tuple[str | None, list[Box], np.ndarray]:
-    """(detector name or None, boxes, crops [F, 48, 48]) of one decoded image. `detector` makes the
-    detector on first use, so folders of 48x48 crops never need OpenCV."""
+    """(detector name or None, boxes, crops in the run's image shape) of one decoded image.
+    `detector` makes the detector on first use, so folders of face crops at the run's size never need
+    OpenCV. Faces are found in the grayscale image and cropped from it (or from the RGB image for a
+    run trained on colour)."""
     check_choice("--faces", faces, FACE_MODES)
+    spec = classifier.spec
     gray = image.convert("L")
-    if faces == "whole" or (faces == "auto" and gray.size == (IMAGE_SIZE, IMAGE_SIZE)):
+    if faces == "whole" or (faces == "auto" and gray.size == spec.image_size[::-1]):
         whole = Box(0, 0, gray.width, gray.height)
-        return None, [whole], image_io.fit_whole(gray, fit)[None]
+        return None, [whole], image_io.fit_whole(image, fit, spec)[None]
     det = detector()
     pixels = np.asarray(gray, dtype=np.uint8)
     boxes = det.detect(pixels)
-    crops = [crop_lib.crop_face(pixels, b, margin=margin) for b in boxes]
-    return det.name, boxes, np.stack(crops) if crops else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    source = pixels if spec.channels == 1 else image_io.to_rgb(image)
+    return det.name, boxes, classifier.crop(source, boxes, margin)
 
 
 def _record(photo: _Photo, predictions: list[FacePrediction]) -> dict:
@@ -163,7 +166,7 @@ def analyze_photos(
             crops = np.concatenate([p.crops for p in pending])
             probs = iter(classifier(crops))
             for photo in pending:
-                predictions = [FacePrediction(b, next(probs)) for b in photo.boxes]
+                predictions = classifier.predictions(photo.boxes, [next(probs) for _ in photo.boxes])
                 record = _record(photo, predictions)
                 if out is not None:
                     _write_outputs(out, photo, predictions, record)
@@ -179,7 +182,9 @@ def analyze_photos(
                 continue
             if errors:  # the command will fail: only check that the remaining files can be read
                 continue
-            name, boxes, crops = find_faces(image, faces=faces, detector=detector, fit=fit, margin=margin)
+            name, boxes, crops = find_faces(
+                image, faces=faces, detector=detector, classifier=classifier, fit=fit, margin=margin
+            )
             pending.append(_Photo(path, image, name, boxes, crops))
             if sum(len(p.boxes) for p in pending) >= CHUNK_FACES or len(pending) >= CHUNK_IMAGES:
                 flush()

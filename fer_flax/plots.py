@@ -125,9 +125,9 @@ def predictions_grid(
     class_names: Sequence[str] = CLASS_NAMES,
     columns: int = 4,
 ) -> Figure:
-    """A grid of uint8 [N, 48, 48(, 1)] faces titled 'true / predicted' (green right, red wrong)."""
+    """A grid of uint8 [N, H, W(, C)] faces titled 'true / predicted' (green right, red wrong)."""
     images = np.asarray(images)
-    if images.ndim == 4:
+    if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     n = len(images)
     rows = max(1, -(-n // columns))

@@ -41,7 +41,7 @@ from absl import app, flags, logging
 
 from fer_flax import cli, inference, photos, runtime, tta, video, webcam, workdir
 from fer_flax.choices import check_choice
-from fer_flax.data.splits import CLASS_NAMES
+from fer_flax.data.spec import FER2013, DataSpec
 from fer_flax.faces import crop as crop_lib
 from fer_flax.faces.classify import FaceClassifier
 from fer_flax.faces.detect import DETECTORS, MissingDependencyError, make_detector
@@ -51,10 +51,11 @@ from fer_flax.model_state import Restored
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
 
 
-def load_image(path: str | os.PathLike, *, fit: str = "stretch") -> np.ndarray:
-    """uint8 [48, 48] grayscale face from a whole image file that is a face crop (any size, colour or
-    grayscale); ImageReadError naming the file when it cannot be read."""
-    return fit_whole(open_image(path).convert("L"), fit)
+def load_image(path: str | os.PathLike, *, fit: str = "stretch", spec: DataSpec = FER2013) -> np.ndarray:
+    """uint8 face of `spec`'s size from a whole image file that is a face crop (any size, colour or
+    grayscale): [H, W] grayscale for a 1-channel spec (FER2013's 48x48), [H, W, 3] RGB for a
+    3-channel one; ImageReadError naming the file when it cannot be read."""
+    return fit_whole(open_image(path), fit, spec)
 
 
 def classify(
@@ -67,12 +68,13 @@ def classify(
     fit: str = "stretch",
 ) -> list[dict]:
     """One result per input file, in order: {"path", "label", "probabilities": {class: p}} or
-    {"path", "error"}."""
+    {"path", "error"}, in the classes (and at the image size) the models were trained with."""
+    spec = members[0].spec
     results: list[dict] = []
     images, ok = [], []
     for path in collect_inputs(paths):
         try:
-            images.append(load_image(path, fit=fit))
+            images.append(load_image(path, fit=fit, spec=spec))
             ok.append(len(results))
             results.append({"path": path})
         except (ImageReadError, FileNotFoundError) as e:
@@ -86,8 +88,8 @@ def classify(
             crop_size=crop_size,
         )
         for i, p in zip(ok, probs, strict=True):
-            results[i]["label"] = CLASS_NAMES[int(np.argmax(p))]
-            results[i]["probabilities"] = {name: float(v) for name, v in zip(CLASS_NAMES, p, strict=True)}
+            results[i]["label"] = spec.class_names[int(np.argmax(p))]
+            results[i]["probabilities"] = dict(zip(spec.class_names, map(float, p), strict=True))
     return results
 
 
@@ -98,7 +100,10 @@ def to_json(records: Sequence[dict]) -> str:
     return json.dumps(list(records), indent=2)
 
 
-CSV_COLUMNS = ("path", "face", "x", "y", "width", "height", "label", "confidence", *CLASS_NAMES, "note")
+def _class_names(records: Sequence[dict]) -> tuple[str, ...]:
+    """The classes the records are in (FER2013's when no face was classified)."""
+    faces = (face for r in records for face in r["faces"])
+    return next((tuple(face["probabilities"]) for face in faces), FER2013.class_names)
 
 
 def _face_rows(records: Sequence[dict]):
@@ -112,29 +117,32 @@ def _face_rows(records: Sequence[dict]):
 
 def to_csv(records: Sequence[dict]) -> str:
     """One row per face (an image without faces gets one row with only its path and note)."""
+    names = _class_names(records)
+    columns = ("path", "face", "x", "y", "width", "height", "label", "confidence", *names, "note")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     for path, i, face, note in _face_rows(records):
         if face is None:
-            writer.writerow([path, *[""] * (len(CSV_COLUMNS) - 2), note])
+            writer.writerow([path, *[""] * (len(columns) - 2), note])
             continue
-        box, probs = face["box"], [f"{face['probabilities'][n]:.6f}" for n in CLASS_NAMES]
+        box, probs = face["box"], [f"{face['probabilities'][n]:.6f}" for n in names]
         writer.writerow([path, i, box["x"], box["y"], box["width"], box["height"], face["label"],
                          f"{face['confidence']:.6f}", *probs, note])  # fmt: skip
     return buf.getvalue()
 
 
 def to_table(records: Sequence[dict]) -> str:
+    names = _class_names(records)
     width = max([len(r["path"]) for r in records] + [4])
     head = f"{'path':<{width}}  face  {'box (x,y,w,h)':<19}  {'label':<9}"
-    lines = [head + "".join(f"{n[:8]:>9}" for n in CLASS_NAMES)]
+    lines = [head + "".join(f"{n[:8]:>9}" for n in names)]
     for path, i, face, note in _face_rows(records):
         if face is None:
             lines.append(f"{path:<{width}}  -     {note}")
             continue
         box = ",".join(str(face["box"][k]) for k in ("x", "y", "width", "height"))
-        probs = "".join(f"{face['probabilities'][n]:>9.4f}" for n in CLASS_NAMES)
+        probs = "".join(f"{face['probabilities'][n]:>9.4f}" for n in names)
         lines.append(f"{path:<{width}}  {i:<4}  {box:<19}  {face['label']:<9}{probs}")
     return "\n".join(lines)
 

@@ -26,12 +26,33 @@ def classification_loss(
     num_classes: int,
     label_smoothing: float,
     terms: losses.LossTerms = losses.NO_TERMS,
+    multi_target: bool = False,
 ) -> jax.Array:
     """Per-example softmax cross-entropy in float32 against integer labels [B] (one-hot) or soft targets
-    [B, K] (mixup/cutmix), optionally smoothed. `terms` adds the training split's class weights and
-    logit adjustment (`losses.training_loss_terms`); evaluation passes none and scores raw logits."""
+    [B, K] (FER+ vote distributions, mixup/cutmix), optionally smoothed; FER+'s multi-target loss with
+    `multi_target`. `terms` adds the training split's class weights and logit adjustment
+    (`losses.training_loss_terms`); evaluation passes none and scores raw logits."""
     targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == logits.ndim - 1 else labels
-    return losses.training_loss(logits, targets, label_smoothing=label_smoothing, terms=terms)
+    return losses.training_loss(
+        logits, targets, label_smoothing=label_smoothing, terms=terms, multi_target=multi_target
+    )
+
+
+def label_mode(config: ConfigDict) -> str:
+    """`config.data.label_mode` ("majority" for a config written before the key existed)."""
+    return config.data.get("label_mode", "majority") or "majority"
+
+
+def training_targets(batch: dict, mode: str, num_classes: int, rng: jax.Array) -> jax.Array:
+    """float32 [B, K] targets of a training batch: one-hot labels, or for a batch with FER+ soft
+    targets in label mode "crossentropy"/"multi_target" those targets, and in "probability" a one-hot
+    label drawn from each image's vote distribution (Barsoum et al.'s probabilistic label drawing)."""
+    if "target" not in batch or mode == "majority":
+        return jax.nn.one_hot(batch["label"], num_classes)
+    target = batch["target"].astype(jnp.float32)
+    if mode == "probability":
+        return jax.nn.one_hot(jax.random.categorical(rng, jnp.log(target)), num_classes)
+    return target
 
 
 def _loss_and_grads(
@@ -40,12 +61,16 @@ def _loss_and_grads(
     rng: jax.Array,
     config: ConfigDict,
     class_counts: np.ndarray | None = None,
+    num_classes: int = NUM_CLASSES,
 ):
     aug_rng, dropout_rng = jax.random.split(rng)
     # Class weights and prior are constants of the training split, computed here at trace time.
     terms = losses.training_loss_terms(config.loss, class_counts)
     images = preprocess(batch["image"])
-    labels = jax.nn.one_hot(batch["label"], NUM_CLASSES)
+    mode = label_mode(config)
+    # The label draw has its own key folded out of the augmentation's (mixing uses 1), so the other
+    # draws are those of a run without it.
+    labels = training_targets(batch, mode, num_classes, jax.random.fold_in(aug_rng, 2))
     crop_size = ten_crop_size(config.augment)
     if crop_size is not None:
         # Each image becomes its ten crops (labels repeated), augmented one by one below; the mean
@@ -66,9 +91,10 @@ def _loss_and_grads(
         )
         loss_of = functools.partial(
             classification_loss,
-            num_classes=NUM_CLASSES,
+            num_classes=num_classes,
             label_smoothing=config.label_smoothing,
             terms=terms,
+            multi_target=mode == "multi_target",
         )
         loss = loss_of(logits, labels).mean()
         # GoogLeNet-style auxiliary classifiers: present only in training, weighted from config.
@@ -92,9 +118,11 @@ def train_step(
     config: ConfigDict,
     schedule: optax.Schedule,
     class_counts: np.ndarray | None = None,
+    num_classes: int = NUM_CLASSES,
 ) -> tuple[model_state.TrainState, dict]:
     """One optimizer step. Randomness is `fold_in(rng, step)`, so a resumed run draws the same numbers.
     `class_counts` [K] (the training split's label counts) feeds `config.loss`'s class weights and prior.
+    BatchNorm statistics of layers matching `config.optim.freeze` stay fixed, like their parameters.
 
     The metrics include `finite` (loss and gradient norm both finite). With
     `config.nonfinite == "skip"` a non-finite step keeps the previous parameters, optimizer state,
@@ -102,10 +130,11 @@ def train_step(
     The logged `learning_rate` is the one applied: the schedule's times the reduce-on-plateau scale."""
     step_rng = jax.random.fold_in(rng, state.step)
     loss, logits, batch_stats, grads = _loss_and_grads(
-        state, batch, step_rng, config, class_counts=class_counts
+        state, batch, step_rng, config, class_counts=class_counts, num_classes=num_classes
     )
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    batch_stats = optim.keep_frozen(batch_stats, state.batch_stats, config.optim.get("freeze"))
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if model_state.has_ema(state):
         # Averages what this step produced: the updated weights and the statistics of this batch.
@@ -152,10 +181,11 @@ def gradients(
     *,
     config: ConfigDict,
     class_counts: np.ndarray | None = None,
+    num_classes: int = NUM_CLASSES,
 ):
     """The gradients `train_step` would apply at this step (for histograms; not on the hot path)."""
     step_rng = jax.random.fold_in(rng, state.step)
-    return _loss_and_grads(state, batch, step_rng, config, class_counts=class_counts)[3]
+    return _loss_and_grads(state, batch, step_rng, config, class_counts, num_classes)[3]
 
 
 def logits_step(
@@ -166,7 +196,7 @@ def logits_step(
     tta_mode: str = "none",
     crop_size: int = tta.DEFAULT_CROP_SIZE,
 ) -> jax.Array:
-    """float32 logits [B, K] of uint8 images [B, 48, 48, 1] in inference mode, averaged over the
+    """float32 logits [B, K] of uint8 images [B, H, W, C] in inference mode, averaged over the
     views of `tta_mode` (`fer_flax.tta`), so a model trained on crops is scored on what it is
     tested with. The one inference step: training's evaluations, evaluate, predict and multiseed
     all use it through `fer_flax.inference`."""

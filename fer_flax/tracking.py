@@ -70,18 +70,21 @@ class MetricWriter:
         images: np.ndarray,
         labels: np.ndarray,
         predictions: np.ndarray,
+        class_names: Any = None,
         prefix: str = "val",
     ) -> None:
         """The confusion matrix and a grid of sample predictions (uint8 faces, true and predicted
-        labels) as wandb images under `<prefix>/confusion_matrix` and `<prefix>/predictions`."""
+        labels) as wandb images under `<prefix>/confusion_matrix` and `<prefix>/predictions`;
+        `class_names` default to FER2013's."""
         if not self.media_enabled:
             return
         import wandb
 
         from fer_flax import plots  # matplotlib only when there is something to draw
 
-        confusion_fig = plots.confusion_figure(confusion, title=f"{prefix} confusion, step {step}")
-        grid_fig = plots.predictions_grid(images, labels, predictions)
+        names = {} if class_names is None else {"class_names": tuple(class_names)}
+        confusion_fig = plots.confusion_figure(confusion, title=f"{prefix} confusion, step {step}", **names)
+        grid_fig = plots.predictions_grid(images, labels, predictions, **names)
         self._wandb_run.log(
             {
                 f"{prefix}/confusion_matrix": wandb.Image(plots.to_array(confusion_fig)),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from fer_flax import checkpoint as checkpoint_lib
 from fer_flax import (
     config_schema,
     inference,
+    init_from,
     input_pipeline,
     model_state,
     optim,
@@ -35,22 +35,11 @@ from fer_flax import (
     workdir_lock,
 )
 from fer_flax import workdir as workdir_lib
-from fer_flax.data import ArraySplit, default_cache_dir, load_splits
+from fer_flax.data import ArraySplit, DataSpec, default_cache_dir, load_splits, resolve_spec
 from fer_flax.interrupts import NonFiniteError, StopRequest, TrainingInterrupted
 from fer_flax.metric_window import MetricWindow
+from fer_flax.step_plan import step_plan
 from fer_flax.validation import Evaluation
-
-
-def step_plan(config: ConfigDict, num_train: int) -> dict[str, int]:
-    """All epoch <-> step arithmetic in one place."""
-    steps_per_epoch = max(1, math.ceil(num_train / config.batch_size))
-    total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
-    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
-    return {
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "eval_every_steps": eval_every,
-    }
 
 
 @dataclasses.dataclass
@@ -72,6 +61,8 @@ class _Run:
     ckpt: checkpoint_lib.Checkpointer
     start_step: int
     num_params: int
+    spec: DataSpec
+    init_record: dict[str, Any] | None  # where the run started from (config.init_from)
 
     @property
     def is_main(self) -> bool:
@@ -108,16 +99,24 @@ class CompiledSteps:
 
 
 def _prepare(config: ConfigDict, workdir: str) -> _Run:
-    """Checks everything else that can be checked before data is read (the config and the workdir
-    are checked and locked by the caller), then reads the data, builds the state and resumes it from
-    the workdir's latest checkpoint if there is one."""
+    """Checks what else can be checked before data is read (the data spec, init_from; the config and
+    the workdir are checked and locked by the caller), then reads the data, builds the state (from
+    init_from's weights in a new run) and resumes it from the workdir's latest checkpoint if there is
+    one."""
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
-    model = model_state.create_model(config)
+    spec = resolve_spec(config.data)
+    model = model_state.create_model(config, spec)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh, name="batch_size")
     parallel.check_batch_divisible(config.eval_batch_size, mesh, name="eval_batch_size")
     changes = workdir_lib.config_changes(workdir, config)
+    ckpt = checkpoint_lib.Checkpointer(
+        workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
+    )
+    resuming = ckpt.latest_step() is not None
+    init_from.check_freeze(config, model, spec)
+    init_plan = None if resuming else init_from.prepare(config, model, spec, mesh)
 
     cache_dir = config.data.cache_dir or default_cache_dir(workdir)
     data = load_splits(config.data, ("train", "val"), cache_dir=cache_dir, announce=say)
@@ -127,20 +126,13 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     )
     tx = optim.create_optimizer(config.optim, schedule)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = model_state.create_train_state(model, tx, init_rng, mesh, ema=model_state.ema_enabled(config))
-    train_iter = input_pipeline.make_train_iterator(
-        data["train"],
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        sampling=config.data.sampling,
-        class_weights=config.data.class_weights,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.data.num_workers,
+    state = model_state.create_train_state(
+        model, tx, init_rng, mesh, ema=model_state.ema_enabled(config), image_shape=spec.image_shape
     )
-    ckpt = checkpoint_lib.Checkpointer(
-        workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
-    )
+    if init_plan is not None:
+        state = init_from.apply(state, init_plan, tx, mesh)
+        say(init_plan.describe())
+    train_iter = input_pipeline.training_stream(data["train"], config)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -157,8 +149,11 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         ckpt=ckpt,
         start_step=0,
         num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+        spec=spec,
+        # A resumed run keeps the record of the run that started it.
+        init_record=init_plan.record() if init_plan else workdir_lib.derived_value(workdir, "init_from"),
     )
-    if ckpt.latest_step() is not None:
+    if resuming:
         run.state = ckpt.restore_latest(state, train_iter)
         run.start_step = int(jax.device_get(run.state.step))
         total = plan["total_steps"]
@@ -167,15 +162,14 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         _record_run(run, changes)
     say(
         f"Model {config.model_name}/{config.model.variant}: {run.num_params / 1e6:.2f}M parameters; "
-        f"{len(run.train_split)} train / {len(run.val_split)} val images; {plan['total_steps']} steps "
-        f"of {config.batch_size} on {jax.device_count()} device(s)."
+        f"{len(run.train_split)} train / {len(run.val_split)} val images ({spec.describe()}); "
+        f"{plan['total_steps']} steps of {config.batch_size} on {jax.device_count()} device(s)."
     )
     return run
 
 
 def _record_run(run: _Run, changes: dict[str, tuple[Any, Any]]) -> None:
-    """Process 0: metrics.jsonl cut back to the resumed step, changed settings, config.json."""
-    workdir_lib.record_resume(run.workdir, run.start_step, changes, run.say)
+    """Process 0: the run's files at start (`workdir.record_start`) with what it derived."""
     derived = {
         **run.plan,
         "num_devices": jax.device_count(),
@@ -183,8 +177,10 @@ def _record_run(run: _Run, changes: dict[str, tuple[Any, Any]]) -> None:
         "num_params": run.num_params,
         "num_train": len(run.train_split),
         "num_val": len(run.val_split),
+        "data_spec": run.spec.to_dict(),
+        "init_from": run.init_record,
     }
-    workdir_lib.write_run_info(run.workdir, run.config, derived)
+    workdir_lib.record_start(run.workdir, run.config, derived, changes, run.start_step, run.say)
 
 
 def compile_steps(
@@ -193,12 +189,13 @@ def compile_steps(
     """The run's steps under jax.jit. `class_counts` are the training split's label counts, baked into
     the step as constants: the loss's class weights and logit-adjustment prior (config.loss), never
     the val split's."""
+    counts = {"class_counts": class_counts, "num_classes": len(class_counts)}
     return CompiledSteps(
         train=jax.jit(
-            functools.partial(steps.train_step, config=config, schedule=schedule, class_counts=class_counts),
+            functools.partial(steps.train_step, config=config, schedule=schedule, **counts),
             donate_argnums=(0,),
         ),
-        gradients=jax.jit(functools.partial(steps.gradients, config=config, class_counts=class_counts)),
+        gradients=jax.jit(functools.partial(steps.gradients, config=config, **counts)),
         state_is_finite=jax.jit(steps.state_is_finite),
         # Replicated like the rest of the state, so the train step sees the shardings it was compiled for.
         plateau=jax.jit(
@@ -240,9 +237,10 @@ def _evaluation_step(
         writer.log_evaluation_media(
             step,
             confusion=evaluation.val["confusion"],
-            images=samples[..., None],
+            images=samples,
             labels=run.val_split.labels[:16],
             predictions=np.argmax(logits, -1),
+            class_names=run.spec.class_names,
         )
     val = evaluation.val
     run.say(
@@ -340,6 +338,7 @@ def _finish(
         "skipped_updates_this_run": window.skipped_updates,
         "train_seconds_this_run": window.train_seconds,
         "data_path": config.data.path,
+        "init_from": run.init_record,
     }
     if run.use_ema:
         summary["final_val_ema"] = evaluation.val_ema

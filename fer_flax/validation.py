@@ -50,7 +50,7 @@ def metrics_of(
         tta_mode=config.eval_tta,
         crop_size=config.augment.crop_size,
     )
-    return inference.split_metrics(logits, split.labels)
+    return inference.split_metrics(logits, split.labels, split.class_names)
 
 
 def evaluate(

@@ -28,7 +28,6 @@ import numpy as np
 from PIL import Image
 
 from fer_flax import annotate, plots
-from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.faces import crop as crop_lib
 from fer_flax.faces.classify import FaceClassifier, FacePrediction
 from fer_flax.faces.detect import Box, FaceDetector, import_cv2
@@ -144,12 +143,18 @@ class _Timeline:
 
 
 def _write_reports(
-    out: StagedOutputs, stem: str, path: str, timeline: _Timeline, every: int, video_name: str | None
+    out: StagedOutputs,
+    stem: str,
+    path: str,
+    timeline: _Timeline,
+    every: int,
+    video_name: str | None,
+    class_names: tuple[str, ...],
 ) -> dict:
     csv_name = out.unique_name(stem, ".timeline.csv")
     with open(out.path(csv_name), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*TIMELINE_COLUMNS, *CLASS_NAMES])
+        writer.writerow([*TIMELINE_COLUMNS, *class_names])
         writer.writerows(timeline.rows)
     tracks = []
     for track, series in sorted(timeline.tracks.items()):
@@ -159,14 +164,15 @@ def _write_reports(
         plot_name = out.unique_name(stem, f".track{track}.png")
         fig = plots.track_probabilities(
             times, probs, title=f"{os.path.basename(path)}: face #{track}",
-            xlabel="time (s)" if timeline.fps else "frame", colors=annotate.CLASS_COLORS,
+            xlabel="time (s)" if timeline.fps else "frame", class_names=class_names,
+            colors=annotate.class_colors(len(class_names)),
         )  # fmt: skip
         plots.save(fig, out.path(plot_name))
         mean = probs.mean(axis=0)
         tracks.append({
             "track": track, "first_frame": frames[0], "last_frame": frames[-1], "frames": len(frames),
-            "label": CLASS_NAMES[int(mean.argmax())],
-            "mean_probabilities": {n: float(v) for n, v in zip(CLASS_NAMES, mean, strict=True)},
+            "label": class_names[int(mean.argmax())],
+            "mean_probabilities": {n: float(v) for n, v in zip(class_names, mean, strict=True)},
             "plot": out.final_path(plot_name),
         })  # fmt: skip
     summary = {
@@ -207,7 +213,7 @@ def analyze_video(
             crops = np.concatenate([f.crops for f in chunk])
             probs = iter(classifier(crops))
             for frame in chunk:
-                timeline.add(frame, [FacePrediction(b, next(probs)) for b in frame.boxes])
+                timeline.add(frame, classifier.predictions(frame.boxes, [next(probs) for _ in frame.boxes]))
             log(f"predict: {path}: {timeline.frames} frames processed, {len(timeline.rows)} faces")
             chunk.clear()
 
@@ -215,8 +221,7 @@ def analyze_video(
             for index, rgb in sampled_frames(path, every):
                 gray = np.asarray(Image.fromarray(rgb).convert("L"))
                 boxes = detector.detect(gray)
-                crops = [crop_lib.crop_face(gray, b, margin=margin) for b in boxes]
-                crops = np.stack(crops) if crops else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+                crops = classifier.crop(gray if classifier.spec.channels == 1 else rgb, boxes, margin)
                 chunk.append(_Frame(index, rgb if annotate_video else None, boxes, crops))
                 if len(chunk) >= CHUNK_FRAMES:
                     flush()
@@ -226,6 +231,6 @@ def analyze_video(
             timeline.close()
         if timeline.frames == 0:
             raise VideoReadError(f"{path}: no frame could be decoded (empty or corrupt video)")
-        summary = _write_reports(out, stem, path, timeline, every, video_name)
+        summary = _write_reports(out, stem, path, timeline, every, video_name, classifier.spec.class_names)
         out.commit()
     return summary

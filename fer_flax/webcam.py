@@ -17,9 +17,8 @@ import numpy as np
 from PIL import Image
 
 from fer_flax import annotate
-from fer_flax.data.splits import IMAGE_SIZE
 from fer_flax.faces import crop as crop_lib
-from fer_flax.faces.classify import FaceClassifier, FacePrediction
+from fer_flax.faces.classify import FaceClassifier
 from fer_flax.faces.detect import FaceDetector, import_cv2
 
 WEBCAM_EXTRA = "webcam"
@@ -76,9 +75,8 @@ def run(
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             gray = np.asarray(Image.fromarray(rgb).convert("L"))
             boxes = detector.detect(gray)
-            crops = [crop_lib.crop_face(gray, b, margin=margin) for b in boxes]
-            probs = classifier(np.stack(crops) if crops else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8))
-            faces = [FacePrediction(b, p) for b, p in zip(boxes, probs, strict=True)]
+            source = gray if classifier.spec.channels == 1 else rgb
+            faces = classifier.predictions(boxes, classifier(classifier.crop(source, boxes, margin)))
             cv2.imshow(WINDOW, cv2.cvtColor(annotate.draw_faces(rgb, faces), cv2.COLOR_RGB2BGR))
             shown += 1
             key = cv2.waitKey(1) & 0xFF

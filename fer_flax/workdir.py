@@ -1,7 +1,8 @@
 """What a training run keeps in its workdir besides checkpoints: its identity and config, the record
 of config changes across resumes, metric files and the final summary.
 
-  <workdir>/config.json           {"config": the resolved config, "derived": step plan, sizes, devices}
+  <workdir>/config.json           {"config": the resolved config, "derived": step plan, sizes, devices,
+                                  the data spec (classes, image size, channels), init_from's record}
   <workdir>/config_history.jsonl  one record per resume that changed a setting
   <workdir>/metrics.jsonl         one record per log / evaluation step (fer_flax.tracking writes it)
   <workdir>/summary.json          the final summary of the last finished run
@@ -45,7 +46,20 @@ RUN_IDENTITY_KEYS = (
     "data.synthetic_seed",
     "data.sampling",
     "data.class_weights",
+    "data.format",
+    "data.classes",
+    "data.class_folders",
+    "data.image_size",
+    "data.channels",
+    "init_from",
+    "init_skip",
+    "init_weights",
+    "optim.freeze",
 )
+
+
+# The values defining keys added later have in runs written before them (others: None).
+IMPLICIT_VALUES = {"data.format": "auto", "init_weights": "raw"}
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -113,6 +127,33 @@ def write_run_info(workdir: str, config: ConfigDict, derived: dict[str, Any]) ->
     write_json(path(workdir, CONFIG_FILE), {"config": config.to_dict(), "derived": derived})
 
 
+def derived_value(workdir: str, key: str) -> Any:
+    """`derived[key]` of the workdir's config.json (None for a new workdir or an absent key)."""
+    if not os.path.exists(path(workdir, CONFIG_FILE)):
+        return None
+    return read_run_info(workdir).get("derived", {}).get(key)
+
+
+def record_start(
+    workdir: str,
+    config: ConfigDict,
+    derived: dict[str, Any],
+    changes: dict[str, tuple[Any, Any]],
+    start_step: int,
+    say: Callable[[str], Any],
+) -> None:
+    """A (re)started run's files: metrics.jsonl cut back to the resumed step, the settings changed since
+    the workdir's last run (said and appended to config_history.jsonl), and config.json."""
+    truncate_metrics(workdir, start_step)
+    if changes:
+        say(
+            "Settings changed since this workdir's last run (recorded in config_history.jsonl): "
+            + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        )
+        record_config_changes(workdir, changes, start_step)
+    write_run_info(workdir, config, derived)
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, dict):
         return {prefix: tree}
@@ -148,7 +189,13 @@ def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any
         for k in sorted(set(old) | set(new))
         if old.get(k, missing) != new.get(k, missing)
     }
-    refused = {k: v for k, v in changes.items() if _defines_run(k)}
+    # A defining key that an older config.json lacks had its implicit value then (None, or the default
+    # of IMPLICIT_VALUES): unchanged if it still has it.
+    refused = {
+        k: (a, b)
+        for k, (a, b) in changes.items()
+        if _defines_run(k) and not (a is missing and b == IMPLICIT_VALUES.get(k))
+    }
     # Switching EMA or reduce-on-plateau on or off adds or removes train-state leaves: refused too,
     # with this message rather than the restore's shape mismatch.
     old_layout, new_layout = _state_layout(old), _state_layout(new)
@@ -179,20 +226,6 @@ def record_config_changes(workdir: str, changes: dict[str, tuple[Any, Any]], res
             previous = "".join(line for line in f if line.endswith("\n"))
     record = {"time": time.time(), "resumed_at_step": resumed_at_step, "changes": changes}
     write_text(file_path, previous + json.dumps(record, default=str) + "\n")
-
-
-def record_resume(
-    workdir: str, start_step: int, changes: dict[str, tuple[Any, Any]], say: Callable[[str], Any]
-) -> None:
-    """A run starting at `start_step`: metrics.jsonl cut back to it (`truncate_metrics`), the
-    changed settings printed and added to config_history.jsonl."""
-    truncate_metrics(workdir, start_step)
-    if changes:
-        say(
-            "Settings changed since this workdir's last run (recorded in config_history.jsonl): "
-            + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-        )
-        record_config_changes(workdir, changes, start_step)
 
 
 # ------------------------------------------------------------------------------------- metrics

@@ -21,6 +21,7 @@ CONFIG_ARGS = {
     "beefy": ("", "smoke"),
     "cct": ("", "2_3x2", "smoke"),
     "cpu_recipe": ("", "smoke"),
+    "ferplus": ("", "gpu", "smoke"),
     "googlenet": ("", "noaux", "smoke"),
     "googlenet_aux": ("", "small", "smoke"),
     "resnet18": ("", "cpu", "smoke"),

@@ -70,9 +70,12 @@ def check_splits(splits: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(splits))
 
 
-def read_fer2013(path: str | os.PathLike, splits: Sequence[str]) -> dict[str, ArraySplit]:
+def read_fer2013(
+    path: str | os.PathLike, splits: Sequence[str], *, layout: image_folders.FolderLayout | None = None
+) -> dict[str, ArraySplit]:
     """Reads the requested splits ('train'|'val'|'test') from a FER2013 CSV (.csv or .csv.gz),
     an image-folder tree, or a .tar/.tar.gz/.tgz archive of such a tree. Validates strictly.
+    `layout` describes an image-folder set with other classes, size or channels (default FER2013's).
 
     Returns {split: ArraySplit} in the order of `splits`. Raises FERDataError for any problem with
     the data, including a requested split that the source does not contain.
@@ -81,9 +84,15 @@ def read_fer2013(path: str | os.PathLike, splits: Sequence[str]) -> dict[str, Ar
     path = Path(path)
     kind = source_kind(path)
     if kind == "folder":
-        return image_folders.read_image_folder(path, splits)
+        return image_folders.read_image_folder(path, splits, layout)
     if kind == "tar":
-        return image_folders.read_image_tar(path, splits)
+        return image_folders.read_image_tar(path, splits, layout)
+    if layout is not None and layout != image_folders.FolderLayout():
+        raise FERDataError(
+            path,
+            "a CSV source is FER2013 (48x48 grayscale, 7 classes): data.classes, data.class_folders, "
+            "data.image_size, data.channels and data.convert_images apply to image folders",
+        )
     return _read_csv(path, splits)
 
 

@@ -1,8 +1,11 @@
-"""The image-folder layouts of FER2013 (and of any face set stored the same way):
+"""The image-folder layouts of FER2013 and of any face set stored the same way (RAF-DB, CK+,
+AffectNet and in-house sets):
 
-* an **image folder** tree, `.../<split folder>/<class>/<image>`, where `<class>` is one of
-  CLASS_NAMES (any case) and images are `*.jpg`, `*.jpeg` or `*.png`. Hidden files and folders
-  (a leading `.`, e.g. macOS `._x.jpg` or `.ipynb_checkpoints`) and other file types are ignored.
+* an **image folder** tree, `.../<split folder>/<class>/<image>`, where `<class>` is one of the data
+  set's class names (FER2013's CLASS_NAMES unless `config.data.classes` says otherwise; any case) or,
+  with `config.data.class_folders`, the folder name given for each class (RAF-DB's `1`..`7`). Images
+  are `*.jpg`, `*.jpeg` or `*.png`. Hidden files and folders (a leading `.`, e.g. macOS `._x.jpg` or
+  `.ipynb_checkpoints`) and other file types are ignored.
   Each image's split is:
     1. its file-name prefix when it has one: `Training_*` -> train, `PublicTest_*` -> val,
        `PrivateTest_*` -> test (the widespread Kaggle tree puts PublicTest images under `test/`,
@@ -10,8 +13,8 @@
     2. otherwise the split folder above the class folder: train/training -> train;
        val/valid/validation/dev/publictest -> val; test/testing/privatetest -> test (any case).
        When the class folders sit directly under `path`, the split folder is `path` itself.
-  Images must decode with PIL and be 48x48; L is used as is, and RGB/RGBA/LA/P/1 images are
-  accepted when their colour channels are equal (alpha is ignored). Within a split, images are
+  Images must decode with PIL and have the data set's size and channels (`fer_flax.data.decode`:
+  48x48 grayscale for FER2013; `convert` resizes and converts instead). Within a split, images are
   ordered by relative path.
 * a `.tar`, `.tar.gz`/`.tgz` (or `.tar.bz2`/`.tar.xz`) archive of such a tree, read member by
   member without extracting to disk.
@@ -21,7 +24,7 @@ Every problem raises `FERDataError` naming the source, the image or archive memb
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import os
 import re
 import tarfile
@@ -29,11 +32,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from fer_flax.data.decode import decode_image
+from fer_flax.data.spec import FER2013, DataSpec
 from fer_flax.data.splits import (
-    CLASS_NAMES,
-    IMAGE_SIZE,
     SPLIT_TO_USAGE,
     SPLITS,
     USAGE_TO_SPLIT,
@@ -42,7 +44,6 @@ from fer_flax.data.splits import (
 )
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-_CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
 _PREFIX_SPLIT = re.compile(r"(training|publictest|privatetest)_", re.IGNORECASE)
 _PREFIX_TO_SPLIT: dict[str, str] = {u.lower(): s for u, s in USAGE_TO_SPLIT.items()}
 _FOLDER_TO_SPLIT: dict[str, str] = {
@@ -57,6 +58,32 @@ _FOLDER_TO_SPLIT: dict[str, str] = {
     "testing": "test",
     "privatetest": "test",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderLayout:
+    """What an image-folder set holds: its spec (class names in label order, image size, channels),
+    the folder name of each class when it is not the class name (RAF-DB's `1`..`7`), and whether images
+    of another size or colour are converted instead of rejected."""
+
+    spec: DataSpec = FER2013
+    class_folders: tuple[str, ...] | None = None
+    convert: bool = False
+
+    def __post_init__(self):
+        folders = self.folder_names()
+        if len(folders) != self.spec.num_classes or len({f.lower() for f in folders}) != len(folders):
+            raise ValueError(
+                f"class_folders {folders} must name {self.spec.num_classes} distinct folders (any case), "
+                f"one per class of {self.spec.class_names}"
+            )
+
+    def folder_names(self) -> tuple[str, ...]:
+        return tuple(self.class_folders) if self.class_folders else self.spec.class_names
+
+    def identity(self) -> dict:
+        """What the parsed arrays depend on besides the files (part of the cache key)."""
+        return {**self.spec.to_dict(), "class_folders": self.folder_names(), "convert": self.convert}
 
 
 def list_image_files(root: Path) -> list[str]:
@@ -81,9 +108,20 @@ def _is_image_name(name: str) -> bool:
 class _ImageCollector:
     """Classifies every image by path; decodes only those of requested splits."""
 
-    def __init__(self, source: Path, splits: tuple[str, ...], root_name: str | None, what: str):
+    def __init__(
+        self,
+        source: Path,
+        splits: tuple[str, ...],
+        root_name: str | None,
+        what: str,
+        layout: FolderLayout,
+    ):
         self.source = source
         self.splits = splits
+        self.layout = layout
+        folders = layout.folder_names()
+        self.class_index = {name.lower(): i for i, name in enumerate(folders)}
+        self.valid_folders = ", ".join(folders)
         # The folder's own name: the split folder when the class folders sit directly in it.
         self.root_name = root_name
         self.what = what  # "image" or "member", for messages
@@ -96,10 +134,10 @@ class _ImageCollector:
     def classify(self, rel: str) -> tuple[str, int]:
         parts = rel.split("/")
         if len(parts) < 2:
-            raise self._error(rel, f"images must sit in a class folder ({', '.join(CLASS_NAMES)})")
-        label = _CLASS_INDEX.get(parts[-2].lower())
+            raise self._error(rel, f"images must sit in a class folder ({self.valid_folders})")
+        label = self.class_index.get(parts[-2].lower())
         if label is None:
-            raise self._error(rel, f"unknown class folder {parts[-2]!r}; valid: {', '.join(CLASS_NAMES)}")
+            raise self._error(rel, f"unknown class folder {parts[-2]!r}; valid: {self.valid_folders}")
         prefix = _PREFIX_SPLIT.match(parts[-1])
         if prefix:
             return _PREFIX_TO_SPLIT[prefix.group(1).lower()], label
@@ -124,29 +162,14 @@ class _ImageCollector:
         self.items[split].append((rel, self._decode(rel, data), label))
 
     def _decode(self, rel: str, data: bytes) -> np.ndarray:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                # The size is known from the header: checking it before decoding means a corrupt
-                # header claiming a huge image is rejected without decoding (or allocating) it.
-                size = im.size
-                if size != (IMAGE_SIZE, IMAGE_SIZE):
-                    raise self._error(
-                        rel, f"image is {size[0]}x{size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
-                    )
-                im.load()
-                mode = im.mode
-                if mode == "L":
-                    return np.asarray(im, dtype=np.uint8)
-                if mode not in ("RGB", "RGBA", "LA", "P", "1"):
-                    raise self._error(rel, f"unsupported image mode {mode!r} (need grayscale)")
-                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except FERDataError:
-            raise
-        except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-            raise self._error(rel, f"cannot decode image ({type(e).__name__}: {e})") from e
-        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            raise self._error(rel, f"{mode} image is not grayscale (its colour channels differ)")
-        return np.ascontiguousarray(rgb[..., 0])
+        spec = self.layout.spec
+        return decode_image(
+            data,
+            size=spec.image_size,
+            channels=spec.channels,
+            convert=self.layout.convert,
+            fail=lambda problem: self._error(rel, problem),
+        )
 
     def result(self, empty_hint: str = "") -> dict[str, ArraySplit]:
         total = sum(self.counts.values())
@@ -170,12 +193,15 @@ class _ImageCollector:
             out[s] = ArraySplit(
                 images=np.stack([img for _, img, _ in items]),
                 labels=np.asarray([label for _, _, label in items], dtype=np.int32),
+                class_names=self.layout.spec.class_names,
             )
         return out
 
 
-def read_image_folder(root: Path, splits: tuple[str, ...]) -> dict[str, ArraySplit]:
-    collector = _ImageCollector(root, splits, root.resolve().name, "image")
+def read_image_folder(
+    root: Path, splits: tuple[str, ...], layout: FolderLayout | None = None
+) -> dict[str, ArraySplit]:
+    collector = _ImageCollector(root, splits, root.resolve().name, "image", layout or FolderLayout())
     for rel in list_image_files(root):
         target = collector.wants(rel)
         if target is None:
@@ -204,8 +230,10 @@ def _member_name(name: str) -> str | None:
     return "/".join(parts)
 
 
-def read_image_tar(path: Path, splits: tuple[str, ...]) -> dict[str, ArraySplit]:
-    collector = _ImageCollector(path, splits, None, "member")
+def read_image_tar(
+    path: Path, splits: tuple[str, ...], layout: FolderLayout | None = None
+) -> dict[str, ArraySplit]:
+    collector = _ImageCollector(path, splits, None, "member", layout or FolderLayout())
     last = "(start of archive)"
     try:
         # Stream mode ('r|*') reads the archive once, front to back, never seeking the gzip stream.

@@ -41,19 +41,41 @@ class FERDataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
-    """One split held in memory: `images` uint8 [N, 48, 48], `labels` int32 [N] in 0..6."""
+    """One split held in memory: `images` uint8 [N, H, W] (grayscale) or [N, H, W, C], `labels` int32
+    [N] in 0..num_classes-1 (the hard label: for FER+ the majority vote, which accuracy is measured
+    against), the data set's `class_names` in label order and, for data with soft labels, `targets`
+    float32 [N, num_classes] (the training targets of the label mode, see fer_flax.data.labels)."""
 
     images: np.ndarray
     labels: np.ndarray
+    class_names: tuple[str, ...] = CLASS_NAMES
+    targets: np.ndarray | None = None
 
     def __post_init__(self):
-        if self.images.dtype != np.uint8 or self.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"images must be uint8 [N, 48, 48], got {self.images.dtype} {self.images.shape}")
+        if self.images.dtype != np.uint8 or self.images.ndim not in (3, 4) or 0 in self.images.shape[1:]:
+            raise ValueError(
+                f"images must be uint8 [N, H, W] or [N, H, W, C], got {self.images.dtype} {self.images.shape}"
+            )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images")
+        if self.targets is not None and self.targets.shape != (len(self), self.num_classes):
+            raise ValueError(
+                f"targets shape {self.targets.shape} is not ({len(self)}, {self.num_classes}) "
+                "(one row of class weights per image)"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of one image."""
+        h, w = self.images.shape[1:3]
+        return (h, w, 1 if self.images.ndim == 3 else int(self.images.shape[3]))
+
     def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=NUM_CLASSES)
+        return np.bincount(self.labels, minlength=self.num_classes)

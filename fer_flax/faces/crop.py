@@ -33,18 +33,26 @@ def square_around(box: Box, margin: float = FER2013_MARGIN) -> Box:
 
 
 def crop_face(
-    gray: np.ndarray, box: Box, *, margin: float = FER2013_MARGIN, size: int = IMAGE_SIZE
+    pixels: np.ndarray,
+    box: Box,
+    *,
+    margin: float = FER2013_MARGIN,
+    size: int | tuple[int, int] = IMAGE_SIZE,
 ) -> np.ndarray:
-    """uint8 [size, size]: the square around `box` in the grayscale image `gray` [H, W], edges
-    repeated where it leaves the image, resized bilinearly."""
+    """uint8 [height, width] (or [height, width, 3] from an RGB image [H, W, 3]): the square around
+    `box` in `pixels`, edges repeated where it leaves the image, resized bilinearly to `size` (an int
+    for a square, or (height, width))."""
+    height, width = (size, size) if isinstance(size, int) else size
     sq = square_around(box, margin)
-    h, w = gray.shape
+    h, w = pixels.shape[:2]
     pad = (max(0, -sq.y), max(0, sq.y + sq.height - h), max(0, -sq.x), max(0, sq.x + sq.width - w))
     top, bottom = max(0, sq.y), min(h, sq.y + sq.height)
     left, right = max(0, sq.x), min(w, sq.x + sq.width)
     if top >= bottom or left >= right:
         raise ValueError(f"box {tuple(box)} lies outside the {w}x{h} image")
-    patch = np.pad(gray[top:bottom, left:right], ((pad[0], pad[1]), (pad[2], pad[3])), mode="edge")
-    if patch.shape != (size, size):
-        patch = np.asarray(Image.fromarray(patch, "L").resize((size, size), RESAMPLE))
+    widths = ((pad[0], pad[1]), (pad[2], pad[3])) + ((0, 0),) * (pixels.ndim - 2)
+    patch = np.pad(pixels[top:bottom, left:right], widths, mode="edge")
+    if patch.shape[:2] != (height, width):
+        mode = "L" if patch.ndim == 2 else "RGB"
+        patch = np.asarray(Image.fromarray(patch, mode).resize((width, height), RESAMPLE))
     return np.ascontiguousarray(patch, dtype=np.uint8)
