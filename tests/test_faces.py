@@ -116,3 +116,25 @@ def test_webcam_says_what_is_missing():
         pytest.skip("this OpenCV has a GUI; the headless message cannot be checked here")
     with pytest.raises(webcam.WebcamUnavailable, match=r"headless.*fer_flax\[webcam\]"):
         webcam.check_available(0)
+
+
+def test_faces_of_a_colour_run_with_its_own_classes_are_cropped_drawn_and_listed():
+    # A run trained on 8 classes at 64x56 RGB (FER+'s classes, say): crops in its shape and colour,
+    # annotations and the CSV in its classes.
+    from fer_flax import annotate, predict
+    from fer_flax.faces.classify import FacePrediction
+
+    photo = np.asarray(astronaut().convert("RGB"))
+    crop = crop_lib.crop_face(photo, Box(172, 61, 110, 110), size=(64, 56))
+    assert crop.shape == (64, 56, 3) and crop.dtype == np.uint8
+    names = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+    probs = np.eye(8)[1] * 0.9 + 0.1 / 8
+    face = FacePrediction(Box(172, 61, 110, 110), probs, names)
+    assert face.label == "happiness" and face.to_json()["probabilities"]["contempt"] == pytest.approx(0.0125)
+    drawn = annotate.draw_faces(photo, [face])
+    assert drawn.shape == photo.shape and not np.array_equal(drawn, photo)
+    sheet = annotate.contact_sheet(crop[None], [face])
+    assert sheet.shape[2] == 3 and sheet.shape[1] >= 2 * 56
+    record = {"path": "a.png", "faces": [face.to_json()]}
+    header = predict.to_csv([record]).splitlines()[0].split(",")
+    assert header[-9:] == [*names, "note"]
