@@ -16,20 +16,19 @@ succeeded. A split cached earlier is reused while only the missing splits are pa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
+from fer_flax import atomic_files
 from fer_flax.data import fer2013, ferplus, image_folders
 from fer_flax.data.splits import CLASS_NAMES, ArraySplit
 
@@ -166,22 +165,10 @@ def _load_split(file: Path, reader: Reader) -> Any:
 def _store(entry: Path, identity: dict[str, Any], parsed: dict[str, dict[str, np.ndarray]]) -> None:
     entry.mkdir(parents=True, exist_ok=True)
     # The description goes first so that even an entry whose writer was killed can be pruned.
-    _atomic_write(entry / _META, lambda f: f.write(json.dumps(identity, indent=1).encode()))
+    atomic_files.write_with(entry / _META, lambda f: f.write(json.dumps(identity, indent=1).encode()))
     for split, arrays in parsed.items():
-        _atomic_write(entry / f"{split}.npz", lambda f, a=arrays: np.savez(f, **a))
+        atomic_files.write_with(entry / f"{split}.npz", lambda f, a=arrays: np.savez(f, **a))
     _prune_stale(entry, identity["source"])
-
-
-def _atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _prune_stale(entry: Path, source: str) -> None:
