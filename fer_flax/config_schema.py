@@ -40,6 +40,10 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step", "plateau")
 CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "inverse", "sqrt_inverse", "explicit")
 SAMPLING_MODES: tuple[str, ...] = ("none", "balanced", "sqrt", "explicit")
+# Where the training stream is made: Grain on the host, or the split on the devices
+# (fer_flax/device_input.py); with the device pipeline, how the images are laid out on the devices.
+PIPELINES: tuple[str, ...] = ("grain", "device")
+DEVICE_LAYOUTS: tuple[str, ...] = ("auto", "replicated", "sharded")
 WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 
 # Dotted config key (without "config.") -> its valid values.
@@ -53,6 +57,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": SCHEDULES,
     "loss.class_weighting": CLASS_WEIGHTINGS,
     "data.sampling": SAMPLING_MODES,
+    "data.pipeline": PIPELINES,
+    "data.device_layout": DEVICE_LAYOUTS,
     "wandb.mode": WANDB_MODES,
 }
 
@@ -262,6 +268,8 @@ def _check_augment(c: _Checker) -> None:
 
 def _check_data(c: _Checker) -> None:
     c.choice("data.sampling", SAMPLING_MODES)
+    c.choice("data.pipeline", PIPELINES)
+    c.choice("data.device_layout", DEVICE_LAYOUTS)
     c.class_weights("data.class_weights", "data.sampling")
     for key in ("synthetic_train", "synthetic_val", "synthetic_test", "num_workers"):
         c.require(f"data.{key}", _non_negative_int, "an integer >= 0")
@@ -276,6 +284,7 @@ def _check_loop(c: _Checker) -> None:
     c.require("cpu_devices", _non_negative_int, "an integer >= 0 (0: one per core)")
     c.require("eval_every_epochs", _positive, "a finite number > 0")
     c.require("log_every_steps", _positive_int, "an integer >= 1")
+    c.require("steps_per_call", _positive_int, "an integer >= 1 (train steps per host call)")
     c.require(
         "checkpoint_every_steps", _non_negative_int, "an integer >= 0 (0: checkpoint at each evaluation only)"
     )

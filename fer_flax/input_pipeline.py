@@ -152,7 +152,8 @@ def _check_layout(global_batch_size: int, process_index: int, process_count: int
     return global_batch_size // process_count
 
 
-def _derived_seed(seed: int, tag: int) -> int:
+def derived_seed(seed: int, tag: int) -> int:
+    """A well-separated 32-bit seed for one use (`tag`) of the user's `seed`."""
     return int(np.random.SeedSequence([seed, tag]).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -195,7 +196,7 @@ def make_train_iterator(
         # Shuffle before repeat: grain's repeat hands the absolute position to the shuffle, which
         # reseeds per epoch (seed + epoch), so every epoch is a new permutation of all N examples.
         positions = (
-            grain.MapDataset.range(len(split)).shuffle(seed=_derived_seed(seed, _SHUFFLE_TAG)).repeat(None)
+            grain.MapDataset.range(len(split)).shuffle(seed=derived_seed(seed, _SHUFFLE_TAG)).repeat(None)
         )
     else:
         # grain's random_map seeds each element's RNG from (seed, absolute stream position), so
@@ -203,7 +204,7 @@ def make_train_iterator(
         positions = (
             grain.MapDataset.range(1)
             .repeat(None)
-            .random_map(_WeightedPick(split.labels, probs), seed=_derived_seed(seed, _SAMPLER_TAG))
+            .random_map(_WeightedPick(split.labels, probs), seed=derived_seed(seed, _SAMPLER_TAG))
         )
     ds = (
         positions.batch(b, batch_fn=_stack_indices)
@@ -264,6 +265,7 @@ def _eval_batches(
 __all__ = [
     "SAMPLING_MODES",
     "class_sampling_weights",
+    "derived_seed",
     "eval_batches",
     "make_train_iterator",
     "num_eval_batches",

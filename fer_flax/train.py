@@ -25,12 +25,13 @@ from fer_flax import checkpoint as checkpoint_lib
 from fer_flax import (
     config_schema,
     inference,
-    input_pipeline,
     model_state,
+    multi_step,
     optim,
     parallel,
     steps,
     tracking,
+    train_feed,
     validation,
 )
 from fer_flax import workdir as workdir_lib
@@ -68,6 +69,7 @@ class _Run:
     state: model_state.TrainState
     train_rng: jax.Array
     train_iter: Any
+    feed: Any  # train_feed.GrainFeed | DeviceFeed; train_iter is its iterator
     ckpt: checkpoint_lib.Checkpointer
     start_step: int
     num_params: int
@@ -128,16 +130,8 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     tx = optim.create_optimizer(config.optim, schedule)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state = model_state.create_train_state(model, tx, init_rng, mesh, ema=model_state.ema_enabled(config))
-    train_iter = input_pipeline.make_train_iterator(
-        data["train"],
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        sampling=config.data.sampling,
-        class_weights=config.data.class_weights,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.data.num_workers,
-    )
+    feed = train_feed.make_feed(config, data["train"], mesh)
+    train_iter = feed.iterator
     ckpt = checkpoint_lib.Checkpointer(
         workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
     )
@@ -154,6 +148,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         state=state,
         train_rng=train_rng,
         train_iter=train_iter,
+        feed=feed,
         ckpt=ckpt,
         start_step=0,
         num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
@@ -200,10 +195,7 @@ def compile_steps(
     the step as constants: the loss's class weights and logit-adjustment prior (config.loss), never
     the val split's."""
     return CompiledSteps(
-        train=jax.jit(
-            functools.partial(steps.train_step, config=config, schedule=schedule, class_counts=class_counts),
-            donate_argnums=(0,),
-        ),
+        train=train_feed.compile_train(config, schedule, class_counts, mesh),
         gradients=jax.jit(functools.partial(steps.gradients, config=config, class_counts=class_counts)),
         state_is_finite=jax.jit(steps.state_is_finite),
         # Replicated like the rest of the state, so the train step sees the shardings it was compiled for.
@@ -293,14 +285,19 @@ def _loop(
     # logs); with wandb disabled nothing would receive the histograms.
     histogram_every = config.wandb.histogram_every_steps if config.wandb.mode != "disabled" else 0
     last_evaluation = None
+
+    def must_end(s: int) -> bool:  # a call ends where the host acts: log, evaluate, save, histogram next
+        at = any(c > 0 and s % c == 0 for c in (config.log_every_steps, plan["eval_every_steps"], every))
+        return at or (histogram_every > 0 and (s + 1) % histogram_every == 0)
+
     with StopRequest() as stop:
-        for step in range(run.start_step + 1, total + 1):
-            batch = parallel.to_global_batch(next(run.train_iter), run.mesh)
-            if histogram_every and step % histogram_every == 0:
-                grads = compiled.gradients(state, batch, run.train_rng)
-                writer.log_histograms(step, {"params": state.params, "grads": grads})
-            state, step_metrics = compiled.train(state, batch, run.train_rng)
-            window.add(step, step_metrics)
+        for step, n in multi_step.call_plan(run.start_step, total, config.get("steps_per_call", 1), must_end):
+            inputs = run.feed.inputs(step - n + 1, n)  # one call runs steps step - n + 1 .. step
+            if histogram_every and (step - n + 1) % histogram_every == 0:
+                grads = compiled.gradients(state, run.feed.batch(inputs, state), run.train_rng)
+                writer.log_histograms(step - n + 1, {"params": state.params, "grads": grads})
+            state, step_metrics = compiled.train(state, inputs, run.train_rng)
+            window.add(step, step_metrics, n)
 
             is_eval = step % plan["eval_every_steps"] == 0 or step == total
             is_checkpoint = is_eval or (every > 0 and step % every == 0)

@@ -43,7 +43,10 @@ RUN_IDENTITY_KEYS = (
     "data.synthetic_seed",
     "data.sampling",
     "data.class_weights",
+    "data.pipeline",
 )
+# Keys of RUN_IDENTITY_KEYS added after workdirs existed: a config.json without one ran with this value.
+_IDENTITY_DEFAULTS = {"data.pipeline": "grain"}
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -147,8 +150,8 @@ def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any
     `IncompatibleWorkdirError` when a key of `RUN_IDENTITY_KEYS` differs. Empty for a new workdir."""
     if not os.path.exists(path(workdir, CONFIG_FILE)):
         return {}
-    old = _flatten(read_run_info(workdir).get("config", {}))
-    new = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))  # as config.json stores it
+    old = {**_IDENTITY_DEFAULTS, **_flatten(read_run_info(workdir).get("config", {}))}
+    new = {**_IDENTITY_DEFAULTS, **_flatten(json.loads(json.dumps(config.to_dict(), default=str)))}
     missing = object()
     changes = {
         k: (old.get(k, missing), new.get(k, missing))
