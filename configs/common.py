@@ -78,6 +78,15 @@ def get_base_config() -> ConfigDict:
     c.data.sampling = "none"
     c.data.class_weights = config_dict.placeholder(tuple)  # one per class, used when sampling == "explicit"
     c.data.num_workers = 0  # Grain worker processes; 0 is fastest on small CPU machines
+    # Where the training stream is made (config_schema.PIPELINES): "grain" (host: Grain samples and
+    # batches, each batch is copied to the devices) or "device" (the whole split on the devices, the
+    # epoch order drawn and each batch gathered there, inside the jitted step: the host only
+    # dispatches). Same sampling modes and distributions, and the same resume guarantees; see
+    # docs/training.md. Fixed for a workdir.
+    c.data.pipeline = "grain"
+    # data.pipeline == "device": the images "replicated" on every device or "sharded" over them (each
+    # process places only its devices' rows); "auto" replicates on one process and shards across several.
+    c.data.device_layout = "auto"
 
     # On-device augmentation (training only).
     c.augment = ConfigDict()
@@ -142,6 +151,11 @@ def get_base_config() -> ConfigDict:
     # Which weights best/ keeps and which accuracy selects it: "raw", "ema", or "best" (whichever has
     # the higher validation accuracy at that evaluation; raw on a tie).
     c.ema.select = "best"
+
+    # Train steps per host call: k > 1 runs up to k steps in one compiled loop (metrics summed on the
+    # device), so the per-step dispatch cost vanishes for small models. Calls still end at every log,
+    # evaluation, checkpoint and histogram step, so those land on exact steps whatever k is.
+    c.steps_per_call = 1
 
     # Cadence, checkpoints and logging.
     c.log_every_steps = 50

@@ -42,7 +42,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from fer_flax import checkpoint_integrity, config_schema
+from fer_flax import checkpoint_integrity, config_choices, config_schema
 from fer_flax.checkpoint_errors import (
     CheckpointSaveError,
     CorruptCheckpointWarning,
@@ -144,7 +144,7 @@ class Checkpointer:
         raises `CheckpointSaveError`. A step already on disk is not written again: a run resumed
         from an earlier checkpoint recomputes exactly the same state, and Orbax refuses to overwrite
         a step."""
-        config_schema.check_choice("best_weights", best_weights, config_schema.WEIGHT_SETS)
+        config_schema.check_choice("best_weights", best_weights, config_choices.WEIGHT_SETS)
         manager = self.best
         try:
             with orbax_errors_held():
@@ -290,7 +290,7 @@ class Checkpointer:
         a CPU)."""
         template = _abstract(model_template)
         latest_steps, best_steps = set(self.latest.all_steps()), set(self.best.all_steps())
-        config_schema.check_choice("weights", weights, config_schema.WEIGHT_SETS)
+        config_schema.check_choice("weights", weights, config_choices.WEIGHT_SETS)
         if weights == "ema" and which == "best":
             raise ValueError(
                 "the best checkpoint holds only the weights selected in training (config.ema.select; "

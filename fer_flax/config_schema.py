@@ -7,9 +7,9 @@ config and do not check it again. Library functions that take a plain value rath
 (`tta.views(images, mode)`, `losses.class_weights(counts, weighting)`, a command-line flag) check it
 with `check_choice`, so every "not one of" message has the same shape.
 
-The choice tuples live here, and the consumer modules import them (`tta.TTA_MODES` is this module's
-`TTA_MODES`): this module imports only the data constants and the model registry, so every other module
-can import it without an import circle. `model.variant` is not in `CHOICES` because its valid values
+The choice tuples live in `fer_flax.config_choices`, which the consumer modules import too. This module
+imports only them, the data constants and the model registry, so every other module can import it
+without an import circle. `model.variant` is not in `CHOICES` because its valid values
 depend on `model_name` (`fer_flax.models.variants`).
 
 A key absent from the config (a config.json written before the key existed) is not checked: the code that
@@ -28,43 +28,24 @@ from typing import Any
 
 from fer_flax import models
 from fer_flax.choices import ConfigError, check_choice, choice_problem
+from fer_flax.config_choices import (
+    CLASS_WEIGHTINGS,
+    DATA_FORMATS,
+    DEVICE_LAYOUTS,
+    DTYPE_NAMES,
+    EMA_SELECT,
+    LABEL_MODES,
+    NONFINITE_MODES,
+    OPTIMIZERS,
+    PIPELINES,
+    SAMPLING_MODES,
+    SCHEDULES,
+    TTA_MODES,
+    WANDB_MODES,
+    WEIGHT_SETS,
+)
 from fer_flax.data.spec import CHANNEL_COUNTS, FERPLUS
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
-
-DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
-NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
-# The weight sets a checkpoint of an EMA run holds (evaluate's --weights, checkpoint restore); ema.select
-# picks one of them, or "best" of the two at each evaluation.
-WEIGHT_SETS: tuple[str, ...] = ("raw", "ema")
-EMA_SELECT: tuple[str, ...] = (*WEIGHT_SETS, "best")
-TTA_MODES: tuple[str, ...] = ("none", "flip", "tencrop")
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
-SCHEDULES: tuple[str, ...] = ("cosine", "constant", "step", "plateau")
-CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "inverse", "sqrt_inverse", "explicit")
-SAMPLING_MODES: tuple[str, ...] = ("none", "balanced", "sqrt", "explicit")
-WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
-# What `data.path` holds ("auto": a CSV is FER2013; a folder or archive is FER+ when it has the
-# FER2013Train/Valid/Test folders, else an image-folder set); fer_flax.data.sources reads each.
-DATA_FORMATS: tuple[str, ...] = ("auto", "fer2013", "folder", "ferplus")
-# FER+'s label modes (fer_flax.data.labels); data without votes trains with "majority" only.
-LABEL_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy", "multi_target")
-
-# Dotted config key (without "config.") -> its valid values.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model_name": models.FAMILIES,
-    "dtype": DTYPE_NAMES,
-    "eval_tta": TTA_MODES,
-    "nonfinite": NONFINITE_MODES,
-    "ema.select": EMA_SELECT,
-    "optim.name": OPTIMIZERS,
-    "optim.schedule": SCHEDULES,
-    "loss.class_weighting": CLASS_WEIGHTINGS,
-    "data.sampling": SAMPLING_MODES,
-    "data.format": DATA_FORMATS,
-    "data.label_mode": LABEL_MODES,
-    "init_weights": WEIGHT_SETS,
-    "wandb.mode": WANDB_MODES,
-}
 
 # Model constructor fields that a config may not set under `model`: Flax's own, the ones the code sets
 # from other keys (num_classes from the data, dtype from config.dtype), and the conv / pool modules a
@@ -314,6 +295,8 @@ def _regex(v: Any) -> bool:
 
 def _check_data(c: _Checker) -> None:
     c.choice("data.sampling", SAMPLING_MODES)
+    c.choice("data.pipeline", PIPELINES)
+    c.choice("data.device_layout", DEVICE_LAYOUTS)
     c.class_weights("data.class_weights", "data.sampling")
     for key in ("synthetic_train", "synthetic_val", "synthetic_test", "num_workers"):
         c.require(f"data.{key}", _non_negative_int, "an integer >= 0")
@@ -333,6 +316,11 @@ def _check_data(c: _Checker) -> None:
         "unset or (height, width), two integers >= 1",
     )
     c.require("data.channels", lambda v: v is None or v in CHANNEL_COUNTS, f"unset or in {CHANNEL_COUNTS}")
+    if c.get("data.pipeline") == "device" and c.get("data.label_mode") not in (_MISSING, None, "majority"):
+        c.problems.append(
+            f"config.data.pipeline='device' carries integer labels only, not the soft targets of "
+            f"config.data.label_mode={c.get('data.label_mode')!r}: use config.data.pipeline='grain'"
+        )
     if c.get("data.label_mode") == "multi_target":
         for key in ("label_smoothing", "mix.mixup_alpha", "mix.cutmix_alpha"):
             value = c.get(key)
@@ -365,6 +353,7 @@ def _check_loop(c: _Checker) -> None:
     c.require("cpu_devices", _non_negative_int, "an integer >= 0 (0: one per core)")
     c.require("eval_every_epochs", _positive, "a finite number > 0")
     c.require("log_every_steps", _positive_int, "an integer >= 1")
+    c.require("steps_per_call", _positive_int, "an integer >= 1 (train steps per host call)")
     c.require(
         "checkpoint_every_steps", _non_negative_int, "an integer >= 0 (0: checkpoint at each evaluation only)"
     )

@@ -41,6 +41,7 @@ from ml_collections import ConfigDict
 from fer_flax import (
     class_mapping,
     cli,
+    config_choices,
     config_schema,
     inference,
     metrics,
@@ -327,7 +328,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "weights",
         "raw",
-        list(config_schema.WEIGHT_SETS),
+        list(config_choices.WEIGHT_SETS),
         "With --checkpoint latest|STEP: the raw weights or their EMA (runs with config.ema.decay > 0). "
         "best/ holds the weights selected in training (config.ema.select); the report names them.",
     )

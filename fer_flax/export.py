@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from fer_flax import cli, config_schema, inference, model_state, parallel, runtime, steps, tta
+from fer_flax import cli, config_choices, config_schema, inference, model_state, parallel, runtime, steps, tta
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.model_state import Restored
 from fer_flax.staged_outputs import StagedOutputs, check_replaceable
@@ -311,7 +311,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training workdir of the model to export.")
     flags.DEFINE_string("out", None, "Folder for the exported model.")
     flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-    flags.DEFINE_enum("weights", "raw", list(config_schema.WEIGHT_SETS), "The run's raw or EMA weights.")
+    flags.DEFINE_enum("weights", "raw", list(config_choices.WEIGHT_SETS), "The run's raw or EMA weights.")
     flags.DEFINE_enum(
         "tta", "run", ["run", *tta.TTA_MODES], "Test-time augmentation ('run': config.eval_tta)."
     )

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from fer_flax.config_schema import SAMPLING_MODES, check_choice, check_class_weights
+from fer_flax.config_choices import SAMPLING_MODES
+from fer_flax.config_schema import check_choice, check_class_weights
 from fer_flax.data.splits import NUM_CLASSES, ArraySplit
 
 # Tags hashed with the user's seed into well-separated 32-bit seeds. Grain's per-epoch shuffle seed
@@ -167,7 +168,8 @@ def _check_layout(global_batch_size: int, process_index: int, process_count: int
     return global_batch_size // process_count
 
 
-def _derived_seed(seed: int, tag: int) -> int:
+def derived_seed(seed: int, tag: int) -> int:
+    """A well-separated 32-bit seed for one use (`tag`) of the user's `seed`."""
     return int(np.random.SeedSequence([seed, tag]).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -211,7 +213,7 @@ def make_train_iterator(
         # Shuffle before repeat: grain's repeat hands the absolute position to the shuffle, which
         # reseeds per epoch (seed + epoch), so every epoch is a new permutation of all N examples.
         positions = (
-            grain.MapDataset.range(len(split)).shuffle(seed=_derived_seed(seed, _SHUFFLE_TAG)).repeat(None)
+            grain.MapDataset.range(len(split)).shuffle(seed=derived_seed(seed, _SHUFFLE_TAG)).repeat(None)
         )
     else:
         # grain's random_map seeds each element's RNG from (seed, absolute stream position), so
@@ -219,7 +221,7 @@ def make_train_iterator(
         positions = (
             grain.MapDataset.range(1)
             .repeat(None)
-            .random_map(_WeightedPick(split.labels, probs), seed=_derived_seed(seed, _SAMPLER_TAG))
+            .random_map(_WeightedPick(split.labels, probs), seed=derived_seed(seed, _SAMPLER_TAG))
         )
     ds = (
         positions.batch(b, batch_fn=_stack_indices)
@@ -294,6 +296,7 @@ def _eval_batches(
 __all__ = [
     "SAMPLING_MODES",
     "class_sampling_weights",
+    "derived_seed",
     "eval_batches",
     "make_train_iterator",
     "num_eval_batches",

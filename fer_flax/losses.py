@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fer_flax.config_schema import CLASS_WEIGHTINGS, check_choice, check_class_weights
+from fer_flax.config_choices import CLASS_WEIGHTINGS
+from fer_flax.config_schema import check_choice, check_class_weights
 
 
 class LossTerms(NamedTuple):

@@ -7,10 +7,9 @@ import time
 from collections.abc import Callable
 
 import jax
-import numpy as np
 from ml_collections import ConfigDict
 
-from fer_flax import tracking
+from fer_flax import multi_step, tracking
 from fer_flax.interrupts import NonFiniteError
 
 
@@ -36,9 +35,11 @@ class MetricWindow:
     def restart(self) -> None:
         self.start, self.steps = time.perf_counter(), 0
 
-    def add(self, step: int, step_metrics: dict) -> None:
+    def add(self, step: int, step_metrics: dict, num_steps: int = 1) -> None:
+        """Adds a call that ended at `step`: one step's metrics (`steps.train_step`'s) or, for a call of
+        `num_steps` steps, their sums (`multi_step.train_call`'s)."""
         self.pending.append((step, step_metrics))
-        self.steps += 1
+        self.steps += num_steps
 
     def close_timing(self) -> None:
         """Counts the time since the window (re)started as training time (before an evaluation)."""
@@ -47,24 +48,24 @@ class MetricWindow:
     def flush(self, step: int) -> None:
         """Fetches the pending metrics, stops on a non-finite step (nonfinite == "stop") and writes
         one record: means over the finite steps."""
+        steps = [s for s, _ in self.pending]
         fetched = jax.device_get([m for _, m in self.pending])
-        step_numbers = [s for s, _ in self.pending]
+        # A call's sums as they are; one step's metrics in the same form.
+        sums = [m if "steps" in m else multi_step.as_sums(s, m) for s, m in zip(steps, fetched, strict=True)]
         self.pending = []
-        bad = [i for i, m in enumerate(fetched) if not m["finite"]]
-        if bad and self.config.nonfinite == "stop":
-            first = fetched[bad[0]]
+        window = multi_step.window_summary(sums)
+        if window["skipped"] and self.config.nonfinite == "stop":
             raise NonFiniteError(
-                f"Non-finite training loss ({float(first['loss'])}) or gradient norm "
-                f"({float(first['grad_norm'])}) at step {step_numbers[bad[0]]}. Last good checkpoint: "
-                f"{self.last_good()} (nothing later was saved). Lower the learning rate or set "
+                f"Non-finite training loss ({window['first_bad_loss']}) or gradient norm "
+                f"({window['first_bad_grad_norm']}) at step {window['first_bad_step']}. Last good "
+                f"checkpoint: {self.last_good()} (nothing later was saved). Lower the learning rate or set "
                 "--config.nonfinite=skip to skip such updates."
             )
-        self.skipped_updates += len(bad)
+        self.skipped_updates += window["skipped"]
         elapsed = time.perf_counter() - self.start
         self.train_seconds += elapsed
-        good = [m for m in fetched if m["finite"]] or fetched
-        summary = {k: float(np.mean([m[k] for m in good])) for k in fetched[0] if k != "finite"}
-        summary["skipped_updates"] = len(bad)
+        summary = dict(window["means"])
+        summary["skipped_updates"] = window["skipped"]
         summary["images_per_sec"] = self.steps * self.config.batch_size / max(elapsed, 1e-9)
         summary["epoch"] = step / self.steps_per_epoch
         self.writer.write(step, {f"train/{k}": v for k, v in summary.items()})

@@ -20,7 +20,7 @@ from flax.training import train_state
 from ml_collections import ConfigDict
 
 from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import config_schema, cpu, models, parallel
+from fer_flax import config_choices, config_schema, cpu, models, parallel
 from fer_flax import workdir as workdir_lib
 from fer_flax.data.spec import FER2013, DataSpec
 
@@ -170,7 +170,7 @@ def parse_checkpoint(which: str | int) -> str | int:
 
 
 def _check_weights_request(workdir: str, config: ConfigDict, which: str | int, weights: str) -> None:
-    config_schema.check_choice("--weights", weights, config_schema.WEIGHT_SETS)
+    config_schema.check_choice("--weights", weights, config_choices.WEIGHT_SETS)
     if weights == "ema" and not ema_enabled(config):
         raise ValueError(
             f"the run in {workdir} kept no EMA of its weights (config.ema.decay is 0 or absent); "

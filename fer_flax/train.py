@@ -25,12 +25,13 @@ from fer_flax import (
     config_schema,
     inference,
     init_from,
-    input_pipeline,
     model_state,
+    multi_step,
     optim,
     parallel,
     steps,
     tracking,
+    train_feed,
     validation,
     workdir_lock,
 )
@@ -58,6 +59,7 @@ class _Run:
     state: model_state.TrainState
     train_rng: jax.Array
     train_iter: Any
+    feed: Any  # train_feed.GrainFeed | DeviceFeed; train_iter is its iterator
     ckpt: checkpoint_lib.Checkpointer
     start_step: int
     num_params: int
@@ -132,7 +134,8 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     if init_plan is not None:
         state = init_from.apply(state, init_plan, tx, mesh)
         say(init_plan.describe())
-    train_iter = input_pipeline.training_stream(data["train"], config)
+    feed = train_feed.make_feed(config, data["train"], mesh)
+    train_iter = feed.iterator
     run = _Run(
         config=config,
         workdir=workdir,
@@ -146,6 +149,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         state=state,
         train_rng=train_rng,
         train_iter=train_iter,
+        feed=feed,
         ckpt=ckpt,
         start_step=0,
         num_params=int(sum(x.size for x in jax.tree.leaves(state.params))),
@@ -191,10 +195,7 @@ def compile_steps(
     the val split's."""
     counts = {"class_counts": class_counts, "num_classes": len(class_counts)}
     return CompiledSteps(
-        train=jax.jit(
-            functools.partial(steps.train_step, config=config, schedule=schedule, **counts),
-            donate_argnums=(0,),
-        ),
+        train=train_feed.compile_train(config, schedule, class_counts, mesh),
         gradients=jax.jit(functools.partial(steps.gradients, config=config, **counts)),
         state_is_finite=jax.jit(steps.state_is_finite),
         # Replicated like the rest of the state, so the train step sees the shardings it was compiled for.
@@ -285,14 +286,19 @@ def _loop(
     # logs); with wandb disabled nothing would receive the histograms.
     histogram_every = config.wandb.histogram_every_steps if config.wandb.mode != "disabled" else 0
     last_evaluation = None
+
+    def must_end(s: int) -> bool:  # a call ends where the host acts: log, evaluate, save, histogram next
+        at = any(c > 0 and s % c == 0 for c in (config.log_every_steps, plan["eval_every_steps"], every))
+        return at or (histogram_every > 0 and (s + 1) % histogram_every == 0)
+
     with StopRequest() as stop:
-        for step in range(run.start_step + 1, total + 1):
-            batch = parallel.to_global_batch(next(run.train_iter), run.mesh)
-            if histogram_every and step % histogram_every == 0:
-                grads = compiled.gradients(state, batch, run.train_rng)
-                writer.log_histograms(step, {"params": state.params, "grads": grads})
-            state, step_metrics = compiled.train(state, batch, run.train_rng)
-            window.add(step, step_metrics)
+        for step, n in multi_step.call_plan(run.start_step, total, config.get("steps_per_call", 1), must_end):
+            inputs = run.feed.inputs(step - n + 1, n)  # one call runs steps step - n + 1 .. step
+            if histogram_every and (step - n + 1) % histogram_every == 0:
+                grads = compiled.gradients(state, run.feed.batch(inputs, state), run.train_rng)
+                writer.log_histograms(step - n + 1, {"params": state.params, "grads": grads})
+            state, step_metrics = compiled.train(state, inputs, run.train_rng)
+            window.add(step, step_metrics, n)
 
             is_eval = step % plan["eval_every_steps"] == 0 or step == total
             is_checkpoint = is_eval or (every > 0 and step % every == 0)

@@ -31,7 +31,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fer_flax.config_schema import TTA_MODES, check_choice
+from fer_flax.config_choices import TTA_MODES
+from fer_flax.config_schema import check_choice
 
 DEFAULT_CROP_SIZE = 44
 _NUM_VIEWS = {"none": 1, "flip": 2, "tencrop": 10}

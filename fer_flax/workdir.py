@@ -55,11 +55,12 @@ RUN_IDENTITY_KEYS = (
     "init_skip",
     "init_weights",
     "optim.freeze",
+    "data.pipeline",
 )
 
 
 # The values defining keys added later have in runs written before them (others: None).
-IMPLICIT_VALUES = {"data.format": "auto", "init_weights": "raw"}
+IMPLICIT_VALUES = {"data.format": "auto", "init_weights": "raw", "data.pipeline": "grain"}
 
 
 class IncompatibleWorkdirError(ValueError):

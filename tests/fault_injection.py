@@ -6,7 +6,7 @@ process, so that it signals itself at one exact moment. Run as a program,
 `python tests/fault_injection.py SPEC [fer_flax.main flags...]` installs it and runs `fer_flax.main`.
 
 SPEC is "<where>:<step>[:<signal>]", SIGKILL unless TERM or INT is given:
-  step:N     right after training step N is dispatched
+  step:N     right after training step N is dispatched (after the call that runs it)
   eval:N     inside the evaluation at step N, after its first batch
   save:N     inside the save of checkpoints/N, after every array is written, before Orbax commits it
   nospace:N  no signal: the commit of checkpoints/N fails with OSError(ENOSPC), as on a full disk
@@ -54,8 +54,11 @@ def install(spec: str) -> None:
             if current["step"] is None:  # the resumed step, read once
                 current["step"] = int(state.step)
             out = compiled.train(state, batch, rng)
-            current["step"] += 1
-            fire("step")
+            # A call of several steps (steps_per_call > 1, the device pipeline) says how many it runs.
+            before = current["step"]
+            current["step"] += int(batch["num_steps"]) if "num_steps" in batch else 1
+            if where == "step" and before < at_step <= current["step"]:
+                os.kill(os.getpid(), sig)
             return out
 
         return dataclasses.replace(compiled, train=train_step)

@@ -12,7 +12,8 @@ from ml_collections import ConfigDict
 
 from configs.common import get_base_config
 from fer_flax import config_schema, models
-from fer_flax.config_schema import CHOICES, ConfigError, check_choice, validate
+from fer_flax.config_choices import CHOICES, TTA_MODES
+from fer_flax.config_schema import ConfigError, check_choice, validate
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -102,7 +103,7 @@ def test_every_listed_choice_validates(key):
 
 def test_check_choice_message_format():
     with pytest.raises(ConfigError) as info:
-        check_choice("config.eval_tta", "tencrp", config_schema.TTA_MODES)
+        check_choice("config.eval_tta", "tencrp", TTA_MODES)
     assert str(info.value) == "config.eval_tta='tencrp' is not one of: none, flip, tencrop"
     assert isinstance(info.value, ValueError)
     check_choice("--split", "val", ("train", "val", "test"))  # a valid value passes silently
@@ -259,3 +260,10 @@ def test_inference_validation_checks_only_what_restoring_a_model_reads():
     config.dtype = "float16"
     with pytest.raises(ConfigError, match=r"config\.dtype='float16' is not one of: float32, bfloat16"):
         validate(config, for_training=False)
+
+
+def test_the_device_pipeline_refuses_soft_label_modes():
+    config = with_value("data.pipeline", "device")
+    validate(config)  # majority labels: fine
+    config.data.label_mode = "crossentropy"
+    assert "carries integer labels only" in rejected(config)

@@ -161,7 +161,7 @@ def test_determinism(sampling):
     assert_same_batches(take(make(3), 4), take(make(3), 4))
     a, b = take(make(3), 4), take(make(4), 4)
     assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, b, strict=True))
-    # Adjacent seeds must not give the same stream shifted by an epoch (see _derived_seed).
+    # Adjacent seeds must not give the same stream shifted by an epoch (see derived_seed).
     n = len(split)
     one_epoch = -(-2 * n // 64)
     i3 = np.concatenate([decode(x) for x in take(make(3), one_epoch)])

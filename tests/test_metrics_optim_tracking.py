@@ -11,7 +11,8 @@ import pytest
 
 from configs.common import get_base_config
 from fer_flax import metrics, optim, tracking
-from fer_flax.config_schema import OPTIMIZERS, SCHEDULES, ConfigError, validate
+from fer_flax.config_choices import OPTIMIZERS, SCHEDULES
+from fer_flax.config_schema import ConfigError, validate
 
 
 def test_confusion_matrix_counts_only_masked_examples():

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer_flax.config_schema import LABEL_MODES, check_choice
+from fer_flax.config_choices import LABEL_MODES
+from fer_flax.config_schema import check_choice
 from fer_flax.data.ferplus import VoteSplit
 from fer_flax.data.spec import FERPLUS
 from fer_flax.data.splits import ArraySplit
