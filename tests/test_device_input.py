@@ -22,6 +22,7 @@ from fer_flax import (
     train,
     train_feed,
 )
+from fer_flax import workdir as workdir_lib
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, NUM_CLASSES, ArraySplit
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.interrupts import TrainingInterrupted
@@ -117,6 +118,18 @@ def test_interrupted_device_run_resumes_bit_identically(tmp_path, monkeypatch):
     }
     for a, b in zip(jax.tree.leaves(final["reference"]), jax.tree.leaves(final["interrupted"]), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_workdir_keeps_its_pipeline_and_older_workdirs_read_as_grain(tmp_path):
+    grain = simple_cnn.get_config("smoke")
+    old = grain.to_dict()
+    del old["data"]["pipeline"], old["data"]["device_layout"], old["steps_per_call"]
+    workdir_lib.write_json(str(tmp_path / workdir_lib.CONFIG_FILE), {"config": old, "derived": {}})
+    assert "data.pipeline" not in workdir_lib.config_changes(str(tmp_path), grain)  # absent = grain
+    device = simple_cnn.get_config("smoke")
+    device.data.pipeline = "device"
+    with pytest.raises(workdir_lib.IncompatibleWorkdirError, match=r"data.pipeline: 'grain' in the workdir"):
+        workdir_lib.config_changes(str(tmp_path), device)
 
 
 # ------------------------------------------------------------------------------ one call, k steps
