@@ -120,6 +120,23 @@ def test_interrupted_device_run_resumes_bit_identically(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_call_sums_its_metrics_as_its_steps_would_be_logged_one_by_one():
+    loss = np.array([1.0, np.nan, 3.0, 5.0], np.float32)
+    grad_norm = np.array([1.0, 9.0, 2.0, 3.0], np.float32)
+    per_step = [
+        {"loss": loss[i], "grad_norm": grad_norm[i], "finite": np.isfinite(loss[i])} for i in range(4)
+    ]
+    stacked = {k: np.stack([m[k] for m in per_step]) for k in per_step[0]}
+    summed = jax.device_get(multi_step.sum_steps(stacked, jnp.arange(11, 15)))
+    one_by_one = multi_step.window_summary([multi_step.as_sums(11 + i, m) for i, m in enumerate(per_step)])
+    in_a_call = multi_step.window_summary([summed])
+    assert np.isnan(in_a_call.pop("first_bad_loss")) and np.isnan(one_by_one.pop("first_bad_loss"))
+    assert in_a_call == one_by_one
+    assert in_a_call["means"] == {"loss": 3.0, "grad_norm": 2.0}  # the finite steps 11, 13, 14
+    assert in_a_call["skipped"] == 1 and in_a_call["first_bad_step"] == 12
+    assert in_a_call["first_bad_grad_norm"] == 9.0
+
+
 def test_a_workdir_keeps_its_pipeline_and_older_workdirs_read_as_grain(tmp_path):
     grain = simple_cnn.get_config("smoke")
     old = grain.to_dict()
