@@ -62,14 +62,16 @@ prepare() {
     find .whl .gpu_data -type f -exec stat -c %s {} +) | awk '{s += $1} END {print s}')
   echo "working tree + carry: $((tree_bytes / 1024 / 1024)) MiB (limit 64 MiB)"
   ((tree_bytes < 60 * 1024 * 1024)) || { echo "gpu_check: too large to send" >&2; exit 1; }
+  # benchmarks/gpu_suite.sh prepares through this function and sets GPU_CHECK_SCRIPT to itself.
+  local script=${GPU_CHECK_SCRIPT:-benchmarks/gpu_check.sh}
   cat <<EOF
 
 Ready. Make this one device-tool call (it needs at most 9 minutes; the timeout leaves a margin):
 
-  run(command="$INSTALL bash benchmarks/gpu_check.sh run",
+  run(command="$INSTALL bash $script run",
       carry=[".whl", ".gpu_data"], timeout_s=570)
 
-Then read gpu_check.log / summary.txt from the files it returns and give the machine back.
+Then read the log and results from the files it returns and give the machine back.
 EOF
 }
 

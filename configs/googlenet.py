@@ -10,6 +10,9 @@ Real FER2013:
       --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
 PublicTest accuracy: not measured yet (a GPU run); measured figures are in benchmarks/RESULTS.md.
+On one GPU add `--config.dtype=bfloat16 --config.data.pipeline=device --config.steps_per_call=25
+--config.log_every_steps=25`: the split on the device, 25 steps per host call (docs/training.md);
+benchmarks/gpu_suite.sh trains this config that way.
 
 `get_config(arg)` variants: '' (the faithful network with aux heads), 'noaux' (the same without them, the
 ablation of the paper's auxiliary classifiers), 'smoke' (a few steps of the quarter-width faithful net).

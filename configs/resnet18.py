@@ -5,6 +5,9 @@ Command (FER2013; the real run belongs on a GPU — ~2.3 GFLOP per image forward
       --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
 Without `--config.data.path` the same recipe runs on the built-in synthetic faces.
+On one GPU add `--config.dtype=bfloat16 --config.data.pipeline=device --config.steps_per_call=25
+--config.log_every_steps=25`: the split on the device, 25 steps per host call (docs/training.md);
+benchmarks/gpu_suite.sh trains this config that way.
 PublicTest accuracy: not measured yet (a GPU run); measured figures are in benchmarks/RESULTS.md.
 
 `get_config(arg)` variants: '' (the recommended FER2013 recipe: SGD-Nesterov lr 0.1 at batch 128, cosine,

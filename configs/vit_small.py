@@ -6,6 +6,10 @@ Command:
 Real FER2013 (add to any variant below):
   --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
+On one GPU add `--config.dtype=bfloat16 --config.data.pipeline=device --config.steps_per_call=25
+--config.log_every_steps=25`: the split on the device, 25 steps per host call (docs/training.md);
+benchmarks/gpu_suite.sh trains this config that way.
+
 `get_config(arg)` variants:
   ''       vit_small_p6: 6x6 patches → 64 tokens, CLS head (21.3M parameters, 2.9 GFLOPs/image)
   'p4'     vit_small_p4: 4x4 patches → 144 tokens (6.6 GFLOPs/image)

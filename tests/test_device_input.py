@@ -22,6 +22,7 @@ from fer_flax import (
     train,
     train_feed,
 )
+from fer_flax import workdir as workdir_lib
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, NUM_CLASSES, ArraySplit
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.interrupts import TrainingInterrupted
@@ -117,6 +118,35 @@ def test_interrupted_device_run_resumes_bit_identically(tmp_path, monkeypatch):
     }
     for a, b in zip(jax.tree.leaves(final["reference"]), jax.tree.leaves(final["interrupted"]), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_call_sums_its_metrics_as_its_steps_would_be_logged_one_by_one():
+    loss = np.array([1.0, np.nan, 3.0, 5.0], np.float32)
+    grad_norm = np.array([1.0, 9.0, 2.0, 3.0], np.float32)
+    per_step = [
+        {"loss": loss[i], "grad_norm": grad_norm[i], "finite": np.isfinite(loss[i])} for i in range(4)
+    ]
+    stacked = {k: np.stack([m[k] for m in per_step]) for k in per_step[0]}
+    summed = jax.device_get(multi_step.sum_steps(stacked, jnp.arange(11, 15)))
+    one_by_one = multi_step.window_summary([multi_step.as_sums(11 + i, m) for i, m in enumerate(per_step)])
+    in_a_call = multi_step.window_summary([summed])
+    assert np.isnan(in_a_call.pop("first_bad_loss")) and np.isnan(one_by_one.pop("first_bad_loss"))
+    assert in_a_call == one_by_one
+    assert in_a_call["means"] == {"loss": 3.0, "grad_norm": 2.0}  # the finite steps 11, 13, 14
+    assert in_a_call["skipped"] == 1 and in_a_call["first_bad_step"] == 12
+    assert in_a_call["first_bad_grad_norm"] == 9.0
+
+
+def test_a_workdir_keeps_its_pipeline_and_older_workdirs_read_as_grain(tmp_path):
+    grain = simple_cnn.get_config("smoke")
+    old = grain.to_dict()
+    del old["data"]["pipeline"], old["data"]["device_layout"], old["steps_per_call"]
+    workdir_lib.write_json(str(tmp_path / workdir_lib.CONFIG_FILE), {"config": old, "derived": {}})
+    assert "data.pipeline" not in workdir_lib.config_changes(str(tmp_path), grain)  # absent = grain
+    device = simple_cnn.get_config("smoke")
+    device.data.pipeline = "device"
+    with pytest.raises(workdir_lib.IncompatibleWorkdirError, match=r"data.pipeline: 'grain' in the workdir"):
+        workdir_lib.config_changes(str(tmp_path), device)
 
 
 # ------------------------------------------------------------------------------ one call, k steps

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU time-to-accuracy suite: the strongest config of each family (cnn, beefy, resnet, googlenet,
+# vit) trained on the real FER2013 in bfloat16 with the device input pipeline and many steps per call,
+# printing per family training images/s, MFU and PublicTest accuracy against wall time
+# (benchmarks/time_to_accuracy.py does the work; its docstring has the details).
+#
+#   bash benchmarks/gpu_suite.sh prepare    HERE, once per session: gpu_check.sh's preparation (the Python
+#                                           3.12 wheels into .whl/, the real data into .gpu_data/, the
+#                                           64 MiB check), then the exact `run` tool call for the suite.
+#   bash benchmarks/gpu_suite.sh run        THERE (started by that call), in at most 9 minutes: device
+#                                           and versions, then the suite; everything is logged to
+#                                           $OUT/gpu_suite.log, the results to $OUT/gpu_suite.json.
+#   bash benchmarks/gpu_suite.sh dry_run    HERE, on the CPU: the same path with each family's smoke
+#                                           config for a few steps (minutes), to check the suite.
+#
+# Knobs (environment): GPU_SUITE_TRAIN_SECONDS (470: the families' shares of it are their time limits),
+# GPU_SUITE_FAMILIES (all), GPU_SUITE_STEPS_PER_CALL (25), GPU_SUITE_EPOCHS ("family=epochs,...").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=.gpu_data/fer2013_images.tar.gz
+
+suite_args() {
+  echo --total_seconds "${GPU_SUITE_TRAIN_SECONDS:-470}" --steps_per_call "${GPU_SUITE_STEPS_PER_CALL:-25}" \
+    ${GPU_SUITE_FAMILIES:+--families "$GPU_SUITE_FAMILIES"} ${GPU_SUITE_EPOCHS:+--epochs "$GPU_SUITE_EPOCHS"}
+}
+
+run_suite() {
+  export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TF_CPP_MIN_LOG_LEVEL=1
+  local work=/tmp/gpu_suite_work
+  rm -rf "$work" && mkdir -p "$work/cache"
+  echo "=== device"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
+  echo "=== suite"
+  # 530 s: the families' 470 s, the data parse, five FLOP counts and the last checkpoints, inside the
+  # device call's 570 s.
+  # shellcheck disable=SC2046
+  timeout -k 10 530 python3 benchmarks/time_to_accuracy.py --data "$DATA" --cache_dir "$work/cache" \
+    --workdir_root "$work/runs" --json "$OUT/gpu_suite.json" $(suite_args) ||
+    echo "gpu_suite: stopped (exit $?; 124 = the suite's time limit)"
+}
+
+case "${1:-}" in
+  prepare)
+    GPU_CHECK_SCRIPT=benchmarks/gpu_suite.sh bash benchmarks/gpu_check.sh prepare
+    ;;
+  run)
+    OUT=${OUT:-/tmp/gpu_suite_out} # the device tool sets OUT: what is written there comes back
+    mkdir -p "$OUT"
+    run_suite 2>&1 | tee "$OUT/gpu_suite.log"
+    ;;
+  dry_run)
+    data=$DATA
+    [[ -f $data ]] || data=../shared/data/fer2013/fer2013_images.tar.gz
+    python3 benchmarks/time_to_accuracy.py --dry_run --data "$data" \
+      ${GPU_SUITE_FAMILIES:+--families "$GPU_SUITE_FAMILIES"} "${@:2}"
+    ;;
+  *)
+    echo "usage: bash benchmarks/gpu_suite.sh prepare|run|dry_run  (prepare and dry_run here, run on the GPU machine)" >&2
+    exit 2
+    ;;
+esac
