@@ -59,8 +59,17 @@ RUN_IDENTITY_KEYS = (
 )
 
 
-# The values defining keys added later have in runs written before them (others: None).
-IMPLICIT_VALUES = {"data.format": "auto", "init_weights": "raw", "data.pipeline": "grain"}
+# The values keys added later had, implicitly, in runs written before them (others: None); a key an
+# older config.json lacks is unchanged while it keeps that value.
+IMPLICIT_VALUES = {
+    "data.format": "auto",
+    "data.label_mode": "majority",
+    "data.pipeline": "grain",
+    "data.device_layout": "auto",
+    "data.convert_images": False,
+    "steps_per_call": 1,
+    "init_weights": "raw",
+}
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -185,18 +194,14 @@ def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any
     old = _flatten(read_run_info(workdir)["config"])
     new = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))  # as config.json stores it
     missing = object()
+    # A key that an older config.json lacks had its implicit value then (None, or the default of
+    # IMPLICIT_VALUES): unchanged if it still has it.
     changes = {
-        k: (old.get(k, missing), new.get(k, missing))
+        k: (old.get(k, IMPLICIT_VALUES.get(k)), new.get(k, missing))
         for k in sorted(set(old) | set(new))
-        if old.get(k, missing) != new.get(k, missing)
+        if old.get(k, IMPLICIT_VALUES.get(k)) != new.get(k, missing)
     }
-    # A defining key that an older config.json lacks had its implicit value then (None, or the default
-    # of IMPLICIT_VALUES): unchanged if it still has it.
-    refused = {
-        k: (a, b)
-        for k, (a, b) in changes.items()
-        if _defines_run(k) and not (a is missing and b == IMPLICIT_VALUES.get(k))
-    }
+    refused = {k: (a, b) for k, (a, b) in changes.items() if _defines_run(k)}
     # Switching EMA or reduce-on-plateau on or off adds or removes train-state leaves: refused too,
     # with this message rather than the restore's shape mismatch.
     old_layout, new_layout = _state_layout(old), _state_layout(new)

@@ -142,7 +142,10 @@ def test_a_workdir_keeps_its_pipeline_and_older_workdirs_read_as_grain(tmp_path)
     old = grain.to_dict()
     del old["data"]["pipeline"], old["data"]["device_layout"], old["steps_per_call"]
     workdir_lib.write_json(str(tmp_path / workdir_lib.CONFIG_FILE), {"config": old, "derived": {}})
-    assert "data.pipeline" not in workdir_lib.config_changes(str(tmp_path), grain)  # absent = grain
+    # Absent keys that keep their implicit value (or None) are not changes.
+    assert workdir_lib.config_changes(str(tmp_path), grain) == {}
+    grain.steps_per_call = 2
+    assert workdir_lib.config_changes(str(tmp_path), grain) == {"steps_per_call": (1, 2)}  # its implicit value
     device = simple_cnn.get_config("smoke")
     device.data.pipeline = "device"
     with pytest.raises(workdir_lib.IncompatibleWorkdirError, match=r"data.pipeline: 'grain' in the workdir"):
