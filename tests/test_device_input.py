@@ -145,7 +145,7 @@ def test_a_workdir_keeps_its_pipeline_and_older_workdirs_read_as_grain(tmp_path)
     # Absent keys that keep their implicit value (or None) are not changes.
     assert workdir_lib.config_changes(str(tmp_path), grain) == {}
     grain.steps_per_call = 2
-    assert workdir_lib.config_changes(str(tmp_path), grain) == {"steps_per_call": (1, 2)}  # its implicit value
+    assert workdir_lib.config_changes(str(tmp_path), grain) == {"steps_per_call": (1, 2)}  # implicit 1
     device = simple_cnn.get_config("smoke")
     device.data.pipeline = "device"
     with pytest.raises(workdir_lib.IncompatibleWorkdirError, match=r"data.pipeline: 'grain' in the workdir"):
