@@ -2,12 +2,10 @@
 
 It runs as named phases: `_prepare` (validate the config, read the data, build or resume the state),
 `_compile` (jit the pure steps of `fer_flax.steps`), `_loop` (train; evaluate, checkpoint and log on
-exact step boundaries; stop cleanly on SIGTERM/SIGINT) and `_finish` (the summary). Each host call
-runs one or `steps_per_call` steps (`fer_flax.multi_step`), fed by `fer_flax.train_feed` from either
-input pipeline (Grain on the host, or the split on the devices). Device-side
-results are fetched only at log and evaluation steps, so the host never waits on the device between
-those. Evaluations go through `fer_flax.inference`, the same path as `fer_flax.evaluate`.
-"""
+exact step boundaries; stop cleanly on SIGTERM/SIGINT) and `_finish` (the summary). Each host call runs
+one or `steps_per_call` steps (`fer_flax.multi_step`), fed by `fer_flax.train_feed` from either input
+pipeline (Grain on the host, or the split on the devices). Device-side results are fetched only at log
+and evaluation steps. Evaluations go through `fer_flax.inference`, the same path as `fer_flax.evaluate`."""
 
 from __future__ import annotations
 
