@@ -13,8 +13,9 @@ Ownership. The sweep process that runs a trial holds the flock `trial_<n>/sweep.
 as it does (`fer_flax.workdir_lock`); claims are made under the sweep-wide lock `claim.lock`, so two
 sweep processes sharing a study never take the same trial. A trial left RUNNING in the study with
 no holder was being run by a sweep that died: the next claim adopts it and its run resumes from its
-workdir's latest checkpoint, once its old training process (told to stop when its sweep died) has
-released `train.lock`. A trial that has been told to Optuna is never started again.
+workdir's latest checkpoint, once its old training process (told to stop when its sweep died, by
+`fer_flax.sweep_launcher`) has released `train.lock`. A trial that has been told to Optuna is never
+started again.
 """
 
 from __future__ import annotations
@@ -122,25 +123,11 @@ def claim_next(study: optuna.Study, setup: TrialSetup, n_trials: int) -> tuple[C
         ), waiting
 
 
-# Linux: the trial's process asks the kernel for SIGTERM when the sweep dies (even by SIGKILL), so it
-# checkpoints and stops instead of training on unwatched; then it becomes `python -m fer_flax.main`.
-# Done in the new process before exec rather than in a preexec_fn, which is unsafe in a threaded parent.
-_STOP_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(128 + signal.SIGTERM)  # the sweep died before prctl\n"
-    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
-)
-
-
 def training_command(config_path: str, workdir: str) -> list[str]:
-    """`python -m fer_flax.main --config <config_path> --workdir <workdir>`, on Linux behind the
-    launcher that stops it with its sweep."""
-    command = ["-m", "fer_flax.main", "--config", config_path, "--workdir", workdir]
-    if sys.platform.startswith("linux"):
-        return [sys.executable, "-c", _STOP_WITH_PARENT, str(os.getpid()), *command]
-    return [sys.executable, *command]
+    """`python -m fer_flax.main --config <config_path> --workdir <workdir>` behind the launcher that
+    stops it cleanly when this sweep process dies (`fer_flax.sweep_launcher`)."""
+    main = [sys.executable, "-m", "fer_flax.main", "--config", config_path, "--workdir", workdir]
+    return [sys.executable, "-m", "fer_flax.sweep_launcher", str(os.getpid()), *main]
 
 
 def best_selected(records: list[dict]) -> dict[int, float]:
