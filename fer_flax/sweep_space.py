@@ -212,15 +212,18 @@ def load_config_file(spec: str) -> ConfigDict:
 
 
 def with_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigDict:
-    """A copy of `config` with each dotted key set (ml_collections checks the key and its type)."""
+    """A copy of `config` with each dotted key set; a key the config lacks is a ValueError, a value of
+    the wrong type ml_collections' TypeError."""
     config = config.copy_and_resolve_references()
-    with config.unlocked():
-        for key, value in overrides.items():
-            *parents, leaf = key.split(".")
-            node = config
-            for part in parents:
-                node = node[part]
-            node[leaf] = tuple(value) if isinstance(value, list) else value
+    config.lock()  # no new keys: a misspelt one must not pass silently
+    for key, value in overrides.items():
+        if not _has_key(config, key):
+            raise ValueError(f"the config has no key {key!r} (every key is declared in configs/common.py)")
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
     return config
 
 

@@ -20,18 +20,23 @@ from typing import Any
 
 import optuna
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
-from fer_flax import plots, sweep_space
+from fer_flax import plots, sweep_space, workdir_lock
 from fer_flax import workdir as workdir_lib
-from fer_flax.sweep_trial import TrialSetup, trial_dir
+from fer_flax.sweep_trial import SWEEP_LOCK, TrialSetup, trial_dir
 
-_ORDER = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "fail": 4}
+_ORDER = {"complete": 0, "pruned": 1, "running": 2, "stopped": 3, "waiting": 4, "fail": 5}
 
 
-def trial_row(trial: FrozenTrial) -> dict[str, Any]:
-    """One leaderboard row."""
+def trial_row(trial: FrozenTrial, root: str) -> dict[str, Any]:
+    """One leaderboard row. An unfinished trial is "running" while a sweep holds it, else "stopped"
+    (a rerun of the sweep resumes it)."""
     state = trial.state.name.lower()
+    held = workdir_lock.is_held(trial_dir(root, trial.number), SWEEP_LOCK)
+    if trial.state == TrialState.RUNNING and not held:
+        state = "stopped"
     steps = trial.intermediate_values
     objective = trial.value if trial.state == TrialState.COMPLETE else max(steps.values(), default=None)
     return {
@@ -52,7 +57,8 @@ def ranked(rows: list[dict]) -> list[dict]:
 
     def key(row):
         objective = row["objective"]
-        return (_ORDER.get(row["state"], 5), -objective if objective is not None else math.inf, row["trial"])
+        rank = -objective if objective is not None else math.inf
+        return (_ORDER.get(row["state"], len(_ORDER)), rank, row["trial"])
 
     return sorted(rows, key=key)
 
@@ -60,7 +66,7 @@ def ranked(rows: list[dict]) -> list[dict]:
 def write(study: optuna.Study, setup: TrialSetup) -> dict[str, Any]:
     """Writes every summary file into the sweep's workdir; returns what sweep.json holds."""
     trials = study.get_trials(deepcopy=False)
-    rows = ranked([trial_row(t) for t in trials])
+    rows = ranked([trial_row(t, setup.root) for t in trials])
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
     result = {
@@ -70,7 +76,7 @@ def write(study: optuna.Study, setup: TrialSetup) -> dict[str, Any]:
         "space": {k: sweep_space.describe(p) for k, p in setup.space.items()},
         "objective": "best validation accuracy (of the weights best/ holds), maximised",
         "counts": {state: sum(r["state"] == state for r in rows) for state in _ORDER},
-        "best": None if best is None else {**trial_row(best), "config": "best_config.py"},
+        "best": None if best is None else {**trial_row(best, setup.root), "config": "best_config.py"},
         "trials": rows,
         "files": ["sweep.md", "sweep.json", "objective.png", "parameters.png"],
     }
@@ -149,6 +155,7 @@ def objective_figure(rows: list[dict]) -> Figure:
     if finished:
         best = [max(v for _, v in finished[: i + 1]) for i in range(len(finished))]
         ax.step([n for n, _ in finished], best, where="post", color="tab:green", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("best validation accuracy")
     ax.grid(alpha=0.3)
@@ -156,6 +163,24 @@ def objective_figure(rows: list[dict]) -> Figure:
         ax.legend()
     ax.set_title("Sweep objective by trial")
     return fig
+
+
+def _parameter_axis(ax, param: sweep_space.Param) -> None:
+    """The x axis of a parameter's panel: its whole range (log for log ranges, plain numbers as
+    ticks), or its choices in order."""
+    if isinstance(param, sweep_space.Choice):
+        ax.set_xticks(range(len(param.values)), [str(v) for v in param.values])
+        ax.set_xlim(-0.5, len(param.values) - 0.5)
+        return
+    if param.log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(param.low / 1.1, param.high * 1.1)
+    else:
+        margin = 0.04 * (param.high - param.low)
+        ax.set_xlim(param.low - margin, param.high + margin)
 
 
 def parameters_figure(rows: list[dict], space: dict[str, sweep_space.Param]) -> Figure:
@@ -182,10 +207,7 @@ def parameters_figure(rows: list[dict], space: dict[str, sweep_space.Param]) -> 
             if isinstance(param, sweep_space.Choice):
                 xs = [param.values.index(x) if x in param.values else math.nan for x in xs]
             ax.plot(xs, ys, marker, color=color, linestyle="none", label=state)
-        if isinstance(param, sweep_space.Choice):
-            ax.set_xticks(range(len(param.values)), [str(v) for v in param.values])
-        elif param.log:
-            ax.set_xscale("log")
+        _parameter_axis(ax, param)
         ax.set_xlabel(key)
         ax.set_ylabel("best validation accuracy")
         ax.grid(alpha=0.3)

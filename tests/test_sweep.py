@@ -110,6 +110,7 @@ def test_the_best_config_reproduces_its_trial(killed_and_resumed, tmp_path, monk
     monkeypatch.chdir(REPO)  # the base config path is relative to where the sweep ran
     config = runpy.run_path(str(workdir / "best_config.py"))["get_config"]()
     assert config.optim.lr == best["params"]["optim.lr"] and config.num_epochs == 10.0
+    assert config.wandb.group == "sweep"  # with wandb on, a sweep's trials are one group
     summary = train.train_and_evaluate(config, str(tmp_path / "again"))
     assert summary["final_val"]["accuracy"] == trial_summary["final_val"]["accuracy"]
     assert summary["best_val_accuracy"] == trial_summary["best_val_accuracy"] == best["objective"]
@@ -184,3 +185,11 @@ def test_is_held_tells_a_live_holder_from_a_released_lock(tmp_path):
     assert not workdir_lock.is_held(str(tmp_path))  # train.lock is another lock
     workdir_lock.release(fd)
     assert not workdir_lock.is_held(str(tmp_path), "sweep.lock")
+
+
+def test_parallel_slots_share_the_gpus():
+    assert sweep.slot_environments(2, []) == [{}, {}]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in sweep.slot_environments(2, list("0123"))] == ["0,1", "2,3"]
+    shared = sweep.slot_environments(3, ["0", "1"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in shared] == ["0", "1", "0"]
+    assert all(e["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" for e in shared)
