@@ -40,7 +40,7 @@ from ml_collections import config_flags
 from optuna.trial import TrialState
 
 from fer_flax import cli, config_schema, runtime, sweep_space, sweep_summary
-from fer_flax.sweep_trial import TrialRun, TrialSetup, claim_next
+from fer_flax.sweep_trial import TrialRun, TrialSetup, claim_lock, claim_next
 
 STUDY_FILE = "study.db"
 STUDY_NAME = "sweep"
@@ -72,10 +72,10 @@ def open_study(
     number of trials already in the study, so a resumed sweep does not repeat the first suggestions."""
     if not create and not os.path.isfile(os.path.join(root, STUDY_FILE)):
         raise FileNotFoundError(f"{os.path.join(root, STUDY_FILE)} not found: {root} holds no sweep yet")
-    storage = open_storage(root)
-    study = optuna.create_study(
-        storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True
-    )
+    with claim_lock(root):  # two processes creating the database at once would collide
+        study = optuna.create_study(
+            storage=open_storage(root), study_name=STUDY_NAME, direction="maximize", load_if_exists=True
+        )
     sampler_seed = None
     if seed is not None:
         sampler_seed = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
@@ -272,7 +272,8 @@ def main(argv: list[str]) -> None:
     # The trials of a sweep are one wandb group, named after the sweep (unless the command names one).
     overrides.setdefault("wandb.group", study.user_attrs.get("name", os.path.basename(root)))
     setup = TrialSetup(root=root, base=base, overrides=overrides, space=space)
-    check_same_sweep(study, setup, root)
+    with claim_lock(root):
+        check_same_sweep(study, setup, root)
     stopped_by = None
     if not f.summary_only:
         print(f"Sweep of {base} over {', '.join(space)} in {root} ({f.trials} trials, pruner {f.pruner})")

@@ -70,7 +70,9 @@ class Claim:
 
 
 @contextlib.contextmanager
-def _claim_lock(root: str) -> Iterator[None]:
+def claim_lock(root: str) -> Iterator[None]:
+    """The sweep-wide lock (waits for it): claims, and the creation of the study, happen under it."""
+    os.makedirs(root, exist_ok=True)
     fd = os.open(os.path.join(root, CLAIM_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # waits: claims are quick
@@ -96,7 +98,7 @@ def claim_next(study: optuna.Study, setup: TrialSetup, n_trials: int) -> tuple[C
     fewer than `n_trials`. Also returns the orphans whose old training process is still alive (to
     wait for; None is returned then when there is nothing else to run)."""
     waiting = []
-    with _claim_lock(setup.root):
+    with claim_lock(setup.root):
         for number in sorted(_running_numbers(study)):
             folder = trial_dir(setup.root, number)
             taken, fd = _try_lock(folder)
