@@ -183,6 +183,8 @@ def get_base_config() -> ConfigDict:
     c.wandb.mode = "offline"  # offline | online | disabled
     c.wandb.project = "fer_flax"
     c.wandb.entity = config_dict.placeholder(str)
+    # Runs of one experiment shown together in wandb (fer_flax.sweep sets it to the sweep's name).
+    c.wandb.group = config_dict.placeholder(str)
     c.wandb.histogram_every_steps = 200  # weight and gradient histograms; 0 disables
     return c
 

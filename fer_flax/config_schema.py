@@ -195,6 +195,10 @@ def _probability(v: Any) -> bool:
     return _finite(v) and 0 <= v <= 1
 
 
+def _group_name(v: Any) -> bool:
+    return _unset(v) or (isinstance(v, str) and 0 < len(v) <= 128)
+
+
 def _unset(v: Any) -> bool:
     return v is None or v is _MISSING
 
@@ -365,6 +369,7 @@ def _check_loop(c: _Checker) -> None:
     c.choice("ema.select", EMA_SELECT)
     c.choice("wandb.mode", WANDB_MODES)
     c.require("wandb.histogram_every_steps", _non_negative_int, "an integer >= 0 (0 disables)")
+    c.require("wandb.group", _group_name, "unset or a name of 1 to 128 characters")
 
 
 def validate(config: Any, *, for_training: bool = True) -> None:

@@ -6,6 +6,9 @@ its own rerun, and nobody has to delete a stale lock file. The file stays in the
 runs; its content (PID, host, start time of the holder) only names who holds the lock for the
 message a second run prints, and its presence alone means nothing.
 
+`is_held(workdir)` asks without taking the lock: `fer_flax.sweep` uses it to tell a trial whose run is
+still alive from one whose process died.
+
 Multi-process runs lock once, from process 0 (`train.train_and_evaluate`). Evaluation and prediction
 do not lock: they read only finished checkpoints, which a running training commits atomically.
 
@@ -46,12 +49,13 @@ def _describe_holder(file_path: str) -> str:
         return "a process that is just starting"
 
 
-def acquire(workdir: str) -> int | None:
+def acquire(workdir: str, lock_file: str = LOCK_FILE) -> int | None:
     """Takes the lock of `workdir` (created if needed) without waiting and returns its file
     descriptor (None where the filesystem has no locks). Raises `WorkdirLockedError`, naming the
-    holder, when another process holds it."""
+    holder, when another process holds it. `lock_file` names another lock of the same folder (a sweep
+    holds `sweep.lock` of each trial it runs, besides the trial run's own `train.lock`)."""
     os.makedirs(workdir, exist_ok=True)
-    file_path = os.path.join(workdir, LOCK_FILE)
+    file_path = os.path.join(workdir, lock_file)
     fd = os.open(file_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,6 +79,22 @@ def acquire(workdir: str) -> int | None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
     return fd
+
+
+def is_held(workdir: str, lock_file: str = LOCK_FILE) -> bool:
+    """Whether a live process holds the lock of `workdir` now (False for a folder or lock file that
+    does not exist, and where the filesystem has no locks). Creates and writes nothing."""
+    try:
+        fd = os.open(os.path.join(workdir, lock_file), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # also drops the shared lock just taken
+    return False
 
 
 def release(fd: int | None) -> None:
