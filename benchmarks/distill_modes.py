@@ -9,11 +9,12 @@ device) and each step is fer_flax's own train function (`train_feed.compile_trai
 the state donated) on a fixed device-resident batch, so the figures exclude the input pipeline. The
 teachers are randomly initialised models of `--teacher` (a step's cost does not depend on what they
 learned), seen through `--tta` views (the CPU recipe's eval_tta, flip, is what its runs would use as
-teachers). Each mode is compiled and warmed up, then timed over `--rounds` rounds of `--steps` steps;
-the median round is reported, as images/s of wall-clock time and as images per CPU-second of this
-process (the figure to compare on a machine that other jobs share). The cached targets' one-off cost
-is the teachers' inference images/s (`distill.teacher_targets`, the path training uses) over
-`--target_images` images, and the time it projects for FER2013's 28,709 training images.
+teachers). Every mode is compiled and warmed up, then the modes are timed in turn for `--rounds`
+rounds of `--steps` steps each, so every mode sees the same mix of load. The median round is
+reported as images/s of wall-clock time and as images per CPU-second of this process (the figure to
+compare on a machine that other jobs share). The cached targets' one-off cost is the teachers'
+inference images/s (`distill.teacher_targets`, the path training uses) over `--target_images` images,
+and the time it projects for FER2013's 28,709 training images.
 """
 
 from __future__ import annotations
@@ -50,31 +51,35 @@ def _teachers(spec: str, count: int, tta: str, mesh) -> distill.Distillation:
     return distill.Distillation(tuple(members), "on_the_fly", alpha=0.3, temperature=2.0)
 
 
-def _time_mode(config, teachers, batch, mesh, steps_: int, rounds: int) -> tuple[float, float]:
-    """Median images/s (wall clock) and images per CPU-second of this process over `rounds` rounds of
-    `steps_` steps of the compiled train function."""
-    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
-    tx = optim.create_optimizer(config.optim, schedule)
-    model = model_state.create_model(config)
-    state = model_state.create_train_state(
-        model, tx, jax.random.key(0), mesh, ema=model_state.ema_enabled(config)
-    )
-    models_, variables = teachers.step_arguments() if teachers else (None, ())
-    counts = np.asarray(FER2013_TRAIN_COUNTS)
-    step = train_feed.compile_train(config, schedule, counts, mesh, models_, variables)
-    key = jax.random.key(1)
-    for _ in range(2):  # compile and warm up
-        state, metrics = step(state, batch, key)
-    jax.block_until_ready(metrics)
-    wall, cpu = [], []
-    for _ in range(rounds):
+class _Mode:
+    """One mode's compiled train function, its state and its batch, timed round by round."""
+
+    def __init__(self, name: str, config, teachers, batch, mesh):
+        schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
+        tx = optim.create_optimizer(config.optim, schedule)
+        model = model_state.create_model(config)
+        ema = model_state.ema_enabled(config)
+        self.name, self.batch, self.batch_size = name, batch, config.batch_size
+        self.state = model_state.create_train_state(model, tx, jax.random.key(0), mesh, ema=ema)
+        models_, variables = teachers.step_arguments() if teachers else (None, ())
+        counts = np.asarray(FER2013_TRAIN_COUNTS)
+        self.step = train_feed.compile_train(config, schedule, counts, mesh, models_, variables)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.run(2)  # compile and warm up
+
+    def run(self, steps_: int) -> tuple[float, float]:
         start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(steps_):
-            state, metrics = step(state, batch, key)
-        jax.block_until_ready((state, metrics))
-        wall.append(steps_ * config.batch_size / (time.perf_counter() - start))
-        cpu.append(steps_ * config.batch_size / (time.process_time() - start_cpu))
-    return statistics.median(wall), statistics.median(cpu)
+            self.state, metrics = self.step(self.state, self.batch, jax.random.key(1))
+        jax.block_until_ready((self.state, metrics))
+        return time.perf_counter() - start, time.process_time() - start_cpu
+
+    def time_round(self, steps_: int) -> None:
+        """One round: images/s of wall-clock time and images per CPU-second of this process."""
+        wall, cpu = self.run(steps_)
+        self.wall.append(steps_ * self.batch_size / wall)
+        self.cpu.append(steps_ * self.batch_size / cpu)
 
 
 def main() -> None:
@@ -105,18 +110,25 @@ def main() -> None:
     print(f"student cnn/cpu_fast (configs/cpu_recipe.py), batch {args.batch}, {jax.device_count()} device(s)")
     print(f"teachers {args.teacher}, {args.tta} views; median of {args.rounds} rounds of {args.steps} steps")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    rows = [("plain (no teacher)", _time_mode(config, None, plain_batch, mesh, args.steps, args.rounds))]
+    modes = [_Mode("plain (no teacher)", config, None, plain_batch, mesh)]
     config.distill.update(teachers=("teacher",), mode="cached", alpha=0.3, temperature=2.0)
-    rows.append(("cached targets", _time_mode(config, None, cached_batch, mesh, args.steps, args.rounds)))
+    modes.append(_Mode("cached targets", config, None, cached_batch, mesh))
     config.distill.mode = "on_the_fly"
     for n in counts:
         teachers = _teachers(args.teacher, n, args.tta, mesh)
-        rate = _time_mode(config, teachers, plain_batch, mesh, args.steps, args.rounds)
-        rows.append((f"on the fly, {n} teacher{'s' if n > 1 else ''}", rate))
-    print(f"{'mode':<24} {'images/s':>9} {'vs plain':>9} {'images/CPU-s':>13} {'vs plain':>9}")
-    (plain, plain_cpu) = rows[0][1]
-    for name, (rate, cpu) in rows:
-        print(f"{name:<24} {rate:9.1f} {rate / plain:8.2f}x {cpu:13.1f} {cpu / plain_cpu:8.2f}x")
+        modes.append(
+            _Mode(f"on the fly, {n} teacher{'s' if n > 1 else ''}", config, teachers, plain_batch, mesh)
+        )
+    for _ in range(args.rounds):  # the modes in turn, so that each sees the same mix of load
+        for mode in modes:
+            mode.time_round(args.steps)
+    print(f"{'mode':<24} {'images/s':>9} {'range':>13} {'vs plain':>9} {'images/CPU-s':>13} {'vs plain':>9}")
+    plain, plain_cpu = statistics.median(modes[0].wall), statistics.median(modes[0].cpu)
+    for mode in modes:
+        rate, cpu = statistics.median(mode.wall), statistics.median(mode.cpu)
+        spread = f"{min(mode.wall):.0f}-{max(mode.wall):.0f}"
+        ratios = f"{rate / plain:8.2f}x {cpu:13.1f} {cpu / plain_cpu:8.2f}x"
+        print(f"{mode.name:<24} {rate:9.1f} {spread:>13} {ratios}")
 
     # The cached targets' one-off cost: one teacher's inference over --target_images images.
     teacher = _teachers(args.teacher, 1, args.tta, mesh)
