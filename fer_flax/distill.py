@@ -148,9 +148,8 @@ def _load_teacher(
             f"classes {list(ours[0])} on images {ours[1]}"
         )
     config = restored.config
-    tta_mode = views or config.get("eval_tta", "none")
-    crop_size = config.augment.get("crop_size", tta.DEFAULT_CROP_SIZE) if "augment" in config else None
-    crop_size = crop_size or tta.DEFAULT_CROP_SIZE
+    tta_mode = views or config.get("eval_tta") or "none"  # a run's own views unless distill.tta says
+    crop_size = (config.get("augment") or {}).get("crop_size") or tta.DEFAULT_CROP_SIZE
     return Teacher(given, checkpoint, restored, tta_mode, int(crop_size))
 
 
