@@ -179,6 +179,20 @@ def get_base_config() -> ConfigDict:
     c.init_from = config_dict.placeholder(str)
     c.init_weights = "raw"
     c.init_skip = config_dict.placeholder(str)
+    # Knowledge distillation (fer_flax/distill.py, docs/distillation.md): train against the
+    # temperature-softened probabilities of finished runs. teachers: their workdirs, each optionally
+    # "WORKDIR:best|latest|STEP" like init_from (any families; several are an ensemble); empty = off.
+    # Loss: alpha * CE(true labels, smoothed) + (1 - alpha) * T^2 * KL(teachers_T || student_T).
+    # mode (config_schema.DISTILL_MODES): cached (the teachers' probabilities of each clean training
+    # image, computed once and stored beside the data cache) | on_the_fly (the teachers run on every
+    # augmented batch inside the train step). tta: the teachers' test-time views (none | flip | tencrop);
+    # unset = each teacher's own eval_tta.
+    c.distill = ConfigDict()
+    c.distill.teachers = ()
+    c.distill.alpha = 0.5
+    c.distill.temperature = 4.0
+    c.distill.mode = "cached"
+    c.distill.tta = config_dict.placeholder(str)
     c.wandb = ConfigDict()
     c.wandb.mode = "offline"  # offline | online | disabled
     c.wandb.project = "fer_flax"

@@ -27,6 +27,9 @@ WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 DATA_FORMATS: tuple[str, ...] = ("auto", "fer2013", "folder", "ferplus")
 # FER+'s label modes (fer_flax.data.labels); data without votes trains with "majority" only.
 LABEL_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy", "multi_target")
+# Knowledge distillation (fer_flax/distill.py): the teachers' probabilities computed once per training
+# image ("cached") or by their forward pass inside each train step ("on_the_fly").
+DISTILL_MODES: tuple[str, ...] = ("cached", "on_the_fly")
 
 # Dotted config key (without "config.") -> its valid values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -45,4 +48,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.pipeline": PIPELINES,
     "data.device_layout": DEVICE_LAYOUTS,
     "wandb.mode": WANDB_MODES,
+    "distill.mode": DISTILL_MODES,
 }

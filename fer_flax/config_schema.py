@@ -32,6 +32,7 @@ from fer_flax.config_choices import (
     CLASS_WEIGHTINGS,
     DATA_FORMATS,
     DEVICE_LAYOUTS,
+    DISTILL_MODES,
     DTYPE_NAMES,
     EMA_SELECT,
     LABEL_MODES,
@@ -96,7 +97,6 @@ def expected_num_classes(config: Any) -> int | None:
     if fmt == "ferplus":
         return FERPLUS.num_classes
     return NUM_CLASSES if fmt == "fer2013" or _unset(_lookup(config, "data.path")) else None
-    return None
 
 
 def expected_image_side(config: Any) -> int:
@@ -169,30 +169,13 @@ class _Checker:
             )
 
 
-def _positive_int(v: Any) -> bool:
-    return _is_int(v) and v >= 1
-
-
-def _non_negative_int(v: Any) -> bool:
-    return _is_int(v) and v >= 0
-
-
-def _positive(v: Any) -> bool:
-    return _finite(v) and v > 0
-
-
-def _non_negative(v: Any) -> bool:
-    return _finite(v) and v >= 0
-
-
-def _fraction(v: Any) -> bool:
-    """In [0, 1)."""
-    return _finite(v) and 0 <= v < 1
-
-
-def _probability(v: Any) -> bool:
-    """In [0, 1]."""
-    return _finite(v) and 0 <= v <= 1
+# Predicates of one value, named by what they accept.
+_positive_int = lambda v: _is_int(v) and v >= 1
+_non_negative_int = lambda v: _is_int(v) and v >= 0
+_positive = lambda v: _finite(v) and v > 0
+_non_negative = lambda v: _finite(v) and v >= 0
+_fraction = lambda v: _finite(v) and 0 <= v < 1  # in [0, 1)
+_probability = lambda v: _finite(v) and 0 <= v <= 1  # in [0, 1]
 
 
 def _group_name(v: Any) -> bool:
@@ -349,6 +332,28 @@ def _check_init(c: _Checker) -> None:
         c.problems.append("config.init_skip is set but config.init_from is not: there is nothing to skip")
 
 
+def _workdir_list(v: Any) -> bool:
+    """Distinct 'WORKDIR[:best|latest|STEP]' strings (none at all too)."""
+    strings = not isinstance(v, str) and isinstance(v, Sequence) and all(isinstance(t, str) for t in v)
+    return strings and len(set(v)) == len(v) and all(t.strip() != "" and not t.startswith(":") for t in v)
+
+
+def _check_distill(c: _Checker) -> None:
+    """Knowledge distillation (the teachers' workdirs are checked on disk by fer_flax.distill)."""
+    c.require("distill.teachers", _workdir_list, "distinct 'WORKDIR[:best|latest|STEP]' strings")
+    c.require("distill.alpha", _probability, "in [0, 1] (the weight of the true-label loss)")
+    c.require("distill.temperature", _positive, "a finite number > 0")
+    c.choice("distill.mode", DISTILL_MODES)
+    c.require(
+        "distill.tta", lambda v: v is None or v in TTA_MODES, f"unset or one of: {', '.join(TTA_MODES)}"
+    )
+    if c.get("distill.teachers") and c.get("distill.mode") == "cached" and c.get("data.pipeline") == "device":
+        c.problems.append(
+            "config.distill.mode='cached' needs config.data.pipeline='grain' (the device pipeline carries "
+            "integer labels only), or use config.distill.mode='on_the_fly'"
+        )
+
+
 def _check_loop(c: _Checker) -> None:
     """Run length, cadence, checkpoints, EMA, failure handling and logging."""
     c.require("seed", _non_negative_int, "an integer >= 0")
@@ -387,6 +392,7 @@ def validate(config: Any, *, for_training: bool = True) -> None:
         _check_augment(c)
         _check_data(c)
         _check_init(c)
+        _check_distill(c)
     if len(c.problems) == 1:
         raise ConfigError(c.problems[0])
     if c.problems:

@@ -117,17 +117,17 @@ def _nhwc(images: np.ndarray) -> np.ndarray:
 
 class _Gather(grain.transforms.Map):
     """Turns a batch of example indices into a batch of images and labels (one fancy index each), plus
-    the soft targets of a split that has them (FER+'s label modes)."""
+    the soft targets of a split that has them (FER+'s label modes) and its cached teacher
+    probabilities (knowledge distillation)."""
 
     def __init__(self, split: ArraySplit):
         self._images = split.images
         self._labels = split.labels.astype(np.int32, copy=False)
-        self._targets = split.targets
+        self._rows = {"target": split.targets, "teacher_probs": split.teacher_probs}
 
     def map(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         batch = {"image": _nhwc(self._images[indices]), "label": self._labels[indices]}
-        if self._targets is not None:
-            batch["target"] = self._targets[indices]
+        batch.update({key: rows[indices] for key, rows in self._rows.items() if rows is not None})
         return batch
 
 
@@ -189,10 +189,10 @@ def make_train_iterator(
     """Infinite, deterministic stream of this process's batches.
 
     Each element is `{'image': uint8 [b, H, W, C], 'label': int32 [b]}` (plus `'target'` float32 [b, K]
-    when the split has soft targets) with `b = global_batch_size // process_count`. sampling='none'
-    shuffles without replacement, a fresh permutation per epoch (batches run across epoch boundaries, so
-    every batch is full); the
-    weighted modes ('balanced', 'sqrt', 'explicit', see `class_sampling_weights`) sample with
+    when the split has soft targets, `'teacher_probs'` when it has cached teacher probabilities) with
+    `b = global_batch_size // process_count`. sampling='none' shuffles without replacement, a fresh
+    permutation per epoch (batches run across epoch boundaries, so every batch is full); the weighted
+    modes ('balanced', 'sqrt', 'explicit', see `class_sampling_weights`) sample with
     replacement, position by position, like PyTorch's WeightedRandomSampler.
 
     The iterator's `get_state()` is a small JSON-serialisable dict; `set_state()` on a fresh

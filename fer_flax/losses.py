@@ -27,8 +27,19 @@ prior_c = n_c / N, while predictions use the raw logits. Rare classes then need 
 training, which shifts the raw logits in their favour at test time; tau = 1 is the paper's
 Fisher-consistent choice for balanced error, 0 disables it.
 
-`fer_flax.config_schema.validate` checks `config.loss` (the mode, the explicit weights, tau) before any
-data is read; here only what needs the training counts is checked.
+Knowledge distillation (Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network", 2015;
+`fer_flax.distill`): with teacher probabilities p = softmax(z_teacher / T) (averaged over teachers) and
+the student's q = softmax(z_student / T), the per-example loss is
+
+  alpha * CE(labels) + (1 - alpha) * T^2 * KL(p || q),   KL(p || q) = sum_c p_c (log p_c - log q_c),
+
+where CE is the loss above (smoothing, class weights, logit adjustment included). The gradient of the
+second term with respect to the student's logits is (1 - alpha) * T * (q - p): it vanishes exactly when
+the student's softened distribution matches the teacher's, and the factor T^2 keeps its size roughly
+independent of T (the soft gradients scale as 1/T^2), as the paper prescribes.
+
+`fer_flax.config_schema.validate` checks `config.loss` (the mode, the explicit weights, tau) and
+`config.distill` before any data is read; here only what needs the training counts is checked.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.scipy.special import xlogy
 
 from fer_flax.config_choices import CLASS_WEIGHTINGS
 from fer_flax.config_schema import check_choice, check_class_weights
@@ -162,3 +174,30 @@ def training_loss(
     if terms.class_weights is not None:
         loss = loss * (targets @ jnp.asarray(terms.class_weights))
     return loss
+
+
+def tempered_softmax(logits: jax.Array, temperature: float) -> jax.Array:
+    """softmax(logits / T) in float32 over the last axis: the temperature-softened probabilities."""
+    return jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+
+
+def distillation_kl(student_logits: jax.Array, teacher_probs: jax.Array, temperature: float) -> jax.Array:
+    """Per-example T^2 * KL(p || softmax(student_logits / T)) [B] for teacher probabilities p [B, K]
+    already softened at T (0 * log 0 = 0). Zero when the student's softened distribution is p."""
+    p = teacher_probs.astype(jnp.float32)
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    return temperature**2 * jnp.sum(xlogy(p, p) - p * log_q, axis=-1)
+
+
+def distilled_loss(
+    hard_loss: jax.Array,
+    student_logits: jax.Array,
+    teacher_probs: jax.Array,
+    *,
+    alpha: float,
+    temperature: float,
+) -> jax.Array:
+    """Per-example alpha * hard_loss + (1 - alpha) * `distillation_kl`: `hard_loss` [B] is the
+    true-label loss (`training_loss`), `teacher_probs` [B, K] the teachers' probabilities at T."""
+    soft = distillation_kl(student_logits, teacher_probs, temperature)
+    return alpha * hard_loss + (1.0 - alpha) * soft

@@ -74,6 +74,7 @@ def train_call(
     state: Any,
     inputs: dict,
     rng: jax.Array,
+    teacher_variables: Any = (),
     *,
     step_fn: Callable,
     batch_fn: Callable,
@@ -82,10 +83,11 @@ def train_call(
 ) -> tuple[Any, dict]:
     """`num_steps` train steps from `state`; returns the state and the metric sums (`sum_steps`).
     `step_fn(state, batch, rng)` is `steps.train_step` with its config bound; `batch_fn(inputs, i,
-    step)` gives the batch of the call's i-th step, whose 0-based step number is `step`."""
+    step)` gives the batch of the call's i-th step, whose 0-based step number is `step`.
+    `teacher_variables` go to every step (on-the-fly distillation's teachers; () without)."""
 
     def one(state, i):
-        new_state, metrics = step_fn(state, batch_fn(inputs, i, state.step), rng)
+        new_state, metrics = step_fn(state, batch_fn(inputs, i, state.step), rng, teacher_variables)
         return new_state, (metrics, state.step + 1)
 
     if num_steps == 1:  # no loop to compile

@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 from fer_flax import checkpoint as checkpoint_lib
 from fer_flax import (
     config_schema,
-    inference,
+    distill,
     init_from,
     model_state,
     multi_step,
@@ -65,6 +65,7 @@ class _Run:
     num_params: int
     spec: DataSpec
     init_record: dict[str, Any] | None  # where the run started from (config.init_from)
+    distillation: distill.Distillation | None  # the teachers (config.distill)
 
     @property
     def is_main(self) -> bool:
@@ -101,10 +102,10 @@ class CompiledSteps:
 
 
 def _prepare(config: ConfigDict, workdir: str) -> _Run:
-    """Checks what else can be checked before data is read (the data spec, init_from; the config and
-    the workdir are checked and locked by the caller), then reads the data, builds the state (from
-    init_from's weights in a new run) and resumes it from the workdir's latest checkpoint if there is
-    one."""
+    """Checks what else can be checked before data is read (the data spec, init_from, the distillation
+    teachers; the config and the workdir are checked and locked by the caller), then reads the data,
+    builds the state (from init_from's weights in a new run) and resumes it from the workdir's latest
+    checkpoint if there is one."""
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
     spec = resolve_spec(config.data)
@@ -119,9 +120,13 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     resuming = ckpt.latest_step() is not None
     init_from.check_freeze(config, model, spec)
     init_plan = None if resuming else init_from.prepare(config, model, spec, mesh)
+    record = workdir_lib.derived_value(workdir, "distill") if resuming else None
+    teachers = distill.load_teachers(config, spec, mesh, workdir, record)  # before any data is read
 
     cache_dir = config.data.cache_dir or default_cache_dir(workdir)
     data = load_splits(config.data, ("train", "val"), cache_dir=cache_dir, announce=say)
+    if teachers:  # cached mode: the teachers' probabilities of every training image, made or read once
+        data["train"], teachers = distill.with_targets(teachers, data["train"], config, mesh, cache_dir, say)
     plan = step_plan(config, len(data["train"]))
     schedule = optim.create_learning_rate_schedule(
         config.optim, steps_per_epoch=plan["steps_per_epoch"], total_steps=plan["total_steps"]
@@ -156,6 +161,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         spec=spec,
         # A resumed run keeps the record of the run that started it.
         init_record=init_plan.record() if init_plan else workdir_lib.derived_value(workdir, "init_from"),
+        distillation=teachers,
     )
     if resuming:
         run.state = ckpt.restore_latest(state, train_iter)
@@ -183,20 +189,27 @@ def _record_run(run: _Run, changes: dict[str, tuple[Any, Any]]) -> None:
         "num_val": len(run.val_split),
         "data_spec": run.spec.to_dict(),
         "init_from": run.init_record,
+        "distill": run.distillation.record() if run.distillation else None,
     }
     workdir_lib.record_start(run.workdir, run.config, derived, changes, run.start_step, run.say)
 
 
 def compile_steps(
-    config: ConfigDict, schedule: optax.Schedule, class_counts: np.ndarray, mesh: jax.sharding.Mesh
+    config: ConfigDict,
+    schedule: optax.Schedule,
+    class_counts: np.ndarray,
+    mesh: jax.sharding.Mesh,
+    distillation: distill.Distillation | None = None,
 ) -> CompiledSteps:
     """The run's steps under jax.jit. `class_counts` are the training split's label counts, baked into
     the step as constants: the loss's class weights and logit-adjustment prior (config.loss), never
-    the val split's."""
-    counts = {"class_counts": class_counts, "num_classes": len(class_counts)}
+    the val split's. On-the-fly distillation's teachers are bound into the train and gradient steps."""
+    teachers, variables = distillation.step_arguments() if distillation else (None, ())
+    counts = {"class_counts": class_counts, "num_classes": len(class_counts), "teachers": teachers}
+    gradients = jax.jit(functools.partial(steps.gradients, config=config, **counts))
     return CompiledSteps(
-        train=train_feed.compile_train(config, schedule, class_counts, mesh),
-        gradients=jax.jit(functools.partial(steps.gradients, config=config, **counts)),
+        train=train_feed.compile_train(config, schedule, class_counts, mesh, teachers, variables),
+        gradients=lambda state, batch, rng: gradients(state, batch, rng, variables),
         state_is_finite=jax.jit(steps.state_is_finite),
         # Replicated like the rest of the state, so the train step sees the shardings it was compiled for.
         plateau=jax.jit(
@@ -217,11 +230,7 @@ def _evaluation_step(
     plateau updated before the checkpoint of this step, which then holds what a resume needs)."""
     config, total = run.config, run.plan["total_steps"]
     evaluation = validation.evaluate(run.model, state, run.val_split, run.config, run.mesh)
-    record = {f"val/{k}": v for k, v in evaluation.val.items()}
-    if evaluation.val_ema is not None:
-        record.update({f"val_ema/{k}": v for k, v in evaluation.val_ema.items()})
-        record["selected/weights"] = evaluation.best_weights
-        record["selected/accuracy"] = evaluation.selected["accuracy"]
+    record = evaluation.record()
     if run.use_plateau:
         # Driven by the raw weights' validation accuracy: those are what the learning rate moves.
         plateau = compiled.plateau(optim.get_plateau(state.opt_state), evaluation.val["accuracy"])
@@ -229,26 +238,9 @@ def _evaluation_step(
         record.update({f"plateau/{k}": v for k, v in plateau._asdict().items()})
     writer.write(step, record)
     if config.wandb.mode != "disabled":  # wandb: confusion matrix and sample predictions
-        samples = run.val_split.images[:16]
-        # Every process runs the (collective) prediction; only process 0 logs.
-        variables = model_state.variables(state)
-        logits = inference.predict_logits(
-            run.model, variables, samples, batch_size=config.eval_batch_size, mesh=run.mesh
-        )
-        writer.log_evaluation_media(
-            step,
-            confusion=evaluation.val["confusion"],
-            images=samples,
-            labels=run.val_split.labels[:16],
-            predictions=np.argmax(logits, -1),
-            class_names=run.spec.class_names,
-        )
-    val = evaluation.val
+        validation.log_media(writer, step, evaluation, run.model, state, run.val_split, config, run.mesh)
     run.say(
-        f"step {step}/{total} (epoch {step / run.plan['steps_per_epoch']:.2f}): "
-        f"val accuracy {val['accuracy']:.4f}, balanced {val['balanced_accuracy']:.4f}, "
-        f"macro-F1 {val['macro_f1']:.4f}, loss {val['loss']:.4f}"
-        + (f"; EMA accuracy {evaluation.val_ema['accuracy']:.4f}" if evaluation.val_ema else "")
+        f"step {step}/{total} (epoch {step / run.plan['steps_per_epoch']:.2f}): {evaluation.describe()}"
         + (f"; lr scale {float(record['plateau/scale']):.4g}" if run.use_plateau else "")
     )
     return state, evaluation
@@ -345,6 +337,7 @@ def _finish(
         "train_seconds_this_run": window.train_seconds,
         "data_path": config.data.path,
         "init_from": run.init_record,
+        "distill": run.distillation.record() if run.distillation else None,
     }
     if run.use_ema:
         summary["final_val_ema"] = evaluation.val_ema
@@ -384,7 +377,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
 def _train(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """The run itself, from `_prepare` to `_finish`, with the workdir locked."""
     run = _prepare(config, workdir)
-    compiled = compile_steps(config, run.schedule, run.train_split.class_counts(), run.mesh)
+    compiled = compile_steps(config, run.schedule, run.train_split.class_counts(), run.mesh, run.distillation)
     writer = tracking.MetricWriter(run.workdir, config)
     progress = tracking.ProgressBar(run.plan["total_steps"], config.batch_size, enabled=config.progress_bar)
     progress.start(run.start_step)

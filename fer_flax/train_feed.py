@@ -66,9 +66,11 @@ class GrainFeed:
             return parallel.to_global_batch(next(self.iterator), self.mesh)
         local = [next(self.iterator) for _ in range(n)]
         stacked = NamedSharding(self.mesh, P(None, parallel.DATA_AXIS))
+        # Every key of the batch: image, label and, where the split has them, soft targets
+        # ("target") and cached teacher probabilities ("teacher_probs").
         inputs: dict[str, Any] = {
             key: jax.make_array_from_process_local_data(stacked, np.stack([b[key] for b in local]))
-            for key in ("image", "label")
+            for key in local[0]
         }
         inputs["num_steps"] = n
         return inputs
@@ -77,7 +79,7 @@ class GrainFeed:
         del state
         if inputs.get("num_steps", 1) == 1:
             return inputs
-        return {key: inputs[key][0] for key in ("image", "label")}
+        return {key: value[0] for key, value in inputs.items() if key != "num_steps"}
 
 
 class DeviceFeed:
@@ -133,7 +135,7 @@ def _stacked_batch(
 ) -> dict[str, jax.Array]:
     del step
     sharding = parallel.batch_sharding(mesh)
-    return {k: jax.lax.with_sharding_constraint(inputs[k][i], sharding) for k in ("image", "label")}
+    return {k: jax.lax.with_sharding_constraint(v[i], sharding) for k, v in inputs.items()}
 
 
 def device_batch(inputs: dict, i: jax.Array, step: jax.Array, *, batch_size: int) -> dict[str, jax.Array]:
@@ -148,23 +150,30 @@ _device_batch_jit = jax.jit(device_batch, static_argnames=("batch_size",))
 
 
 def compile_train(
-    config: ConfigDict, schedule: optax.Schedule, class_counts: np.ndarray, mesh: jax.sharding.Mesh
+    config: ConfigDict,
+    schedule: optax.Schedule,
+    class_counts: np.ndarray,
+    mesh: jax.sharding.Mesh,
+    teachers: steps.TeacherModels | None = None,
+    teacher_variables: Any = (),
 ) -> Callable:
     """The run's train function `(state, inputs, rng) -> (state, metrics)`, the state donated: one
     jitted program per call length (1, steps_per_call), compiled at first use. A single Grain step
-    returns the step's metrics, every other call `multi_step` sums."""
+    returns the step's metrics, every other call `multi_step` sums. On-the-fly distillation's
+    `teachers` are bound into the programs and their `teacher_variables` passed to every call."""
     step_fn = functools.partial(
         steps.train_step,
         config=config,
         schedule=schedule,
         class_counts=class_counts,
         num_classes=len(class_counts),
+        teachers=teachers,
     )
     k = steps_per_call_of(config)
     if pipeline_of(config) == "grain":
         batch_fn = functools.partial(_stacked_batch, mesh=mesh)
         single = jax.jit(step_fn, donate_argnums=(0,))
-        if k == 1:
+        if k == 1 and teachers is None:
             return single
     else:
         batch_fn = functools.partial(device_batch, batch_size=config.batch_size)
@@ -175,7 +184,7 @@ def compile_train(
 
     def train(state: Any, inputs: dict, rng: jax.Array) -> tuple[Any, dict]:
         args = {key: v for key, v in inputs.items() if key != "num_steps"}
-        return programs[inputs.get("num_steps", 1)](state, args, rng)
+        return programs[inputs.get("num_steps", 1)](state, args, rng, teacher_variables)
 
     return train
 

@@ -2,7 +2,8 @@
 of config changes across resumes, metric files and the final summary.
 
   <workdir>/config.json           {"config": the resolved config, "derived": step plan, sizes, devices,
-                                  the data spec (classes, image size, channels), init_from's record}
+                                  the data spec (classes, image size, channels), init_from's record,
+                                  the distillation teachers' record}
   <workdir>/config_history.jsonl  one record per resume that changed a setting
   <workdir>/metrics.jsonl         one record per log / evaluation step (fer_flax.tracking writes it)
   <workdir>/summary.json          the final summary of the last finished run
@@ -56,11 +57,13 @@ RUN_IDENTITY_KEYS = (
     "init_weights",
     "optim.freeze",
     "data.pipeline",
+    "distill.teachers",
 )
 
 
-# The values keys added later had, implicitly, in runs written before them (others: None); a key an
-# older config.json lacks is unchanged while it keeps that value.
+# The values keys added later had, implicitly, in runs written before them (others: None), as JSON
+# stores them (a tuple as a list); a key an older config.json lacks is unchanged while it keeps that
+# value.
 IMPLICIT_VALUES = {
     "data.format": "auto",
     "data.label_mode": "majority",
@@ -69,6 +72,10 @@ IMPLICIT_VALUES = {
     "data.convert_images": False,
     "steps_per_call": 1,
     "init_weights": "raw",
+    "distill.teachers": [],
+    "distill.alpha": 0.5,
+    "distill.temperature": 4.0,
+    "distill.mode": "cached",
 }
 
 

@@ -22,6 +22,7 @@ CONFIG_ARGS = {
     "beefy": ("", "smoke"),
     "cct": ("", "2_3x2", "smoke"),
     "cpu_recipe": ("", "smoke"),
+    "distill_cpu": ("", "smoke"),
     "ferplus": ("", "gpu", "smoke"),
     "googlenet": ("", "noaux", "smoke"),
     "googlenet_aux": ("", "small", "smoke"),

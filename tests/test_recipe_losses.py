@@ -322,7 +322,7 @@ def setup():
 
 def loss_and_logits(state, batch, config, counts=COUNTS):
     fn = jax.jit(functools.partial(steps._loss_and_grads, config=config, class_counts=counts))
-    loss, logits, _, _ = fn(state, batch, jax.random.key(3))
+    loss, logits, *_ = fn(state, batch, jax.random.key(3))
     return float(loss), np.asarray(logits)
 
 

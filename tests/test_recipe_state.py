@@ -110,9 +110,9 @@ def test_train_step_updates_ema_by_hand_and_not_on_a_skipped_step(monkeypatch):
     original = steps._loss_and_grads
 
     def poisoned(state, *args, **kwargs):
-        loss, logits, batch_stats, grads = original(state, *args, **kwargs)
+        loss, logits, batch_stats, grads, *rest = original(state, *args, **kwargs)
         factor = jnp.where(state.step == 1, jnp.nan, 1.0)
-        return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads)
+        return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads), *rest
 
     monkeypatch.setattr(steps, "_loss_and_grads", poisoned)
     model = model_state.create_model(config)

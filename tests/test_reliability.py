@@ -149,9 +149,9 @@ def _poison_step(monkeypatch, bad_step: int) -> None:
     original = steps._loss_and_grads
 
     def poisoned(state, batch, rng, config, **kwargs):
-        loss, logits, batch_stats, grads = original(state, batch, rng, config, **kwargs)
+        loss, logits, batch_stats, grads, *rest = original(state, batch, rng, config, **kwargs)
         factor = jnp.where(state.step + 1 == bad_step, jnp.nan, 1.0)
-        return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads)
+        return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads), *rest
 
     monkeypatch.setattr(steps, "_loss_and_grads", poisoned)
 

@@ -44,12 +44,15 @@ class ArraySplit:
     """One split held in memory: `images` uint8 [N, H, W] (grayscale) or [N, H, W, C], `labels` int32
     [N] in 0..num_classes-1 (the hard label: for FER+ the majority vote, which accuracy is measured
     against), the data set's `class_names` in label order and, for data with soft labels, `targets`
-    float32 [N, num_classes] (the training targets of the label mode, see fer_flax.data.labels)."""
+    float32 [N, num_classes] (the training targets of the label mode, see fer_flax.data.labels).
+    `teacher_probs` float32 [N, num_classes]: cached knowledge-distillation targets, the teachers'
+    softened probabilities of each image (fer_flax.distill); batches carry both kinds of row."""
 
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...] = CLASS_NAMES
     targets: np.ndarray | None = None
+    teacher_probs: np.ndarray | None = None
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim not in (3, 4) or 0 in self.images.shape[1:]:
@@ -58,11 +61,13 @@ class ArraySplit:
             )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels shape {self.labels.shape} does not match {self.images.shape[0]} images")
-        if self.targets is not None and self.targets.shape != (len(self), self.num_classes):
-            raise ValueError(
-                f"targets shape {self.targets.shape} is not ({len(self)}, {self.num_classes}) "
-                "(one row of class weights per image)"
-            )
+        for name in ("targets", "teacher_probs"):
+            rows = getattr(self, name)
+            if rows is not None and rows.shape != (len(self), self.num_classes):
+                raise ValueError(
+                    f"{name} shape {rows.shape} is not ({len(self)}, {self.num_classes}) "
+                    "(one row of class weights per image)"
+                )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -1,0 +1,45 @@
+"""The CPU recipe's student distilled from finished runs: cnn/cpu_fast trained against the
+temperature-softened probabilities of its teachers (typically the CPU recipe's seeds, an ensemble).
+
+Commands (real FER2013; selects and reports on PublicTest, the `val` split). First the teachers, the
+CPU recipe over three seeds (about 21 minutes each on 2 CPU cores), then the student:
+  python -m fer_flax.multiseed --config configs/cpu_recipe.py --seeds 0,1,2 \
+      --workdir workdirs/cpu_seeds --config.data.path=../shared/data/fer2013/fer2013.csv.gz
+  python -m fer_flax.main --config configs/distill_cpu.py --workdir workdirs/distill_cpu \
+      --config.data.path=../shared/data/fer2013/fer2013.csv.gz \
+      --config.distill.teachers="('workdirs/cpu_seeds/seed_0','workdirs/cpu_seeds/seed_1','workdirs/cpu_seeds/seed_2')"
+
+Without teachers this config trains the plain student (the CPU recipe for 30 epochs).
+
+Why these choices (docs/distillation.md):
+- The CPU recipe's model, optimiser, augmentation, EMA and flip TTA (configs/cpu_recipe.py), so the
+  student differs from a teacher only in what it learns from and how long.
+- Cached distillation: the teachers' probabilities of every training image are computed once before
+  training (flip views, each teacher's own eval_tta) and reused by reruns, and a step then costs what
+  a plain step does; on the fly the student would pay three teachers' forward passes per step
+  (benchmarks/RESULTS.md, "Distillation modes").
+- 30 epochs: the CPU recipe's 25 take 20.6 minutes on 2 CPU cores (evaluations included), so 30 fit
+  30 minutes with room for the teachers' one-off inference and a busy machine.
+- alpha 0.3, T 2: an ensemble of the seeds is more accurate than any one of them, so most of the
+  weight goes to its probabilities; the teachers were trained with label smoothing, which already
+  softens their outputs, so a low temperature keeps their class ranking visible (at T 4 the seven
+  probabilities come close to uniform).
+"""
+
+from configs import cpu_recipe
+from configs.common import check_arg, use_smoke_settings
+
+
+def get_config(arg: str = ""):
+    """'' is the student (teachers from --config.distill.teachers); 'smoke' a few steps of it on
+    synthetic data (tests)."""
+    check_arg(arg, ("", "smoke"))
+    c = cpu_recipe.get_config()
+    c.num_epochs = 30.0
+    c.eval_every_epochs = 5.0
+    c.distill.mode = "cached"
+    c.distill.alpha = 0.3
+    c.distill.temperature = 2.0
+    if arg == "smoke":
+        use_smoke_settings(c)
+    return c
