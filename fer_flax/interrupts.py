@@ -40,12 +40,18 @@ class StopRequest:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, install: bool | None = None):
+        """`install`: whether to take over the signals; by default only in the main thread of a
+        single-process JAX run (a process that starts no JAX backend, e.g. a sweep, passes True)."""
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._install = install
 
     def __enter__(self) -> StopRequest:
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+        install = self._install
+        if install is None:
+            install = jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
+        if install:
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self

@@ -39,7 +39,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from optuna.trial import TrialState
 
-from fer_flax import cli, config_schema, runtime, sweep_space, sweep_summary
+from fer_flax import cli, config_schema, interrupts, runtime, sweep_space, sweep_summary
 from fer_flax.sweep_trial import TrialRun, TrialSetup, claim_lock, claim_next
 
 STUDY_FILE = "study.db"
@@ -124,32 +124,6 @@ def slot_environments(parallel: int, gpus: Sequence[str]) -> list[dict[str, str]
     ]
 
 
-class _StopSignals:
-    """SIGTERM/SIGINT ask the sweep to stop its trials at a checkpoint; a second one ends it at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopSignals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        if self.signum is None:
-            self.signum = signum
-            return
-        self.__exit__()
-        signal.raise_signal(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-
 def _progress(study: optuna.Study, n_trials: int, running: int) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED)}
@@ -202,7 +176,7 @@ def run_trials(
     to run here. Returns the signal that stopped it early, or None."""
     running: dict[int, TrialRun] = {}
     failures, last_error, failing, said_waiting = 0, None, False, set()
-    with _StopSignals() as stop:
+    with interrupts.StopRequest(install=True) as stop:  # a second signal ends the sweep at once
         while True:
             for slot, run in list(running.items()):
                 if run.poll():
