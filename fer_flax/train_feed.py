@@ -49,16 +49,7 @@ class GrainFeed:
 
     def __init__(self, config: ConfigDict, split: ArraySplit, mesh: jax.sharding.Mesh):
         self.mesh = mesh
-        self.iterator = input_pipeline.make_train_iterator(
-            split,
-            global_batch_size=config.batch_size,
-            seed=config.seed,
-            sampling=config.data.sampling,
-            class_weights=config.data.class_weights,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            num_workers=config.data.num_workers,
-        )
+        self.iterator = input_pipeline.training_stream(split, config)
 
     def inputs(self, first_step: int, n: int) -> dict[str, Any]:
         del first_step  # the iterator holds the position
