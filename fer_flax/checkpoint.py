@@ -32,6 +32,7 @@ kill between the two never leaves a resumable step whose best-model candidate is
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -56,6 +57,25 @@ from fer_flax.checkpoint_errors import (
 __all__ = ["CheckpointSaveError", "Checkpointer", "CorruptCheckpointWarning", "NoRestorableCheckpointError"]
 
 BEST_METRIC = "val_accuracy"
+
+
+def _write_arrays_whole() -> None:
+    """Orbax's default saves a replicated array in slices, one per replica, each cut by its own
+    compiled program per array shape: a deep net's first save on several devices compiles ~150 small
+    programs (seconds on a CPU, in every run). Our states are at most a few hundred MB, which one
+    replica writes at disk speed, so each jax.Array is written whole by its first replica."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # Orbax warns on every override of a handler, intended or not
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+        )
+    finally:
+        absl_logger.setLevel(level)
+
+
+_write_arrays_whole()
 
 
 def _barrier_prefix(name: str) -> ocp.options.MultiprocessingOptions:

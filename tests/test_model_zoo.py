@@ -11,6 +11,7 @@ import pytest
 from fer_flax import model_state, models, optim, parallel, steps, train
 from fer_flax.augment import preprocess
 from fer_flax.data.synthetic import generate_synthetic
+from tests.model_helpers import init_shapes, stand_in_variables
 
 # Every variant's parameter count with 7 classes, pinned: a change to any architecture shows up here
 # (and in the README table, which benchmarks/model_table.py regenerates). The per-family test files
@@ -152,21 +153,20 @@ def test_every_config_file_builds_its_model():
     [pytest.param(f, v, id=f"{f}-{v}") for f in models.FAMILIES for v in models.variants(f)],
 )
 def test_every_variant_has_its_pinned_parameter_count_and_finite_logits(family, variant):
-    # A real forward pass (not only shapes) for every size of every family: initialisation and the
-    # forward run compiled without XLA's expensive passes, which keeps ~40 variants affordable on CI.
+    # A real forward pass (not only shapes) for every size of every family, compiled without XLA's
+    # expensive passes, through stand-in variables of the model's own shapes: the initialisers are
+    # the same at every size and run for real in each family's smallest variants (the fixed-batch fit
+    # above, the per-family files), while compiling them for ~40 variants would cost minutes on CI.
     model = models.create_model(family, variant=variant)
     face = generate_synthetic(1, 0, 0, seed=5)["train"].images[..., None]
     x = preprocess(jnp.asarray(face))
-
-    def forward(rng, x):
-        variables = model.init({"params": rng, "dropout": rng}, x, train=False)
-        logits, aux = model.apply(variables, x, train=False)
-        return variables["params"], logits, aux
-
-    params, logits, aux = model_state.compile_once(jax.jit(forward).lower(jax.random.key(0), x))(
-        jax.random.key(0), x
+    shapes = init_shapes(model)
+    assert (
+        sum(p.size for p in jax.tree.leaves(shapes["params"])) == PINNED_PARAMETER_COUNTS[(family, variant)]
     )
-    assert sum(p.size for p in jax.tree.leaves(params)) == PINNED_PARAMETER_COUNTS[(family, variant)]
+    variables = stand_in_variables(shapes)
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    logits, aux = model_state.compile_once(forward.lower(variables, x))(variables, x)
     assert logits.shape == (1, 7) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
     assert aux == {}  # extras (GoogLeNet's auxiliary logits) exist only in training
