@@ -16,18 +16,16 @@ the next run opens the workdir. Each save is finished before training goes on, a
 checksum manifest (`fer_flax.checkpoint_integrity`); a save that fails raises `CheckpointSaveError`,
 one line naming the cause, the last good checkpoint and how to resume.
 
-Every restore, training's and inference's, goes through one fallback
-(`checkpoint_integrity.first_usable`): checkpoints
-are tried in order of preference, each verified against its manifest first. A damaged one (a file
-missing, resized or changed) is named and skipped for the next: training's resume falls back to the
+Every restore, training's and inference's, goes through one fallback (`checkpoint_integrity.first_usable`):
+checkpoints are tried in order of preference, each verified against its manifest first. A damaged one
+(a file missing, resized or changed) is named and skipped for the next: training's resume falls back to the
 newest intact checkpoint, moving the bad ones to `<workdir>/corrupt_checkpoints/`
 (`CorruptCheckpointWarning`); evaluation takes the newest intact (`latest`) or the best intact
 (`best`) one and moves nothing. When none is usable, `NoRestorableCheckpointError` says whether they
 are damaged or do not fit the model.
 
 The best checkpoint of a step is written (and finished) before the full state of the same step, so a
-kill between the two never leaves a resumable step whose best-model candidate is missing.
-"""
+kill between the two never leaves a resumable step whose best-model candidate is missing."""
 
 from __future__ import annotations
 
@@ -60,17 +58,14 @@ BEST_METRIC = "val_accuracy"
 
 
 def _write_arrays_whole() -> None:
-    """Orbax's default saves a replicated array in slices, one per replica, each cut by its own
-    compiled program per array shape: a deep net's first save on several devices compiles ~150 small
-    programs (seconds on a CPU, in every run). Our states are at most a few hundred MB, which one
-    replica writes at disk speed, so each jax.Array is written whole by its first replica."""
+    """Each jax.Array is written whole by replica 0: Orbax's default cuts a replicated array into one
+    slice per replica with a program compiled per shape (~150 on a deep net's first save)."""
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # Orbax warns on every override of a handler, intended or not
     try:
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-        )
+        handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
     finally:
         absl_logger.setLevel(level)
 

@@ -1,6 +1,7 @@
 """Test-wide set-up: four simulated CPU devices, so every test exercises the sharded code path, and
 the process start-up every entry point runs (`fer_flax.cpu.configure_process`: the XLA:CPU option
-and allocator settings), so tests compile what users run.
+and allocator settings), so tests compile what users run (with LLVM's cheap settings for the machine
+code, see below).
 
 XLA reads its flags when the backend starts, so both happen before any test touches a device.
 """
@@ -9,7 +10,14 @@ import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# LLVM's cheap settings for the machine code: XLA's HLO passes (fusion, the CPU option's choice of
+# libraries) are the ones users run, and the suite, which spends most of its time compiling small
+# programs, compiles about a sixth faster (benchmarks/RESULTS.md, "Test suite").
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    " --xla_llvm_disable_expensive_passes=true",
+)
 os.environ.setdefault("WANDB_SILENT", "true")
 # Many tests compile the same small programs (the smoke CNN's steps, for instance), also in the
 # subprocesses some tests start. A persistent compilation cache shared by all of them turns the

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_flax import model_state
+
 
 def conv_bn_params(cin: int, cout: int, k: int) -> int:
     """Parameters of a bias-free k×k conv followed by BatchNorm (scale and shift)."""
@@ -20,6 +22,21 @@ def count_params(tree) -> int:
 
 def init_variables(model, x):
     return model.init({"params": jax.random.key(0)}, x, train=False)
+
+
+def compiled_init(model, x, rngs=None, *, train: bool = False) -> dict:
+    """`model.init` as one program compiled with XLA's cheap settings. Run eagerly, every random draw
+    is a program of its own compiled with full optimisation, which for a deep net's many parameter
+    shapes costs minutes of CPU; the values are the same."""
+    rngs = {"params": jax.random.key(0)} if rngs is None else rngs
+    lowered = jax.jit(lambda r, x: model.init(r, x, train=train)).lower(rngs, x)
+    return model_state.compile_once(lowered)(rngs, x)
+
+
+def compiled_initial_variables(model, rng) -> dict:
+    """`model_state.initial_variables`, compiled like `compiled_init`."""
+    lowered = jax.jit(lambda r: model_state.initial_variables(model, r)).lower(rng)
+    return model_state.compile_once(lowered)(rng)
 
 
 def init_shapes(model):

@@ -13,6 +13,7 @@ from trained_runs import trained_run
 
 from fer_flax import explain, models, saliency
 from fer_flax.data.synthetic import generate_synthetic
+from tests.model_helpers import compiled_init
 
 ROWS, COLS = slice(8, 20), slice(24, 40)  # the only region the RegionModel looks at
 
@@ -45,7 +46,7 @@ class LinearHead(nn.Module):
 
 
 def _init(model, images):
-    return model.init(jax.random.key(0), jnp.zeros((1, *images.shape[1:], 1)), train=False)
+    return compiled_init(model, jnp.zeros((1, *images.shape[1:], 1)), jax.random.key(0))
 
 
 def test_a_model_that_sees_one_region_gets_all_its_saliency_there():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fer_flax.models import create_model
-from tests.model_helpers import conv_bn_params, count_params, init_shapes, mlp_head_params
+from tests.model_helpers import compiled_init, conv_bn_params, count_params, init_shapes, mlp_head_params
 
 
 def test_cpu_variant_parameter_count_by_hand():
@@ -24,7 +24,7 @@ def test_cpu_variant_parameter_count_by_hand():
 def test_head_batch_norm_replaces_the_dense_bias_and_tracks_statistics():
     model = create_model("cnn", variant="small_bn", num_classes=7)
     x = jax.random.normal(jax.random.key(0), (8, 48, 48, 1))
-    variables = model.init({"params": jax.random.key(1)}, x, train=False)
+    variables = compiled_init(model, x, {"params": jax.random.key(1)})
     params = variables["params"]
     assert set(params["Dense_0"]) == {"kernel"}  # BatchNorm's shift is the bias
     head_bn = [k for k in params if k.startswith("BatchNorm")][-1]
@@ -57,7 +57,7 @@ def test_pool_before_norm_is_the_same_net_with_cheaper_normalisation():
     kwargs = dict(num_classes=7, batch_norm=False, convs_per_stage=(1, 2, 1, 1))
     after = create_model("cnn", variant="cpu", **kwargs)
     before = create_model("cnn", variant="cpu", pool_before_norm=True, **kwargs)
-    variables = after.init({"params": jax.random.key(1)}, x, train=False)
+    variables = compiled_init(after, x, {"params": jax.random.key(1)})
     out_after = after.apply(variables, x, train=False)[0]
     out_before = before.apply(variables, x, train=False)[0]
     np.testing.assert_allclose(np.asarray(out_before), np.asarray(out_after), rtol=1e-5, atol=1e-5)
@@ -67,7 +67,7 @@ def test_pool_before_norm_is_the_same_net_with_cheaper_normalisation():
     slow = init_shapes(create_model("cnn", variant="cpu", num_classes=7))
     assert jax.tree.map(lambda a: a.shape, fast) == jax.tree.map(lambda a: a.shape, slow)
     model = create_model("cnn", variant="cpu_fast", num_classes=7)
-    v = model.init({"params": jax.random.key(1)}, x, train=False)
+    v = compiled_init(model, x, {"params": jax.random.key(1)})
     (logits, _), _ = model.apply(
         v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
     )

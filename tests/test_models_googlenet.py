@@ -18,6 +18,7 @@ import pytest
 
 from configs import googlenet as faithful_config
 from configs import googlenet_aux as modified_config
+from fer_flax import model_state
 from fer_flax.models import create_model, googlenet, variants
 
 TINY_VARIANTS = ("inception_v1_bn_tiny", "inception_v1_tiny")
@@ -117,7 +118,9 @@ def _forward(variant: str):
         return variables, eval_out, train_out, new_state
 
     variables = None if REAL_INIT[variant] else _materialise(_abstract_init(model))
-    return model, run(_key(0), variables)
+    # Compiled with XLA's cheap settings: what is checked is the arithmetic, and the random draws of
+    # an init compile slowly with full optimisation.
+    return model, model_state.compile_once(run.lower(_key(0), variables))(_key(0), variables)
 
 
 def test_variants_are_listed_smallest_to_largest():

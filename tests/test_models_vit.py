@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from fer_flax import model_state
 from fer_flax.models import create_model, variants, vit
 
 # The test/CPU sizes get real forward passes; the rest are checked with eval_shape (no compute).
@@ -71,7 +72,8 @@ def _run_small(name: str) -> dict:
             out["bf16"] = bf16.apply(variables, x, train=False)
         return out
 
-    return run(_images())
+    x = _images()
+    return model_state.compile_once(run.lower(x))(x)  # cheap settings: init's draws compile slowly
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -339,7 +341,7 @@ def test_adam_steps_reduce_loss_and_reach_every_parameter():
         (new_params, _, _), losses = jax.lax.scan(step, (params, tx.init(params), stats), length=8)
         return params, new_params, losses
 
-    params, new_params, losses = train()
+    params, new_params, losses = model_state.compile_once(train.lower())()
     assert bool(jnp.all(jnp.isfinite(losses)))
     assert float(losses[-1]) < float(losses[0]) - 0.1
     # The head starts at zero, so a leaf that never moves would mean a branch gets no gradient.

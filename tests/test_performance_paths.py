@@ -20,6 +20,7 @@ from fer_flax import cpu
 from fer_flax.cpu.compiler import CPU_COMPILER_OPTIONS, XLA_DEFAULT_OPTIONS
 from fer_flax.cpu.kernels import conv_general_dilated, max_pool
 from fer_flax.models import create_model
+from tests.model_helpers import compiled_init
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +99,7 @@ def test_the_option_keeps_convolutions_out_of_ynnpack(monkeypatch):
     # process-wide through XLA_FLAGS; tests/test_cpu_corner.py checks that route).
     model = create_model("cnn", variant="tiny", num_classes=7, **cpu.model_ops())
     x = jnp.zeros((4, 48, 48, 1))
-    variables = model.init({"params": jax.random.key(0)}, x, train=False)
+    variables = compiled_init(model, x)
 
     def loss(params, x):
         (logits, _), _ = model.apply(
@@ -134,7 +135,7 @@ def test_compiled_training_gradient_of_a_batchnorm_cnn_equals_eager(ops):
     kernels = cpu.model_ops() if ops == "cpu" else {}
     model = create_model("cnn", variant="small_bn", num_classes=7, dropout=0.0, **kernels)
     x = jax.random.uniform(jax.random.key(1), (16, 48, 48, 1))
-    variables = model.init({"params": jax.random.key(0)}, x, train=False)
+    variables = compiled_init(model, x)
 
     def loss(params):
         (logits, _), _ = model.apply(

@@ -44,6 +44,7 @@ from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.interrupts import TrainingInterrupted
 from fer_flax.workdir import IncompatibleWorkdirError
 from tests import fault_injection
+from tests.model_helpers import compiled_initial_variables
 
 # One worker trains the module's recipe run.
 pytestmark = pytest.mark.xdist_group("recipe_run")
@@ -118,7 +119,7 @@ def test_train_step_updates_ema_by_hand_and_not_on_a_skipped_step(monkeypatch):
     model = model_state.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=4, total_steps=4)
     tx = optim.create_optimizer(config.optim, schedule)
-    variables = model_state.initial_variables(model, jax.random.key(0))
+    variables = compiled_initial_variables(model, jax.random.key(0))
     state = model_state.EmaTrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -283,7 +284,7 @@ class _OldTrainState(train_state.TrainState):
 
 def _state(model, tx, cls=None, *, ema_on: bool, seed: int = 0):
     cls = cls or (model_state.EmaTrainState if ema_on else model_state.TrainState)
-    variables = model_state.initial_variables(model, jax.random.key(seed))
+    variables = compiled_initial_variables(model, jax.random.key(seed))
     extra = {}
     if ema_on:
         extra = {

@@ -52,7 +52,7 @@ def run_cli(workdir: Path, kill_at: str | None, *args: str) -> subprocess.Comple
 
 def final_model(workdir: Path, config) -> dict:
     model = model_state.create_model(config)
-    template = model_state.initial_variables(model, jax.random.key(1))
+    template = jax.eval_shape(lambda: model_state.initial_variables(model, jax.random.key(1)))
     ckpt = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
     try:
         restored, _ = ckpt.restore_model(
