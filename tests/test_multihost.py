@@ -46,13 +46,15 @@ def _free_port() -> int:
 
 
 def _env(cache_dir: Path) -> dict[str, str]:
+    # 2 devices per process; conftest's other XLA flags (its cheap machine-code settings) stay.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("SLURM_", "FER_FLAX_", "JAX_COORDINATOR", "PYTEST_"))
     }
     env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=2"]),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(REPO),
         WANDB_MODE="disabled",
