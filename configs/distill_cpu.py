@@ -11,6 +11,10 @@ CPU recipe over three seeds (about 21 minutes each on 2 CPU cores), then the stu
 
 Without teachers this config trains the plain student (the CPU recipe for 30 epochs).
 
+Result with the three seeds as teachers (PublicTest 0.6664, 0.6672, 0.6687; their ensemble 0.6731):
+PublicTest 0.6678, flip TTA; curve, timing and commands in benchmarks/RESULTS.md ("Seeds, ensemble and
+a distilled student of the CPU recipe").
+
 Why these choices (docs/distillation.md):
 - The CPU recipe's model, optimiser, augmentation, EMA and flip TTA (configs/cpu_recipe.py), so the
   student differs from a teacher only in what it learns from and how long.
@@ -18,8 +22,9 @@ Why these choices (docs/distillation.md):
   training (flip views, each teacher's own eval_tta) and reused by reruns, and a step then costs what
   a plain step does; on the fly the student would pay three teachers' forward passes per step
   (benchmarks/RESULTS.md, "Distillation modes").
-- 30 epochs: the CPU recipe's 25 take 20.6 minutes on 2 CPU cores (evaluations included), so 30 fit
-  30 minutes with room for the teachers' one-off inference and a busy machine.
+- 30 epochs: the CPU recipe's 25 take 20.6 minutes on 2 CPU cores (evaluations included), so 30 take
+  about 25 minutes there, plus a minute or two for the teachers' one-off inference (on a slower
+  2-core machine the whole command took 33.7 minutes).
 - alpha 0.3, T 2: an ensemble of the seeds is more accurate than any one of them, so most of the
   weight goes to its probabilities; the teachers were trained with label smoothing, which already
   softens their outputs, so a low temperature keeps their class ranking visible (at T 4 the seven
