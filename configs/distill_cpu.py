@@ -22,9 +22,8 @@ Why these choices (docs/distillation.md):
   training (flip views, each teacher's own eval_tta) and reused by reruns, and a step then costs what
   a plain step does; on the fly the student would pay three teachers' forward passes per step
   (benchmarks/RESULTS.md, "Distillation modes").
-- 30 epochs: the CPU recipe's 25 take 20.6 minutes on 2 CPU cores (evaluations included), so 30 take
-  about 25 minutes there, plus a minute or two for the teachers' one-off inference (on a slower
-  2-core machine the whole command took 33.7 minutes).
+- 30 epochs: 6/5 of the CPU recipe's training time, plus a minute or two for the teachers' one-off
+  inference (measured times in benchmarks/RESULTS.md).
 - alpha 0.3, T 2: an ensemble of the seeds is more accurate than any one of them, so most of the
   weight goes to its probabilities; the teachers were trained with label smoothing, which already
   softens their outputs, so a low temperature keeps their class ranking visible (at T 4 the seven

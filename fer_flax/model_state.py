@@ -103,8 +103,7 @@ def create_train_state(
             ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         )
 
-    lowered = jax.jit(init, out_shardings=parallel.replicated_sharding(mesh)).lower(rng)
-    return compile_once(lowered)(rng)
+    return run_once(jax.jit(init, out_shardings=parallel.replicated_sharding(mesh)), rng)
 
 
 # Options for programs that run once (initialisation): XLA's expensive backend passes make a deep net's
@@ -121,6 +120,11 @@ def compile_once(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
         return lowered.compile(compiler_options=_RUN_ONCE_COMPILER_OPTIONS)
     except Exception:  # an XLA build that does not know an option: fall back to the defaults
         return lowered.compile()
+
+
+def run_once(jitted: Any, *args: Any) -> Any:
+    """Calls a `jax.jit`-wrapped function compiled by `compile_once`: for a program run once."""
+    return compile_once(jitted.lower(*args))(*args)
 
 
 def variables(state: TrainState) -> dict:

@@ -29,14 +29,12 @@ def compiled_init(model, x, rngs=None, *, train: bool = False) -> dict:
     is a program of its own compiled with full optimisation, which for a deep net's many parameter
     shapes costs minutes of CPU; the values are the same."""
     rngs = {"params": jax.random.key(0)} if rngs is None else rngs
-    lowered = jax.jit(lambda r, x: model.init(r, x, train=train)).lower(rngs, x)
-    return model_state.compile_once(lowered)(rngs, x)
+    return model_state.run_once(jax.jit(lambda r, x: model.init(r, x, train=train)), rngs, x)
 
 
 def compiled_initial_variables(model, rng) -> dict:
     """`model_state.initial_variables`, compiled like `compiled_init`."""
-    lowered = jax.jit(lambda r: model_state.initial_variables(model, r)).lower(rng)
-    return model_state.compile_once(lowered)(rng)
+    return model_state.run_once(jax.jit(lambda r: model_state.initial_variables(model, r)), rng)
 
 
 def init_shapes(model):

@@ -166,7 +166,7 @@ def test_every_variant_has_its_pinned_parameter_count_and_finite_logits(family, 
     )
     variables = stand_in_variables(shapes)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    logits, aux = model_state.compile_once(forward.lower(variables, x))(variables, x)
+    logits, aux = model_state.run_once(forward, variables, x)
     assert logits.shape == (1, 7) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
     assert aux == {}  # extras (GoogLeNet's auxiliary logits) exist only in training
