@@ -14,9 +14,11 @@ Rows are ranked by validation accuracy only. Test figures are shown for reading,
 or select: choosing the model with the best test score would turn the test set into a second
 validation set.
 
-Training time is `train_seconds_this_run` from `summary.json`: the time spent in training steps by the
-last invocation, so a resumed run shows only its last part. Images/s is the median of the
-logged training windows (robust to the first window, which includes compilation).
+Training time is the sum of the logged training windows' `train/seconds` in `metrics.jsonl`: the time
+spent in training steps (compilation included) by every invocation of a resumed run, less the work a
+kill lost after the last checkpoint. Runs whose records lack it show `train_seconds_this_run` from
+`summary.json` (the last invocation only). Images/s is the median of the logged training windows
+(robust to the first window, which includes compilation).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def run_record(workdir: str) -> dict:
     records = tracking.read_metrics(metrics_path) if os.path.isfile(metrics_path) else []
     val = {r["step"]: r for r in records if "val/accuracy" in r}
     train_rates = [r["train/images_per_sec"] for r in records if "train/images_per_sec" in r]
+    window_seconds = [r["train/seconds"] for r in records if "train/seconds" in r]
 
     best_step = summary.get("best_step") if summary else None
     if best_step not in val and val:
@@ -110,7 +113,9 @@ def run_record(workdir: str) -> dict:
         "test": None
         if test is None
         else {k: test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "tta")},
-        "train_seconds": summary.get("train_seconds_this_run") if summary else None,
+        "train_seconds": float(sum(window_seconds))
+        if window_seconds
+        else (summary.get("train_seconds_this_run") if summary else None),
         "images_per_sec": float(np.median(train_rates[1:] or train_rates)) if train_rates else None,
     }
 

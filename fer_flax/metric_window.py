@@ -67,6 +67,9 @@ class MetricWindow:
         summary = dict(window["means"])
         summary["skipped_updates"] = window["skipped"]
         summary["images_per_sec"] = self.steps * self.config.batch_size / max(elapsed, 1e-9)
+        # The window's wall time: their sum over metrics.jsonl, which a resume cuts back to its
+        # checkpoint, is the run's training time over every invocation.
+        summary["seconds"] = elapsed
         summary["epoch"] = step / self.steps_per_epoch
         self.writer.write(step, {f"train/{k}": v for k, v in summary.items()})
         self.progress.update(step, f"loss {summary['loss']:.3f}")

@@ -66,7 +66,7 @@ def final_model(workdir: Path, config) -> dict:
 def comparable_metrics(workdir: Path) -> list[dict]:
     """Every line of metrics.jsonl (a resume drops what was logged after its checkpoint, so no step
     repeats), minus the wall-clock figures."""
-    drop = {"time", "train/images_per_sec"}
+    drop = {"time", "train/images_per_sec", "train/seconds"}
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
 

@@ -101,7 +101,8 @@ def test_leaderboard_by_hand(tmp_path):
         variant="tiny",
         params=45_000,
         records=[
-            {"step": 5, "train/images_per_sec": 50.0},
+            {"step": 3, "train/images_per_sec": 40.0, "train/seconds": 61.0},  # windows' times add up
+            {"step": 5, "train/images_per_sec": 50.0, "train/seconds": 10.0},
             {"step": 5, "val/accuracy": 0.9, "val/macro_f1": 0.1, "val/balanced_accuracy": 0.1},
             {"step": 5, "val/accuracy": 0.8, "val/macro_f1": 0.75, "val/balanced_accuracy": 0.7},
         ],
@@ -113,7 +114,8 @@ def test_leaderboard_by_hand(tmp_path):
     table = leaderboard.leaderboard([str(tmp_path)])
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert rows == [
-        "| 1 | group/run_b (running) | cnn | tiny | 45.0k | 0.8000 | 0.7500 | 0.7000 | — | — | — | — | 50 |",
+        "| 1 | group/run_b (running) | cnn | tiny | 45.0k | 0.8000 | 0.7500 | 0.7000 | — | — | — "
+        "| 0:01:11 | 50 |",
         "| 2 | run_a | cnn | small | 1.23M | 0.7000 | 0.6000 | 0.6500 | 0.6600 | 0.5500 | 0.6000 "
         "| 1:02:05 | 250 |",
     ]
@@ -170,6 +172,15 @@ def test_multiseed_resumes_trains_evaluates_and_aggregates(run, tmp_path):
     assert result["splits"]["test"]["accuracy"]["n"] == 2
     best_val = [leaderboard.run_record(str(root / f"seed_{s}"))["best_val_accuracy"] for s in (0, 1)]
     assert result["training"]["best_val_accuracy"]["values"] == best_val
+    # Training time comes from the runs' metrics, so the seed trained before this call counts too.
+    seconds = result["training"]["train_seconds"]["values"]
+    assert all(s > 0 for s in seconds), seconds
+    logged = [
+        r["train/seconds"]
+        for r in tracking.read_metrics(root / "seed_0" / "metrics.jsonl")
+        if "train/seconds" in r
+    ]
+    assert seconds[0] == pytest.approx(sum(logged))
 
     saved = json.loads((root / "multiseed.json").read_text())
     assert saved["splits"]["test"]["macro_f1"] == result["splits"]["test"]["macro_f1"]
