@@ -10,13 +10,16 @@ import os
 import tempfile
 from pathlib import Path
 
-# LLVM's cheap settings for the machine code: XLA's HLO passes (fusion, the CPU option's choice of
-# libraries) are the ones users run, and the suite, which spends most of its time compiling small
-# programs, compiles about a sixth faster (benchmarks/RESULTS.md, "Test suite").
+# Cheap code generation: the suite spends most of its time compiling small programs, and runs each
+# only a few times. LLVM's cheap settings for the machine code, and XLA:CPU's classic loop emitters
+# for fusions instead of its MLIR fusion emitters, which take three to four times longer to compile
+# (benchmarks/RESULTS.md, "Test suite"). XLA's HLO optimisation is the one users run: the same
+# fusion decisions (except that reductions stay outside loop fusions) and the same choice of
+# libraries (the CPU option's YNNPACK reductions).
 os.environ.setdefault(
     "XLA_FLAGS",
     "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-    " --xla_llvm_disable_expensive_passes=true",
+    " --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false",
 )
 os.environ.setdefault("WANDB_SILENT", "true")
 # Many tests compile the same small programs (the smoke CNN's steps, for instance), also in the

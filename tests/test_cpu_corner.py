@@ -80,12 +80,18 @@ def test_cpu_kernels_give_the_stock_logits_and_gradients(family):
         np.testing.assert_allclose(g, ref, rtol=0, atol=1e-3 * scale, err_msg=jax.tree_util.keystr(path))
 
 
+# The HLO users' processes compile: conftest's XLA_FLAGS choose XLA:CPU's classic fusion emitters for
+# the suite's speed, under which XLA rewrites some ops differently.
+_USERS_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
+
+
 def _compiled_cnn(model):
     """The compiled HLO of the tiny CNN's forward pass, and the op names in its training-mode
     parameter gradient's."""
     x = jnp.zeros((2, 48, 48, 1))
     variables = compiled_init(model, x)
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0]).lower(variables, x).compile().as_text()
+    lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)[0]).lower(variables, x)
+    forward = lowered.compile(_USERS_EMITTERS).as_text()
 
     def loss(params):
         (logits, _), _ = model.apply(
@@ -96,7 +102,7 @@ def _compiled_cnn(model):
         )
         return jnp.sum(logits)
 
-    backward = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().as_text()
+    backward = jax.jit(jax.grad(loss)).lower(variables["params"]).compile(_USERS_EMITTERS).as_text()
     return forward, set(re.findall(r"= \S+ ([a-z][\w\-]*)\(", backward))
 
 
