@@ -168,6 +168,8 @@ def get_base_config() -> ConfigDict:
     # the next best.
     c.checkpoint_keep_best = 2
     c.progress_bar = True
+    # <workdir>/curves.png (loss and accuracy against step) at the end of a run.
+    c.curves_png = True
     # A non-finite loss or gradient: "stop" raises (naming the step and the last good checkpoint);
     # "skip" keeps the previous parameters, optimizer state and BatchNorm statistics for that step
     # and counts it in `train/skipped_updates`. A non-finite state is never checkpointed either way.
@@ -269,6 +271,7 @@ def use_smoke_settings(c: ConfigDict, variant: str | None = None) -> None:
     c.optim.warmup_epochs = 0.25
     c.log_every_steps = 2
     c.progress_bar = False
+    c.curves_png = False
     c.wandb.mode = "disabled"
     # Tests of a family need one evaluation per run, not four (raw/EMA x flip): EMA and TTA have
     # their own tests.

@@ -47,6 +47,7 @@ def get_config(arg: str = ""):
         c.num_epochs = 2.0
         c.log_every_steps = 4
         c.progress_bar = False
+        c.curves_png = False  # tests that check the picture switch it on
         c.wandb.mode = "disabled"
     else:
         check_arg(arg, ("", "real", "smoke"))

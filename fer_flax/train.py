@@ -347,7 +347,8 @@ def _finish(
         summary["final_lr_scale"] = float(jax.device_get(optim.get_plateau(state.opt_state).scale))
     if run.is_main:
         workdir_lib.write_json(workdir_lib.path(run.workdir, workdir_lib.SUMMARY_FILE), summary)
-        workdir_lib.plot_curves(run.workdir, f"{config.model_name}/{config.model.variant}", run.say)
+        if config.curves_png:
+            workdir_lib.plot_curves(run.workdir, f"{config.model_name}/{config.model.variant}", run.say)
     final = f"{evaluation.val['accuracy']:.4f}"
     best = f"step {summary['best_step']}"
     if run.use_ema:

@@ -141,6 +141,7 @@ def test_multiseed_resumes_trains_evaluates_and_aggregates(run, tmp_path):
     config = tiny_config()
     config.wandb.mode = "offline"  # also exercises the training loop's wandb evaluation media
     config.wandb.histogram_every_steps = 0
+    config.curves_png = True
     result = multiseed.run(config, [0, 1], str(root), eval_splits=("val", "test"), announce=lambda *_: None)
     assert (root / "seed_0" / "metrics.jsonl").read_text() == seed0_log
     assert json.loads((root / "seed_1" / "summary.json").read_text())["final_step"] == 4

@@ -29,6 +29,7 @@ def read_jsonl(path):
 
 def test_end_to_end_writes_outputs_and_best_checkpoint_reproduces_val_metrics(tmp_path):
     config = smoke_config()
+    config.curves_png = True
     workdir = str(tmp_path / "run")
     summary = train.train_and_evaluate(config, workdir)
 
