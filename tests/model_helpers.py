@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fer_flax import model_state
 
@@ -40,25 +37,6 @@ def compiled_initial_variables(model, rng) -> dict:
 def init_shapes(model):
     """The variables' shapes and dtypes for a 48×48 input, without computing anything."""
     return jax.eval_shape(lambda x: init_variables(model, x), jnp.zeros((1, 48, 48, 1)))
-
-
-def stand_in_variables(shapes, seed: int = 0):
-    """Variables of the given shapes filled on the host: normal kernels and embeddings scaled by
-    1/sqrt(fan-in), BatchNorm and LayerNorm at their identity, zero biases. A forward pass through them
-    is as well-conditioned as through the model's initial variables, without compiling the model's
-    initialisers (for a deep net the init program compiles ~10x longer than its forward)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, leaf.dtype)
-        if name in ("bias", "mean"):
-            return np.zeros(leaf.shape, leaf.dtype)
-        fan_in = math.prod(leaf.shape[:-1]) or 1
-        return (rng.standard_normal(leaf.shape) / math.sqrt(fan_in)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def mlp_head_params(features: int, head_widths, num_classes: int) -> int:
