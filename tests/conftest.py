@@ -6,6 +6,7 @@ code, see below).
 XLA reads its flags when the backend starts, so both happen before any test touches a device.
 """
 
+import importlib.metadata
 import os
 import tempfile
 from pathlib import Path
@@ -15,12 +16,12 @@ from pathlib import Path
 # for fusions instead of its MLIR fusion emitters, which take three to four times longer to compile
 # (benchmarks/RESULTS.md, "Test suite"). XLA's HLO optimisation is the one users run: the same
 # fusion decisions (except that reductions stay outside loop fusions) and the same choice of
-# libraries (the CPU option's YNNPACK reductions).
-os.environ.setdefault(
-    "XLA_FLAGS",
-    "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-    " --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false",
-)
+# libraries (the CPU option's YNNPACK reductions). An unknown flag aborts XLA, so the emitter choice
+# is made only on the jaxlib it was checked on; others compile with their default emitters.
+_CHEAP_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if importlib.metadata.version("jaxlib").startswith("0.10."):
+    _CHEAP_CODEGEN += " --xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {_CHEAP_CODEGEN}")
 os.environ.setdefault("WANDB_SILENT", "true")
 # Many tests compile the same small programs (the smoke CNN's steps, for instance), also in the
 # subprocesses some tests start. A persistent compilation cache shared by all of them turns the
@@ -36,9 +37,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # way; the allocator has its own tests in fresh processes (test_performance_paths, test_cpu_corner).
 os.environ.setdefault("FER_FLAX_MALLOC_DEFAULTS", "1")
 
-import pytest
+import pytest  # noqa: E402 (after the environment above, which XLA reads at start-up)
 
-from fer_flax import cpu
+from fer_flax import cpu  # noqa: E402
 
 cpu.configure_process()
 

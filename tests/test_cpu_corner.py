@@ -80,9 +80,13 @@ def test_cpu_kernels_give_the_stock_logits_and_gradients(family):
         np.testing.assert_allclose(g, ref, rtol=0, atol=1e-3 * scale, err_msg=jax.tree_util.keystr(path))
 
 
-# The HLO users' processes compile: conftest's XLA_FLAGS choose XLA:CPU's classic fusion emitters for
-# the suite's speed, under which XLA rewrites some ops differently.
-_USERS_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
+# The HLO users' processes compile: conftest's XLA_FLAGS may choose XLA:CPU's classic fusion emitters
+# for the suite's speed, under which XLA rewrites some ops differently.
+_USERS_EMITTERS = (
+    {"xla_cpu_use_fusion_emitters": True}
+    if "--xla_cpu_use_fusion_emitters=false" in os.environ.get("XLA_FLAGS", "")
+    else {}
+)
 
 
 def _compiled_cnn(model):
