@@ -209,6 +209,7 @@ def _assert_close(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.xdist_group("device_input_tiny")  # shares the module's `tiny` fixture
 @pytest.mark.parametrize("pipeline", ["device", "grain"])
 def test_k_steps_per_call_give_the_parameters_of_k_single_steps(tiny, pipeline):
     mesh = parallel.make_mesh()
@@ -217,6 +218,7 @@ def test_k_steps_per_call_give_the_parameters_of_k_single_steps(tiny, pipeline):
     _assert_close(in_calls, single)
 
 
+@pytest.mark.xdist_group("device_input_tiny")  # shares the module's `tiny` fixture
 def test_four_devices_with_the_split_sharded_give_the_result_of_one(tiny):
     config = _config("device", 2)
     config.data.device_layout = "sharded"

@@ -121,6 +121,7 @@ def test_a_teacher_that_is_the_students_initial_function_gives_no_distillation_g
     assert other["grad_norm"] > 1e-2 and other["distill_kl"] > 1e-4
 
 
+@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
 def test_cached_targets_equal_the_on_the_fly_teachers_on_the_clean_view(teacher_run):
     """Two checkpoints of the tiny run as an ensemble, flip views: the host path through
     fer_flax.inference (40 images in padded batches of 32) against the step's own function."""
@@ -138,6 +139,7 @@ def test_cached_targets_equal_the_on_the_fly_teachers_on_the_clean_view(teacher_
     assert not np.allclose(cached[:, 0], cached[0, 0])  # image-dependent targets: the test can fail
 
 
+@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
 @pytest.mark.slow
 def test_a_distilled_run_trains_records_its_teachers_and_refuses_others_on_resume(teacher_run, tmp_path):
     c = tiny_config()
@@ -162,6 +164,7 @@ def test_a_distilled_run_trains_records_its_teachers_and_refuses_others_on_resum
         train.train_and_evaluate(c, workdir)
 
 
+@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
 def test_bad_teachers_fail_before_training_and_are_named(teacher_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -109,6 +109,7 @@ def test_every_variant_traces_both_modes(variant):
     assert set(state) == {"batch_stats"}
 
 
+@pytest.mark.xdist_group("resnet_smallest")  # shares the module's `smallest` fixture
 def test_smallest_forward_is_finite_and_updates_batch_stats(smallest):
     model, variables, _, _ = smallest
     x = jax.random.normal(jax.random.key(1), (2, 48, 48, 1))
@@ -154,6 +155,7 @@ def test_complex_head_layers():
     assert params["classifier"]["kernel"].shape == (256, 7)
 
 
+@pytest.mark.xdist_group("resnet_smallest")  # shares the module's `smallest` fixture
 def test_zero_init_residual_makes_blocks_start_as_identity(smallest):
     _, variables, zero_model, zero_variables = smallest
     params, zero_params = variables["params"], zero_variables["params"]

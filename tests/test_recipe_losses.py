@@ -326,6 +326,7 @@ def loss_and_logits(state, batch, config, counts=COUNTS):
     return float(loss), np.asarray(logits)
 
 
+@pytest.mark.xdist_group("recipe_losses_setup")  # shares the module's `setup` fixture
 def test_train_loss_applies_weights_and_adjustment_to_the_training_logits(setup):
     state, batch = setup
     labels = batch["label"]
@@ -347,6 +348,7 @@ def test_train_loss_applies_weights_and_adjustment_to_the_training_logits(setup)
     assert weighted_loss == pytest.approx(float(np.mean(w[labels] * ce)), rel=1e-5)
 
 
+@pytest.mark.xdist_group("recipe_losses_setup")  # shares the module's `setup` fixture
 def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
     state, batch = setup
     b = len(batch["label"])
@@ -378,6 +380,7 @@ def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
         steps.logits_step(state.apply_fn, variables, batch["image"], tta_mode="fivecrop")
 
 
+@pytest.mark.xdist_group("recipe_losses_setup")  # shares the module's `setup` fixture
 def test_ten_crop_training_averages_the_loss_over_every_crop(setup):
     state, batch = setup
     config = step_config(**{"augment.ten_crop": True})

@@ -1,7 +1,7 @@
 """Sweeps (fer_flax.sweep): a killed sweep resumes without running any trial twice, pruning stops a
 trial below the median, the best config reproduces its trial, and a bad space file is named.
 
-The trials are the smoke CNN on 128 synthetic faces (4 steps an epoch); the sweeps run as the
+The trials are the smoke CNN on 64 synthetic faces (4 steps of 16 an epoch); the sweeps run as the
 command a user types, in subprocesses, since what is tested is how processes stop and resume.
 """
 
@@ -25,11 +25,11 @@ from fer_flax.sweep_trial import TrialSetup
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "--config.data.synthetic_train=128",
-    "--config.data.synthetic_val=64",
-    "--config.batch_size=32",
-    "--config.eval_batch_size=64",
+TINY = [  # 4 steps of 16 an epoch
+    "--config.data.synthetic_train=64",
+    "--config.data.synthetic_val=32",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=32",
 ]
 
 
@@ -81,6 +81,8 @@ def killed_and_resumed(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("sweep")  # with the other user of the fixture: one worker builds it, once
 def test_a_killed_sweep_resumes_its_trials_and_runs_none_twice(killed_and_resumed):
     workdir = killed_and_resumed
     assert trial_states(workdir) == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE}
@@ -140,8 +142,8 @@ def test_pruning_stops_a_real_run_below_the_median(tmp_path, monkeypatch):
     perfect = {step: 1.0 for step in range(0, 201)}  # two finished trials at accuracy 1 at every step
     for _ in range(2):
         study.add_trial(finished_trial(1.0, perfect))
-    overrides = {"data.synthetic_train": 128, "data.synthetic_val": 64, "batch_size": 32}
-    overrides.update({"eval_batch_size": 64, "num_epochs": 50.0})  # 200 steps, evaluated every 4
+    overrides = {"data.synthetic_train": 64, "data.synthetic_val": 32, "batch_size": 16}
+    overrides.update({"eval_batch_size": 32, "num_epochs": 50.0})  # 200 steps, evaluated every 4
     config = sweep_space.trial_config("configs/simple_cnn.py:smoke", overrides)
     space = sweep_space.load_space("sweeps/smoke.py", config)
     setup = TrialSetup(str(workdir), "configs/simple_cnn.py:smoke", overrides, space)
