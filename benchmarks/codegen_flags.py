@@ -1,6 +1,7 @@
 """What XLA:CPU's code-generation flags cost in compile time and buy in step time: the train step of
-each family's smoke config (batch 32, 4 simulated devices, as in the tests), compiled and run in a
-fresh process per flag set (XLA reads its flags when the backend starts).
+each family's smoke config (its model and recipe at batch 32 on 4 simulated devices, as in the tests;
+`benchmarks/train_step_setup.py` builds the step, on a fixed random batch), compiled and run in a fresh
+process per flag set (XLA reads its flags when the backend starts).
 
   python benchmarks/codegen_flags.py                       # the families below, the flag sets below
   python benchmarks/codegen_flags.py simple_cnn beefy      # some configs only
@@ -12,7 +13,6 @@ from these figures: the suite compiles hundreds of small programs and runs each 
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import subprocess
@@ -40,36 +40,22 @@ FLAG_SETS = {
 def measure(config_name: str) -> str:
     """Compiles and times the smoke config's train step in this process (flags already set)."""
     import jax
-    import numpy as np
 
-    from fer_flax import model_state, optim, parallel, runtime, steps
+    from benchmarks.train_step_setup import build_train_step
+    from fer_flax import parallel, runtime
 
     runtime.start()
     config = importlib.import_module(f"configs.{config_name}").get_config("smoke")
-    mesh = parallel.make_mesh()
-    schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=8, total_steps=8)
-    state = model_state.create_train_state(
-        model_state.create_model(config),
-        optim.create_optimizer(config.optim, schedule),
-        jax.random.key(0),
-        mesh,
-    )
-    batch = {
-        "image": np.zeros((config.batch_size, 48, 48, 1), np.uint8),
-        "label": np.zeros((config.batch_size,), np.int32),
-    }
-    batch = parallel.to_global_batch(batch, mesh)
-    rng = parallel.replicate(jax.random.key(1), mesh)
-    step = jax.jit(functools.partial(steps.train_step, config=config, schedule=schedule))
-    lowered = step.lower(state, batch, rng)
+    setup = build_train_step(config, parallel.make_mesh())
+    lowered = setup.step.lower(setup.state, setup.device_batch, setup.key)
     wall, cpu = time.perf_counter(), time.process_time()
     compiled = lowered.compile()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    state, _ = compiled(state, batch, rng)
+    state, _ = compiled(setup.state, setup.device_batch, setup.key)
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(5):
-        state, metrics = compiled(state, batch, rng)
+        state, metrics = compiled(state, setup.device_batch, setup.key)
     jax.block_until_ready((state, metrics))
     step_ms = (time.perf_counter() - start) / 5 * 1000
     return f"compile {wall:5.2f} s wall {cpu:5.2f} s CPU | step {step_ms:6.0f} ms"
