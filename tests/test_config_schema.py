@@ -21,7 +21,7 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIG_ARGS = {
     "beefy": ("", "smoke"),
     "cct": ("", "2_3x2", "smoke"),
-    "cpu_recipe": ("", "smoke"),
+    "cpu_recipe": ("", "tuned", "smoke"),
     "distill_cpu": ("", "smoke"),
     "ferplus": ("", "gpu", "smoke"),
     "googlenet": ("", "noaux", "smoke"),
