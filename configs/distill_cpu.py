@@ -35,10 +35,11 @@ from configs.common import check_arg, use_smoke_settings
 
 
 def get_config(arg: str = ""):
-    """'' is the student (teachers from --config.distill.teachers); 'smoke' a few steps of it on
-    synthetic data (tests)."""
-    check_arg(arg, ("", "smoke"))
-    c = cpu_recipe.get_config()
+    """'' is the student (teachers from --config.distill.teachers); 'tuned' the same student with the
+    tuned recipe's values (`configs/cpu_recipe.py:tuned`); 'smoke' a few steps of it on synthetic data
+    (tests)."""
+    check_arg(arg, ("", "tuned", "smoke"))
+    c = cpu_recipe.get_config("tuned" if arg == "tuned" else "")
     c.num_epochs = 30.0
     c.eval_every_epochs = 5.0
     c.distill.mode = "cached"
