@@ -8,6 +8,8 @@ core count a VM exposes), so their MFU is not reported; the achieved TFLOP/s is.
 
 from __future__ import annotations
 
+from typing import Any
+
 # device_kind substring -> (bfloat16, TF32) dense tensor-core peaks.
 GPU_PEAK_TFLOPS: dict[str, tuple[float, float]] = {
     "H200": (989.4, 494.7),  # SXM
@@ -23,4 +25,16 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
     for name, (bf16, tf32) in GPU_PEAK_TFLOPS.items():
         if name in device_kind:
             return {"bfloat16": bf16, "float32": tf32}.get(dtype)
+    return None
+
+
+def step_flops(lowered: Any) -> float | None:
+    """XLA's FLOP count of a lowered jitted function: the count before optimisation where the backend
+    gives one (no compilation needed), else the compiled executable's (jax's GPU backend answers None
+    before compilation); None when neither has a count."""
+    for analyse in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
+        cost = analyse()
+        cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost  # a list in older jax
+        if cost and cost.get("flops", 0) > 0:
+            return float(cost["flops"])
     return None

@@ -21,7 +21,7 @@
 # Knobs (environment): GPU_CHECK_BATCH (throughput batch, default 2048), GPU_CHECK_STEPS (20),
 # GPU_CHECK_FAMILIES (comma-separated, default every family in fer_flax.models.FAMILIES),
 # GPU_CHECK_COMPARE_BATCH (1024), GPU_CHECK_CONFIG (configs/beefy.py), GPU_CHECK_EPOCHS (30),
-# GPU_CHECK_TRAIN_SECONDS (120).
+# GPU_CHECK_TRAIN_SECONDS (120; 0 skips phase 5).
 # wandb is never needed: every run here has it disabled, and fer_flax imports it lazily.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -112,15 +112,19 @@ print(jax.devices())
     --batch "$compare_batch" --windows 3 --steps 5 --json "$OUT/compare_torch.json" ||
     echo "gpu_check: compare_torch stopped (exit $?)"
 
-  phase "5/5 $config, bfloat16, real data, $epochs epochs or ${train_seconds} s, whichever first"
   local start
   start=$(date +%s.%N)
-  timeout --signal=KILL "$train_seconds" python3 -m fer_flax.main --config "$config" \
-    --workdir "$work/run" --config.data.path="$DATA" --config.data.cache_dir="$work/cache" \
-    --config.dtype=bfloat16 --config.num_epochs="$epochs" --config.wandb.mode=disabled \
-    --config.wandb.histogram_every_steps=0 ||
-    echo "gpu_check: training stopped (exit $?; 137 = the time limit)"
-  cp "$work/run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null
+  if ((train_seconds > 0)); then
+    phase "5/5 $config, bfloat16, real data, $epochs epochs or ${train_seconds} s, whichever first"
+    timeout --signal=KILL "$train_seconds" python3 -m fer_flax.main --config "$config" \
+      --workdir "$work/run" --config.data.path="$DATA" --config.data.cache_dir="$work/cache" \
+      --config.dtype=bfloat16 --config.num_epochs="$epochs" --config.wandb.mode=disabled \
+      --config.wandb.histogram_every_steps=0 ||
+      echo "gpu_check: training stopped (exit $?; 137 = the time limit)"
+    cp "$work/run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null
+  else
+    phase "5/5 skipped (GPU_CHECK_TRAIN_SECONDS=0: the time-to-accuracy suite trains instead)"
+  fi
 
   phase "summary"
   python3 - "$OUT" "$start" "$config" "$work/run/config.json" <<'PY' | tee "$OUT/summary.txt"

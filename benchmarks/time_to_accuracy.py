@@ -102,7 +102,7 @@ def family_config(name: str, args: argparse.Namespace, epochs: dict[str, float])
 
 
 def train_flops_per_image(config) -> float | None:
-    """XLA's FLOP count of one train step of `config` (before optimisation), per training image."""
+    """XLA's FLOP count of one train step of `config` (`device_peaks.step_flops`), per training image."""
     mesh = parallel.make_mesh()
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
     state = model_state.create_train_state(
@@ -117,9 +117,8 @@ def train_flops_per_image(config) -> float | None:
         {"image": np.zeros((local, 48, 48, 1), np.uint8), "label": np.zeros(local, np.int32)}, mesh
     )
     step = jax.jit(functools.partial(steps.train_step, config=config, schedule=schedule))
-    cost = step.lower(state, batch, jax.random.key(1)).cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"]) / config.batch_size if cost and "flops" in cost else None
+    flops = device_peaks.step_flops(step.lower(state, batch, jax.random.key(1)))
+    return flops / config.batch_size if flops else None
 
 
 def _stop_after(seconds: float, done: threading.Event) -> None:
@@ -195,7 +194,8 @@ def report(name: str, config, outcome: dict[str, Any], flops: float | None, peak
     outcome["train_gflop_per_image"] = flops / 1e9 if flops else None
     outcome["mfu"] = rate * flops / (peak * 1e12 * jax.device_count()) if rate and flops and peak else None
     how = "finished" if outcome["finished"] else "cut at the time limit"
-    mfu = f"{outcome['mfu']:.1%}" if outcome["mfu"] is not None else "- (no peak known for this device)"
+    why = "no FLOP count" if not flops else "no peak known for this device"
+    mfu = f"{outcome['mfu']:.1%}" if outcome["mfu"] is not None else f"- ({why})"
     print(
         f"\n== {name}: configs/{FAMILIES[name].config}.py, {config.model_name}/{config.model.variant}, "
         f"{config.dtype}, batch {config.batch_size}, steps_per_call {config.steps_per_call}: {how} at "

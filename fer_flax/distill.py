@@ -24,11 +24,12 @@ distribution counts equally (as in `fer_flax.inference`'s ensembles).
 Modes:
   cached      p of every training image's augmentation-free view (with the teacher's TTA views of
               it), computed once before training through `fer_flax.inference` (the one inference path)
-              with progress lines, and stored in `<data cache>/distill/<key>.npy`. The key digests
-              each teacher's model, variables and views, T and the training images, so any run with
-              the same teachers, T, views and data reuses the file. The probabilities ride with each
-              batch (`ArraySplit.teacher_probs`) and go through ten-crop and mixing like the labels
-              (mixup mixes them with the same lambda). The student sees augmented images but the
+              with progress lines, and stored per teacher in `<data cache>/distill/<key>.npy`. The key
+              digests the teacher's model, variables and views, T and the training images, so any
+              run with that teacher, T, views and data reuses the file, in any ensemble; a run
+              averages its teachers' files. The probabilities ride with each batch
+              (`ArraySplit.teacher_probs`) and go through ten-crop and mixing like the labels (mixup
+              mixes them with the same lambda). The student sees augmented images but the
               teachers' answer for the clean one; a step costs what a plain one does.
   on_the_fly  the teachers' forward pass (inference mode, their TTA views) on the student's augmented
               and mixed batch inside the jitted train step: the teachers' apply functions are bound
@@ -102,7 +103,7 @@ class Distillation:
     mode: str
     alpha: float
     temperature: float
-    targets_file: str | None = None  # cached mode: the file of the teachers' probabilities
+    targets_files: tuple[str, ...] = ()  # cached mode: each teacher's probabilities, in order
 
     def models(self) -> steps.TeacherModels:
         return steps.TeacherModels(
@@ -124,7 +125,7 @@ class Distillation:
             "alpha": self.alpha,
             "temperature": self.temperature,
             "teachers": [t.record() for t in self.teachers],
-            "targets_file": self.targets_file,
+            "targets_files": list(self.targets_files),
         }
 
 
@@ -191,50 +192,68 @@ def teacher_targets(
     """float32 [N, K]: the teachers' probabilities at T of uint8 `images` [N, H, W(, C)] as they are
     (no augmentation), through `fer_flax.inference` with each teacher's views; what
     `steps.teacher_probabilities` computes inside the step, on the host. Says its progress."""
+    n = len(distillation.teachers)
+    probs = [
+        _one_teacher(t, distillation.temperature, images, batch_size, mesh, say, f"{i}/{n}")
+        for i, t in enumerate(distillation.teachers, 1)
+    ]
+    return _mean(probs)
+
+
+def _mean(probs: list[np.ndarray]) -> np.ndarray:
+    return (np.sum(np.asarray(probs, np.float64), axis=0) / len(probs)).astype(np.float32)
+
+
+def _one_teacher(
+    teacher: Teacher,
+    temperature: float,
+    images: np.ndarray,
+    batch_size: int,
+    mesh: jax.sharding.Mesh | None,
+    say: Callable[..., Any],
+    which: str = "1/1",
+) -> np.ndarray:
+    """float32 [N, K]: one teacher's softmax(mean logit over its views / T) of `images`."""
     n, step = len(images), max(1, _PROGRESS_IMAGES // batch_size) * batch_size
-    total = None
-    for i, teacher in enumerate(distillation.teachers, 1):
-        start, model, variables = time.perf_counter(), teacher.restored.model, teacher.restored.variables
-        for lo in range(0, n, step):
-            logits = inference.predict_logits(
-                model,
-                variables,
-                images[lo : lo + step],
-                batch_size=batch_size,
-                mesh=mesh,
-                tta_mode=teacher.tta_mode,
-                crop_size=teacher.crop_size,
-            )
-            probs = metrics.softmax(logits / distillation.temperature)
-            if total is None:
-                total = np.zeros((n, probs.shape[1]), np.float64)
-            total[lo : lo + len(probs)] += probs
-            done, seconds = min(lo + step, n), time.perf_counter() - start
-            say(
-                f"  teacher {i}/{len(distillation.teachers)} ({teacher.given}, {teacher.tta_mode} views): "
-                f"{done}/{n} images, {seconds:.0f} s ({done / max(seconds, 1e-9):.0f} images/s)"
-            )
-    return (total / len(distillation.teachers)).astype(np.float32)
+    start, model, variables = time.perf_counter(), teacher.restored.model, teacher.restored.variables
+    parts = []
+    for lo in range(0, n, step):
+        logits = inference.predict_logits(
+            model,
+            variables,
+            images[lo : lo + step],
+            batch_size=batch_size,
+            mesh=mesh,
+            tta_mode=teacher.tta_mode,
+            crop_size=teacher.crop_size,
+        )
+        parts.append(metrics.softmax(logits / temperature).astype(np.float32))
+        done, seconds = min(lo + step, n), time.perf_counter() - start
+        say(
+            f"  teacher {which} ({teacher.given}, {teacher.tta_mode} views): "
+            f"{done}/{n} images, {seconds:.0f} s ({done / max(seconds, 1e-9):.0f} images/s)"
+        )
+    return np.concatenate(parts)
 
 
-def _digest(distillation: Distillation, split: ArraySplit) -> str:
-    """The cache key: each teacher's model, variables and views, T, and the training images."""
+def _digest(teacher: Teacher, temperature: float, split: ArraySplit) -> str:
+    """One teacher's cache key: its model, variables and views, T, and the training images. Keys are
+    per teacher, so an ensemble reuses what its members already computed, alone or in other sets."""
     h = hashlib.sha256()
     about = {
         "version": _CACHE_VERSION,
-        "temperature": distillation.temperature,
+        "temperature": temperature,
         "images": list(split.images.shape),
         "teachers": [
-            {"model": t.restored.config.model.to_dict(), "family": t.restored.config.model_name}
-            | {"dtype": t.restored.config.get("dtype"), "tta": t.tta_mode, "crop_size": t.crop_size}
-            for t in distillation.teachers
+            {"model": teacher.restored.config.model.to_dict(), "family": teacher.restored.config.model_name}
+            | {"dtype": teacher.restored.config.get("dtype"), "tta": teacher.tta_mode}
+            | {"crop_size": teacher.crop_size}
         ],
     }
     h.update(json.dumps(about, sort_keys=True, default=str).encode())
-    for teacher in distillation.teachers:
-        for leaf in jax.tree.leaves(teacher.restored.variables):
-            local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
-            h.update(np.ascontiguousarray(np.asarray(local)).tobytes())
+    for leaf in jax.tree.leaves(teacher.restored.variables):
+        local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        h.update(np.ascontiguousarray(np.asarray(local)).tobytes())
     h.update(np.ascontiguousarray(split.images).tobytes())
     return h.hexdigest()[:32]
 
@@ -258,27 +277,32 @@ def with_targets(
     cache_dir: str,
     say: Callable[..., Any] = print,
 ) -> tuple[ArraySplit, Distillation]:
-    """In cached mode, the training `split` with its `teacher_probs` (read from `cache_dir`, or
-    computed with `config.eval_batch_size` and written there atomically by process 0) and the
-    distillation with its `targets_file`; on the fly, both unchanged. Multi-process runs always compute
-    the targets: every process takes part in the inference collectively."""
+    """In cached mode, the training `split` with its `teacher_probs` and the distillation with its
+    `targets_files`; on the fly, both unchanged. Each teacher's probabilities are read from
+    `cache_dir`, or computed with `config.eval_batch_size` and written there atomically by process 0,
+    then averaged over the teachers. Multi-process runs always compute them: every process takes part
+    in the inference collectively."""
     if distillation.mode != "cached":
         return split, distillation
-    batch_size = config.eval_batch_size
-    file = os.path.join(cache_dir, CACHE_FOLDER, f"{_digest(distillation, split)}.npy")
-    probs = None
-    if jax.process_count() == 1 and os.path.exists(file):
-        probs = _read_targets(file, (len(split), split.num_classes))
-        say(
-            f"Distillation targets: {file}"
-            + (" (cached)" if probs is not None else " is damaged; recomputing")
-        )
-    if probs is None:
-        say(f"Distillation targets of {len(split)} training images at T={distillation.temperature:g}:")
-        probs = teacher_targets(distillation, split.images, batch_size=batch_size, mesh=mesh, say=say)
-        if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(file), exist_ok=True)
-            atomic_files.write_with(file, lambda f: np.save(f, probs))
-            say(f"Distillation targets saved to {file}")
-    split = dataclasses.replace(split, teacher_probs=probs)
-    return split, dataclasses.replace(distillation, targets_file=file)
+    t, n, shape = distillation.temperature, len(distillation.teachers), (len(split), split.num_classes)
+    say(f"Distillation targets of {len(split)} training images at T={t:g}, one file per teacher:")
+    files, probs = [], []
+    for i, teacher in enumerate(distillation.teachers, 1):
+        file = os.path.join(cache_dir, CACHE_FOLDER, f"{_digest(teacher, t, split)}.npy")
+        cached = None
+        if jax.process_count() == 1 and os.path.exists(file):
+            cached = _read_targets(file, shape)
+            say(
+                f"  teacher {i}/{n} ({teacher.given}): {file}"
+                + (" (cached)" if cached is not None else " is damaged; recomputing")
+            )
+        if cached is None:
+            cached = _one_teacher(teacher, t, split.images, config.eval_batch_size, mesh, say, f"{i}/{n}")
+            if jax.process_index() == 0:
+                os.makedirs(os.path.dirname(file), exist_ok=True)
+                atomic_files.write_with(file, lambda f, p=cached: np.save(f, p))
+                say(f"  teacher {i}/{n} saved to {file}")
+        files.append(file)
+        probs.append(cached)
+    split = dataclasses.replace(split, teacher_probs=_mean(probs))
+    return split, dataclasses.replace(distillation, targets_files=tuple(files))

@@ -1,10 +1,11 @@
 """Knowledge distillation (fer_flax/distill.py): the softened targets and the loss by hand, a teacher
 that is the student's own function teaches nothing, the cached targets are the on-the-fly ones on the
-clean view, a distilled run trains end to end and refuses another teacher set on resume, and bad
-teachers fail before training, named."""
+clean view and are kept per teacher for any ensemble to reuse, a distilled run trains end to end and
+refuses another teacher set on resume, and bad teachers fail before training, named."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -140,6 +141,38 @@ def test_cached_targets_equal_the_on_the_fly_teachers_on_the_clean_view(teacher_
 
 
 @pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
+def test_cached_targets_are_kept_per_teacher_and_reused_by_any_ensemble(teacher_run, tmp_path):
+    """A pair of teachers writes one file each and trains on their mean; the first teacher alone, or
+    the pair in the other order, then reads those files and computes nothing."""
+    c = tiny_config()
+    c.distill.update(teachers=(f"{teacher_run}:2", f"{teacher_run}:4"), temperature=3.0, tta="flip")
+    mesh = parallel.make_mesh()
+    full = synthetic_split("train")
+    split = dataclasses.replace(full, images=full.images[:24], labels=full.labels[:24], targets=None)
+    pair = distill.load_teachers(c, FER2013, mesh, "/nonexistent/student")
+    said = []
+    trained, pair = distill.with_targets(pair, split, c, mesh, str(tmp_path), said.append)
+    assert len(set(pair.targets_files)) == 2 and sum("saved to" in line for line in said) == 2
+    each = [np.load(f) for f in pair.targets_files]
+    assert not np.allclose(each[0], each[1])  # two different teachers: the mean is a real mix
+    np.testing.assert_allclose(trained.teacher_probs, (each[0] + each[1]) / 2, atol=1e-6)
+
+    c.distill.teachers = (f"{teacher_run}:4", f"{teacher_run}:2")
+    said = []
+    swapped = distill.load_teachers(c, FER2013, mesh, "/nonexistent/student")
+    again, swapped = distill.with_targets(swapped, split, c, mesh, str(tmp_path), said.append)
+    assert swapped.targets_files == pair.targets_files[::-1]
+    assert sum("(cached)" in line for line in said) == 2 and not any("images/s" in line for line in said)
+    np.testing.assert_allclose(again.teacher_probs, trained.teacher_probs, atol=1e-6)
+
+    c.distill.teachers = (f"{teacher_run}:2",)
+    alone = distill.load_teachers(c, FER2013, mesh, "/nonexistent/student")
+    first, alone = distill.with_targets(alone, split, c, mesh, str(tmp_path), lambda *a: None)
+    assert alone.targets_files == pair.targets_files[:1]
+    np.testing.assert_allclose(first.teacher_probs, each[0], atol=0)
+
+
+@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
 @pytest.mark.slow
 def test_a_distilled_run_trains_records_its_teachers_and_refuses_others_on_resume(teacher_run, tmp_path):
     c = tiny_config()
@@ -152,7 +185,8 @@ def test_a_distilled_run_trains_records_its_teachers_and_refuses_others_on_resum
     assert [(t["workdir"], t["checkpoint"], t["tta"]) for t in teachers] == [(teacher_run, "best", "none")]
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["derived"]["distill"]["teachers"] == teachers
-    targets = np.load(summary["distill"]["targets_file"])
+    (targets_file,) = summary["distill"]["targets_files"]
+    targets = np.load(targets_file)
     assert targets.shape == (128, 7) and np.allclose(targets.sum(axis=1), 1.0, atol=1e-5)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         kl = [r["train/distill_kl"] for r in map(json.loads, f) if "train/distill_kl" in r]

@@ -1,6 +1,7 @@
 """benchmarks/train_throughput.py's figures: a finite step, its FLOP count and utilisation."""
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import device_peaks
@@ -29,3 +30,25 @@ def test_measure_train_counts_the_step_flops():
     assert row["tflops_per_s"] == pytest.approx(row["step_gflop"] * row["images_per_s"] / 8 / 1e3)
     if jax.devices()[0].platform == "cpu":
         assert row["mfu"] is None  # no peak known for a CPU
+
+
+def test_step_flops_falls_back_to_the_compiled_count():
+    """jax's GPU backend counts no FLOPs before compilation (cost_analysis() is None there): the
+    count then comes from the compiled executable. Both agree on this CPU."""
+    lowered = jax.jit(lambda a, b: a @ b).lower(jnp.ones((16, 32)), jnp.ones((32, 8)))
+    assert device_peaks.step_flops(lowered) == pytest.approx(2 * 16 * 32 * 8, rel=0.01)
+
+    class UncountedBeforeCompilation:  # what the GPU backend's Lowered answers
+        def cost_analysis(self):
+            return None
+
+        def compile(self):
+            return lowered.compile()
+
+    assert device_peaks.step_flops(UncountedBeforeCompilation()) == device_peaks.step_flops(lowered)
+
+    class NeverCounted(UncountedBeforeCompilation):
+        def compile(self):
+            return self
+
+    assert device_peaks.step_flops(NeverCounted()) is None
