@@ -175,7 +175,7 @@ def main() -> None:
     staged = [stage(r, dest) for r in chosen]
     record = {"runs": runs, "chosen": [r["family"] for r in chosen], "ensembles": {}, "targets": {}}
     for label, members in (("all", [r["workdir"] for r in runs]), ("travelling", staged)):
-        if len(members) > 1:
+        if len(members) > 1 and not (label == "travelling" and len(chosen) == len(runs)):
             acc = ensemble_accuracy(members, os.path.join(dest, f"ensemble_{label}.json"), args.tta)
             record["ensembles"][label] = {"members": members, "tta": args.tta, "accuracy": acc}
             print(f"ensemble of {label} ({len(members)} runs, {args.tta} views): PublicTest {acc}")
