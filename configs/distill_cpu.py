@@ -12,8 +12,9 @@ CPU recipe over three seeds (about 21 minutes each on 2 CPU cores), then the stu
 Without teachers this config trains the plain student (the CPU recipe for 30 epochs).
 
 Result with the three seeds as teachers (PublicTest 0.6664, 0.6672, 0.6687; their ensemble 0.6731):
-PublicTest 0.6678, flip TTA; curve, timing and commands in benchmarks/RESULTS.md ("Seeds, ensemble and
-a distilled student of the CPU recipe").
+PublicTest 0.6678, flip TTA. `tuned` with stronger teachers (a GPU-trained ResNet-18, the GPU's CNN
+and configs/cpu_teacher.py; their ensemble 0.6949): 0.6748 in 24 minutes of training. Curves, timings
+and commands in benchmarks/RESULTS.md ("Seeds, ensemble and a distilled student of the CPU recipe").
 
 Why these choices (docs/distillation.md):
 - The CPU recipe's model, optimiser, augmentation, EMA and flip TTA (configs/cpu_recipe.py), so the
