@@ -33,14 +33,13 @@ import importlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fer_flax import checkpoint, distill, parallel, runtime
+from fer_flax import checkpoint, distill, evaluate, parallel, runtime
 from fer_flax.data import load_splits, resolve_spec
 
 PART_BYTES = 15 * 1024 * 1024  # under the device tool's 16 MiB a file
@@ -98,16 +97,15 @@ def stage(run: dict, dest: str) -> str:
     return target
 
 
-def ensemble_accuracy(workdirs: list[str], out_json: str, tta: str) -> float | None:
-    """fer_flax.evaluate on PublicTest (the runs' own data), its report's accuracy."""
-    cmd = [sys.executable, "-m", "fer_flax.evaluate", "--split", "val", "--tta", tta, "--out", out_json]
-    cmd += [arg for w in workdirs for arg in ("--workdir", w)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    print(result.stdout[-1500:] + result.stderr[-1500:])
-    if result.returncode != 0 or not os.path.exists(out_json):
+def ensemble_accuracy(workdirs: list[str], data: str, out_json: str, tta: str) -> float | None:
+    """`fer_flax.evaluate`'s ensemble on PublicTest, in this process; its accuracy (None on failure:
+    one ensemble must not stop the packing)."""
+    try:
+        report = evaluate.evaluate_workdirs(workdirs, data_path=data, tta_mode=tta, out=out_json)
+    except Exception as e:
+        print(f"ensemble of {workdirs} failed: {type(e).__name__}: {e}")
         return None
-    with open(out_json) as f:
-        return float(json.load(f)["accuracy"])
+    return float(report["accuracy"])
 
 
 def targets(teachers: list[str], student: str, data: str, cache_dir: str) -> tuple[str, ...]:
@@ -176,7 +174,9 @@ def main() -> None:
     record = {"runs": runs, "chosen": [r["family"] for r in chosen], "ensembles": {}, "targets": {}}
     for label, members in (("all", [r["workdir"] for r in runs]), ("travelling", staged)):
         if len(members) > 1 and not (label == "travelling" and len(chosen) == len(runs)):
-            acc = ensemble_accuracy(members, os.path.join(dest, f"ensemble_{label}.json"), args.tta)
+            acc = ensemble_accuracy(
+                members, args.data, os.path.join(dest, f"ensemble_{label}.json"), args.tta
+            )
             record["ensembles"][label] = {"members": members, "tta": args.tta, "accuracy": acc}
             print(f"ensemble of {label} ({len(members)} runs, {args.tta} views): PublicTest {acc}")
     if not staged:

@@ -2,14 +2,16 @@
 
   python benchmarks/train_throughput.py [--families cnn,resnet] [--variants resnet=resnet18]
       [--dtypes float32,bfloat16] [--batch 1024] [--steps 20] [--loader_seconds 3]
+      [--configs configs/cpu_recipe.py:tuned,configs/cpu_teacher.py]
       [--data ../shared/data/fer2013/fer2013_images.tar.gz] [--cache_dir D] [--json out.json]
 
 A family's variant is `--variants` when given, else its module's DEFAULT_VARIANT, else the first variant
 its registry lists (`fer_flax.models.variants`). Families that cannot be imported yet are reported and
-skipped. The train step is the real one (augmentation, loss, optimizer update, donated state) on a
-device-resident batch sharded over every device, so the figure excludes the input pipeline, which is
-measured separately (Grain iterator + transfer to the devices). Each row also gives the step's
-TFLOP/s (XLA's FLOP count of the global step, before optimisation, over the measured time) and, on a GPU
+skipped. `--configs` adds config files, each at its own recipe, batch and dtype. The train step is the
+real one (augmentation, loss, optimizer update, donated state) on a device-resident batch sharded
+over every device, so the figure excludes the input pipeline, which is measured separately (Grain
+iterator + transfer to the devices). Each row also gives the step's TFLOP/s (XLA's FLOP count of the
+global step, `device_peaks.step_flops`, over the measured time) and, on a GPU
 listed in `benchmarks/device_peaks.py`, the model FLOP utilisation against every device's dense peak
 (bfloat16, or TF32 for float32). Small settings run on a CPU:
 
@@ -35,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import device_peaks
 from benchmarks.train_step_setup import build_train_step
 from configs.common import get_base_config
-from fer_flax import input_pipeline, models, parallel, runtime
+from fer_flax import input_pipeline, models, parallel, runtime, sweep_space
 from fer_flax.cpu import allocator as cpu_allocator
 from fer_flax.cpu import devices
 from fer_flax.data import load_splits
@@ -52,6 +54,12 @@ def measure_train(family: str, variant: str, dtype: str, batch: int, steps: int,
     config = get_base_config()
     config.model_name, config.model.variant, config.dtype = family, variant, dtype
     config.batch_size = batch
+    return measure_config(config, steps, mesh)
+
+
+def measure_config(config, steps: int, mesh) -> dict[str, Any]:
+    """The train step of `config` (its model, recipe, batch and dtype) on a fixed batch."""
+    family, variant, dtype, batch = config.model_name, config.model.variant, config.dtype, config.batch_size
     setup = build_train_step(config, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(setup.state.params))
     # XLA's count for the whole global step (before optimisation where the backend gives it).
@@ -118,8 +126,10 @@ def print_table(rows: list[dict], loader: dict | None) -> None:
         if "error" in r:
             print(f"{r['family']:<10} {r['variant']:<24} {r['dtype']:<9} {r['batch']:>6}  {r['error']}")
             continue
+        # A config file's row is named by the file (its variant alone would not tell two apart).
+        name = os.path.basename(r["config"]) if "config" in r else r["variant"]
         print(
-            f"{r['family']:<10} {r['variant']:<24} {r['dtype']:<9} {r['batch']:>6} "
+            f"{r['family']:<10} {name:<24} {r['dtype']:<9} {r['batch']:>6} "
             f"{r['params_m']:>7.2f}M {r['compile_s']:>7.1f}s {r['step_ms']:>8.2f} "
             f"{r['images_per_s']:>10,.0f} "
             + (f"{r['tflops_per_s']:>8.3f} " if r["tflops_per_s"] is not None else f"{'-':>8} ")
@@ -140,6 +150,12 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(models.FAMILIES), help="comma-separated")
     parser.add_argument("--variants", default="", help="family=variant,... (else the default)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="config files as --config takes them, path[:arg] separated by commas: each measured at its "
+        "own batch and dtype, after the families (--families '' for these alone)",
+    )
     parser.add_argument("--batch", type=int, default=256, help="global batch")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--loader_seconds", type=float, default=3.0, help="0 skips the loader")
@@ -183,6 +199,12 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             _write_json(args.json, rows, None)  # after every row: a time limit keeps what was measured
+
+    for spec in [c for c in args.configs.split(",") if c]:
+        row = {"config": spec, **measure_config(sweep_space.load_config_file(spec), args.steps, mesh)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        _write_json(args.json, rows, None)
 
     loader = None
     if args.loader_seconds > 0:

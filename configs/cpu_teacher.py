@@ -10,10 +10,10 @@ ensemble of two, 0.6990 (benchmarks/RESULTS.md, "Stronger teachers"). `wide` is 
 
 Why these choices:
 - cnn/cpu_fast with convs_per_stage (1, 1, 2, 2): 1.72M parameters. The recipe's net underfits in its
-  time budget; the extra convolutions add capacity where the maps are small, at about twice the cost
+  time budget; the extra convolutions add capacity where the maps are small, at 1.7 times the cost
   of a step (not four times, as doubling every stage's width would).
 - `wide`: the other way to spend about the same: every stage 1.5 times as wide (48/96/192/384, 1.76M
-  parameters, 1.7 times the recipe's step), for 25 epochs. A teacher of another shape makes other
+  parameters, 1.8 times the recipe's step), for 25 epochs. A teacher of another shape makes other
   mistakes, which is what an ensemble of teachers needs.
 - The sweep's values (`configs/cpu_recipe.py:tuned`) and more epochs: a teacher's training time is not
   part of the student's budget, so it is spent on accuracy.

@@ -244,10 +244,14 @@ def _digest(teacher: Teacher, temperature: float, split: ArraySplit) -> str:
         "version": _CACHE_VERSION,
         "temperature": temperature,
         "images": list(split.images.shape),
-        "teachers": [
-            {"model": teacher.restored.config.model.to_dict(), "family": teacher.restored.config.model_name}
-            | {"dtype": teacher.restored.config.get("dtype"), "tta": teacher.tta_mode}
-            | {"crop_size": teacher.crop_size}
+        "teachers": [  # a list of one, so that cache files already written keep their keys
+            {
+                "model": teacher.restored.config.model.to_dict(),
+                "family": teacher.restored.config.model_name,
+                "dtype": teacher.restored.config.get("dtype"),
+                "tta": teacher.tta_mode,
+                "crop_size": teacher.crop_size,
+            }
         ],
     }
     h.update(json.dumps(about, sort_keys=True, default=str).encode())
