@@ -5,8 +5,9 @@ Command (real FER2013; selects and reports on PublicTest, the `val` split):
   python -m fer_flax.main --config configs/cpu_teacher.py --workdir workdirs/cpu_teacher \
       --config.data.path=../shared/data/fer2013/fer2013.csv.gz
 
-Result ('', JPEG tarball data): PublicTest 0.6812 (EMA, epoch 30); with a GPU-trained ResNet-18 as an
-ensemble of two, 0.6990 (benchmarks/RESULTS.md, "Stronger teachers"). `wide` is not measured yet.
+Results (JPEG tarball data, 2 cores): '' PublicTest 0.6812 (EMA, epoch 30) in about 56 min; `wide`
+0.6838 (raw, epoch 25) in about 42 min; the two with a GPU-trained ResNet-18 as an ensemble of three,
+0.7019 (benchmarks/RESULTS.md, "Stronger teachers").
 
 Why these choices:
 - cnn/cpu_fast with convs_per_stage (1, 1, 2, 2): 1.72M parameters. The recipe's net underfits in its
