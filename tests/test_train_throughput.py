@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks import device_peaks
 from benchmarks import train_throughput as tt
-from fer_flax import parallel
+from fer_flax import parallel, sweep_space
 
 
 def test_peaks_of_known_gpus_and_none_for_cpus():
@@ -52,3 +52,18 @@ def test_step_flops_falls_back_to_the_compiled_count():
             return self
 
     assert device_peaks.step_flops(NeverCounted()) is None
+
+
+def test_a_config_file_is_measured_at_its_own_model_and_named_by_the_file(capsys):
+    """`--configs`: the row measures the file's own model (here the deep CPU teacher, convs (1, 1, 2,
+    2)) and the table names it by the file, not by a variant two files may share."""
+    config = sweep_space.load_config_file("configs/cpu_teacher.py:smoke")
+    config.batch_size = 8
+    row = {"config": "configs/cpu_teacher.py:smoke"}
+    row |= tt.measure_config(config, steps=1, mesh=parallel.make_mesh())
+    plain = tt.measure_train(
+        "cnn", config.model.variant, "float32", batch=8, steps=1, mesh=parallel.make_mesh()
+    )
+    assert row["finite_loss"] and row["params_m"] > plain["params_m"]  # the extra convolutions
+    tt.print_table([row], None)
+    assert "cpu_teacher.py:smoke" in capsys.readouterr().out
