@@ -12,8 +12,8 @@ every `--eval_every_epochs`. A timer sends the process SIGTERM when the family's
 left of `--total_seconds` is spent (time a family leaves unused goes to the ones after it); the loop
 then stops at the end of the call under way (after a checkpoint), and the family is reported as cut
 at the time limit. Printed per family: training images/s (median of the logged windows after the
-first, which holds the compilation), its model FLOP utilisation (XLA's FLOP count of one train step
-over the device's dense bf16 peak, `benchmarks/device_peaks.py`), and PublicTest accuracy (the
+first, which holds the compilation), its model FLOP utilisation (the convolution and matrix FLOPs of
+one train step over the device's dense bf16 peak, `benchmarks/device_peaks.py`), and PublicTest accuracy (the
 weights best/ would keep: raw or EMA) against wall time since the family started (compilation,
 evaluations and checkpoints included; a family cut by its time limit gets a last point, its final
 checkpoint scored after the cut); then one summary table against the issue's targets.
@@ -102,7 +102,7 @@ def family_config(name: str, args: argparse.Namespace, epochs: dict[str, float])
 
 
 def train_flops_per_image(config) -> float | None:
-    """XLA's FLOP count of one train step of `config` (`device_peaks.step_flops`), per training image."""
+    """The matrix FLOPs of one train step of `config` (`device_peaks.step_flops`), per training image."""
     mesh = parallel.make_mesh()
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
     state = model_state.create_train_state(
@@ -117,7 +117,7 @@ def train_flops_per_image(config) -> float | None:
         {"image": np.zeros((local, 48, 48, 1), np.uint8), "label": np.zeros(local, np.int32)}, mesh
     )
     step = jax.jit(functools.partial(steps.train_step, config=config, schedule=schedule))
-    flops = device_peaks.step_flops(step.lower(state, batch, jax.random.key(1)))
+    flops = device_peaks.step_flops(step.trace(state, batch, jax.random.key(1)))
     return flops / config.batch_size if flops else None
 
 

@@ -10,8 +10,8 @@ its registry lists (`fer_flax.models.variants`). Families that cannot be importe
 skipped. `--configs` adds config files, each at its own recipe, batch and dtype. The train step is the
 real one (augmentation, loss, optimizer update, donated state) on a device-resident batch sharded
 over every device, so the figure excludes the input pipeline, which is measured separately (Grain
-iterator + transfer to the devices). Each row also gives the step's TFLOP/s (XLA's FLOP count of the
-global step, `device_peaks.step_flops`, over the measured time) and, on a GPU
+iterator + transfer to the devices). Each row also gives the step's TFLOP/s (the convolution and
+matrix FLOPs of the global step, `device_peaks.step_flops`, over the measured time) and, on a GPU
 listed in `benchmarks/device_peaks.py`, the model FLOP utilisation against every device's dense peak
 (bfloat16, or TF32 for float32). Small settings run on a CPU:
 
@@ -62,8 +62,8 @@ def measure_config(config, steps: int, mesh) -> dict[str, Any]:
     family, variant, dtype, batch = config.model_name, config.model.variant, config.dtype, config.batch_size
     setup = build_train_step(config, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(setup.state.params))
-    # XLA's count for the whole global step (before optimisation where the backend gives it).
-    step_flops = device_peaks.step_flops(setup.step.lower(setup.state, setup.device_batch, setup.key))
+    # The global step's convolution and matrix FLOPs, counted from its jaxpr (no compilation).
+    step_flops = device_peaks.step_flops(setup.step.trace(setup.state, setup.device_batch, setup.key))
 
     t0 = time.perf_counter()
     jax.block_until_ready(setup.run(1))
