@@ -270,8 +270,7 @@ def main() -> None:
         # Its share of what is left: time a family did not use goes to the ones after it.
         left = total - (time.time() - suite_start)
         seconds = max(left, 0.0) * FAMILIES[name].share / sum(FAMILIES[n].share for n in names[i:])
-        # Outside the budget: where the backend counts FLOPs only after compiling (a GPU), this
-        # compiles one more train step, which is measurement, not training.
+        # Outside the budget: tracing the train step to count its FLOPs is measurement, not training.
         counted = time.time()
         flops = train_flops_per_image(config)
         suite_start += time.time() - counted
