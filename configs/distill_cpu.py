@@ -14,8 +14,8 @@ Without teachers this config trains the plain student (the CPU recipe for 30 epo
 Result with the three seeds as teachers (PublicTest 0.6664, 0.6672, 0.6687; their ensemble 0.6731):
 PublicTest 0.6678, flip TTA. `tuned` with the strongest teachers so far (a GPU-trained ResNet-18 and
 both configs/cpu_teacher.py nets; their ensemble 0.7019, JPEG data): 0.6844 in 29.7 minutes of
-training; with five GPU-trained teachers (ensemble 0.7083): 0.6827, so stronger teachers no longer
-lift it. Curves, timings and commands in benchmarks/RESULTS.md ("Seeds, ensemble and a distilled
+training; with five GPU-trained teachers (ensemble 0.7083): 0.6827 (seed 0) and 0.6920 (seed 1, 27.8
+minutes of training). Curves, timings and commands in benchmarks/RESULTS.md ("Seeds, ensemble and a distilled
 student of the CPU recipe", "Stronger teachers").
 
 Why these choices (docs/distillation.md):
@@ -34,7 +34,7 @@ Why these choices (docs/distillation.md):
 - `tuned`: the tuned recipe's values, 35 epochs (what fits 30 minutes of training on 2 cores: 29.7
   measured) and alpha 0.1: with teachers three points above the student, their probabilities are
   worth more than the noisy labels, but not all (0.6844 against 0.6815 at alpha 0.3 and 0.6798 at 0,
-  same teachers and epochs).
+  same teachers and epochs; one seed each, inside the student's seed spread of about a point).
 """
 
 from configs import cpu_recipe
