@@ -60,8 +60,10 @@ def _matrix_flops(jaxpr: Any) -> float:
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) / out_features
         else:
             inner = [_matrix_flops(j) for j in _sub_jaxprs(eqn.params)]
-            if inner:
-                total += max(inner) if name == "cond" else sum(inner) * eqn.params.get("length", 1)
+            if name == "cond":  # one branch runs
+                total += max(inner, default=0.0)
+            else:  # a scan runs its body `length` times; a call, remat or while loop once
+                total += sum(inner) * (eqn.params["length"] if name == "scan" else 1)
     return total
 
 

@@ -13,8 +13,8 @@ left of `--total_seconds` is spent (time a family leaves unused goes to the ones
 then stops at the end of the call under way (after a checkpoint), and the family is reported as cut
 at the time limit. Printed per family: training images/s (median of the logged windows after the
 first, which holds the compilation), its model FLOP utilisation (the convolution and matrix FLOPs of
-one train step over the device's dense bf16 peak, `benchmarks/device_peaks.py`), and PublicTest accuracy (the
-weights best/ would keep: raw or EMA) against wall time since the family started (compilation,
+one train step over the device's dense bf16 peak, `benchmarks/device_peaks.py`), and PublicTest
+accuracy (the weights best/ would keep: raw or EMA) against wall time since the family started (compilation,
 evaluations and checkpoints included; a family cut by its time limit gets a last point, its final
 checkpoint scored after the cut); then one summary table against the issue's targets.
 
@@ -101,7 +101,7 @@ def family_config(name: str, args: argparse.Namespace, epochs: dict[str, float])
     return config
 
 
-def train_flops_per_image(config) -> float | None:
+def train_flops_per_image(config) -> float:
     """The matrix FLOPs of one train step of `config` (`device_peaks.step_flops`), per training image."""
     mesh = parallel.make_mesh()
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
@@ -117,8 +117,7 @@ def train_flops_per_image(config) -> float | None:
         {"image": np.zeros((local, 48, 48, 1), np.uint8), "label": np.zeros(local, np.int32)}, mesh
     )
     step = jax.jit(functools.partial(steps.train_step, config=config, schedule=schedule))
-    flops = device_peaks.step_flops(step.trace(state, batch, jax.random.key(1)))
-    return flops / config.batch_size if flops else None
+    return device_peaks.step_flops(step.trace(state, batch, jax.random.key(1))) / config.batch_size
 
 
 def _stop_after(seconds: float, done: threading.Event) -> None:
@@ -189,13 +188,12 @@ def run_family(name: str, config, seconds: float, workdir: str, val) -> dict[str
     return outcome
 
 
-def report(name: str, config, outcome: dict[str, Any], flops: float | None, peak: float | None) -> None:
+def report(name: str, config, outcome: dict[str, Any], flops: float, peak: float | None) -> None:
     rate = outcome["images_per_s"]
-    outcome["train_gflop_per_image"] = flops / 1e9 if flops else None
-    outcome["mfu"] = rate * flops / (peak * 1e12 * jax.device_count()) if rate and flops and peak else None
+    outcome["train_gflop_per_image"] = flops / 1e9
+    outcome["mfu"] = rate * flops / (peak * 1e12 * jax.device_count()) if rate and peak else None
     how = "finished" if outcome["finished"] else "cut at the time limit"
-    why = "no FLOP count" if not flops else "no peak known for this device"
-    mfu = f"{outcome['mfu']:.1%}" if outcome["mfu"] is not None else f"- ({why})"
+    mfu = f"{outcome['mfu']:.1%}" if outcome["mfu"] is not None else "- (no peak known for this device)"
     print(
         f"\n== {name}: configs/{FAMILIES[name].config}.py, {config.model_name}/{config.model.variant}, "
         f"{config.dtype}, batch {config.batch_size}, steps_per_call {config.steps_per_call}: {how} at "
@@ -204,7 +202,7 @@ def report(name: str, config, outcome: dict[str, Any], flops: float | None, peak
     print(
         f"   train images/s {rate or 0:,.0f}"
         + (" (one log window: compilation included)" if outcome["speed_includes_compilation"] else "")
-        + f"; {outcome['train_gflop_per_image'] or 0:.2f} GFLOP per training image; MFU {mfu}"
+        + f"; {outcome['train_gflop_per_image']:.2f} GFLOP per training image; MFU {mfu}"
     )
     print(f"   {'step':>6} {'wall s':>7} {'PublicTest':>10} {'raw':>7}")
     for point in outcome["curve"]:

@@ -75,7 +75,7 @@ def measure_config(config, steps: int, mesh) -> dict[str, Any]:
     jax.block_until_ready((setup.state, metrics))
     seconds = time.perf_counter() - t0
     loss = float(metrics["loss"])
-    tflops_per_s = step_flops * steps / seconds / 1e12 if step_flops else None
+    tflops_per_s = step_flops * steps / seconds / 1e12
     peak = device_peaks.peak_tflops(jax.devices()[0].device_kind, dtype)
     return {
         "family": family,
@@ -86,10 +86,10 @@ def measure_config(config, steps: int, mesh) -> dict[str, Any]:
         "compile_s": compile_s,
         "step_ms": 1000 * seconds / steps,
         "images_per_s": steps * batch / seconds,
-        "step_gflop": step_flops / 1e9 if step_flops else None,
+        "step_gflop": step_flops / 1e9,
         "tflops_per_s": tflops_per_s,
         # Model FLOP utilisation against every device's peak (None where the peak is unknown).
-        "mfu": tflops_per_s / (peak * jax.device_count()) if peak and tflops_per_s else None,
+        "mfu": tflops_per_s / (peak * jax.device_count()) if peak else None,
         "finite_loss": bool(np.isfinite(loss)),
     }
 
@@ -132,7 +132,7 @@ def print_table(rows: list[dict], loader: dict | None) -> None:
             f"{r['family']:<10} {name:<24} {r['dtype']:<9} {r['batch']:>6} "
             f"{r['params_m']:>7.2f}M {r['compile_s']:>7.1f}s {r['step_ms']:>8.2f} "
             f"{r['images_per_s']:>10,.0f} "
-            + (f"{r['tflops_per_s']:>8.3f} " if r["tflops_per_s"] is not None else f"{'-':>8} ")
+            + f"{r['tflops_per_s']:>8.3f} "
             + (f"{r['mfu']:>6.1%}" if r["mfu"] is not None else f"{'-':>6}")
             + ("" if r["finite_loss"] else "  (non-finite loss!)")
         )
