@@ -1,5 +1,5 @@
 """What a checkpoint save costs a run: Orbax's blocking part, the write that training now waits for,
-and the checksum manifest written and verified after it (fer_flax/checkpoint_integrity.py).
+and the checksum manifest written and verified after it (fer_flax/run/integrity.py).
 
   python benchmarks/checkpoint_save_cost.py [--config resnet18] [--saves 3]
 
@@ -20,8 +20,11 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from fer_flax import checkpoint, checkpoint_integrity, input_pipeline, model_state, optim, parallel
+from fer_flax.core import input_pipeline, optim, parallel
+from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.run import checkpoint
+from fer_flax.run import integrity as checkpoint_integrity
 
 
 def main() -> None:

@@ -42,7 +42,8 @@ def measure(config_name: str) -> str:
     import jax
 
     from benchmarks.train_step_setup import build_train_step
-    from fer_flax import parallel, runtime
+    from fer_flax import runtime
+    from fer_flax.core import parallel
 
     runtime.start()
     config = importlib.import_module(f"configs.{config_name}").get_config("smoke")

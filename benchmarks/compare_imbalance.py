@@ -74,7 +74,7 @@ def main() -> None:
 
     first = config_for(methods[0], args.data, args.epochs, args.seed)
     runtime.start(first)  # before JAX starts: CPU settings, one CPU device per core
-    from fer_flax import train
+    from fer_flax.training import loop as train
 
     rows = []
     for method in methods:

@@ -15,9 +15,9 @@ fer_flax's and copies fer_flax's initial weights into it (`load_flax_variables`:
 tests/test_compare_torch.py checks that both then give the same eval-mode logits.
 
 Both sides train on the same random uint8 batch (default 128 × 48×48×1), normalised like
-`fer_flax.augment.preprocess` inside the step, with softmax cross-entropy with label smoothing 0.1 and
+`fer_flax.core.augment.preprocess` inside the step, with softmax cross-entropy with label smoothing 0.1 and
 SGD with Nesterov momentum 0.9 and L2 weight decay 5e-4 on conv/linear weights only (the SGD recipe of
-configs/common.py). The fer_flax step is the real `fer_flax.steps.train_step`, jitted with donated state
+configs/common.py). The fer_flax step is the real `fer_flax.core.steps.train_step`, jitted with donated state
 as in train_throughput.py (it also computes accuracy and the gradient norm); the PyTorch step is eager
 mode with `torch.optim.SGD`, its learning rate set at every step to the value of fer_flax's schedule
 (train_throughput.py's warmup + cosine) at the same step, so both do the same updates and the losses they
@@ -76,7 +76,8 @@ from benchmarks.torch_models import (
 )
 from benchmarks.torch_step import make_torch_step
 from benchmarks.train_step_setup import build_train_step, make_config
-from fer_flax import models, parallel, runtime
+from fer_flax import models, runtime
+from fer_flax.core import parallel
 from fer_flax.cpu import allocator, devices
 
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}

@@ -56,7 +56,7 @@ def worker(
 
     from benchmarks.train_step_setup import build_train_step
     from configs.common import get_base_config
-    from fer_flax import parallel
+    from fer_flax.core import parallel
 
     options = {"defaults": compiler.XLA_DEFAULT_OPTIONS, "no-ynn": {compiler.FLAG: ""}, "fer_flax": None}[xla]
     ops = {"max_pool": kernels.max_pool} if pool == "fer_flax" else {}

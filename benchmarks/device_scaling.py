@@ -22,7 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, HERE)
-    from fer_flax import parallel, runtime
+    from fer_flax import runtime
+    from fer_flax.core import parallel
 
     runtime.start()  # before JAX starts (the device count comes from this child's XLA_FLAGS)
     import jax

@@ -32,8 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cpu_recipe
 from configs.common import get_base_config
-from fer_flax import distill, model_state, optim, parallel, runtime, train_feed
+from fer_flax import runtime
+from fer_flax.core import optim, parallel
+from fer_flax.core import state as model_state
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, IMAGE_SIZE, NUM_CLASSES
+from fer_flax.training import distill
+from fer_flax.training import feed as train_feed
 
 FER2013_TRAIN = 28709
 

@@ -1,5 +1,5 @@
-"""How FER2013 frames its faces, seen by the face detector `fer_flax.predict` uses: the basis of
-`fer_flax.faces.crop.FER2013_MARGIN`.
+"""How FER2013 frames its faces, seen by the face detector `fer_flax.inference.predict` uses: the basis of
+`fer_flax.inference.faces.crop.FER2013_MARGIN`.
 
   python benchmarks/fer2013_framing.py [--data ../shared/data/fer2013/fer2013.csv.gz] [--n 1500]
 
@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fer_flax.faces.detect import HaarCascadeDetector
+from fer_flax.inference.faces.detect import HaarCascadeDetector
 
 DEFAULT_DATA = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "fer2013", "fer2013.csv.gz"

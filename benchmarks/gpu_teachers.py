@@ -10,7 +10,7 @@ parts small enough to come back from the device machine.
 A teacher travels as what distillation and evaluation read from a workdir: config.json, summary.json,
 metrics.jsonl and the best checkpoint (params and batch statistics; the resumable state in
 checkpoints/ stays behind, so a teacher is ~4 bytes per parameter). They are chosen by PublicTest
-accuracy, best first, while they fit `--max_mib`. The targets are computed by `fer_flax.distill` exactly
+accuracy, best first, while they fit `--max_mib`. The targets are computed by `fer_flax.training.distill` exactly
 as the student's run would compute them (same teachers, temperature, views and training images), so
 the student finds them in its cache and starts training at once; the teachers' inference on a CPU
 would otherwise take longer than the student's training. Back on the development machine:
@@ -39,8 +39,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fer_flax import checkpoint, distill, evaluate, parallel, runtime
+from fer_flax import runtime
+from fer_flax.core import parallel
 from fer_flax.data import load_splits, resolve_spec
+from fer_flax.inference import evaluate
+from fer_flax.run import checkpoint
+from fer_flax.training import distill
 
 PART_BYTES = 15 * 1024 * 1024  # under the device tool's 16 MiB a file
 
@@ -98,7 +102,7 @@ def stage(run: dict, dest: str) -> str:
 
 
 def ensemble_accuracy(workdirs: list[str], data: str, out_json: str, tta: str) -> float | None:
-    """`fer_flax.evaluate`'s ensemble on PublicTest, in this process; its accuracy (None on failure:
+    """`fer_flax.inference.evaluate`'s ensemble on PublicTest, in this process; its accuracy (None on failure:
     one ensemble must not stop the packing)."""
     try:
         report = evaluate.evaluate_workdirs(workdirs, data_path=data, tta_mode=tta, out=out_json)
@@ -182,7 +186,7 @@ def main() -> None:
     if not staged:
         raise SystemExit(f"no run under {args.runs} has a best checkpoint within {args.max_mib} MiB")
     cache_dir = args.cache_dir or os.path.join(args.out, "cache")
-    # One file per teacher (fer_flax.distill): a student of any subset of them finds its targets.
+    # One file per teacher (fer_flax.training.distill): a student of any subset of them finds its targets.
     os.makedirs(os.path.join(dest, "targets", distill.CACHE_FOLDER), exist_ok=True)
     for teacher, file in zip(staged, targets(staged, args.student, args.data, cache_dir), strict=True):
         shutil.copy2(file, os.path.join(dest, "targets", distill.CACHE_FOLDER))

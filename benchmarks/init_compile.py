@@ -17,7 +17,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from fer_flax import model_state, models
+from fer_flax import models
+from fer_flax.core import state as model_state
 
 
 def _seconds(fn) -> float:

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train_throughput import measure_loader, measure_train
 
-from fer_flax import parallel, runtime
+from fer_flax import runtime
+from fer_flax.core import parallel
 from fer_flax.cpu import devices
 from fer_flax.data.cache import load_fer2013_cached
 from fer_flax.data.synthetic import generate_synthetic

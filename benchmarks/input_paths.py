@@ -6,7 +6,7 @@
 
 Each variant is `pipeline:steps_per_call`, or `device:k:rolled` for the scan as a loop rather than
 unrolled (what train_feed compiles off the CPU), to show what XLA:CPU's while loops cost. The timed
-work is exactly the loop's training part (`fer_flax.train_feed`): the feed's host work for each call
+work is exactly the loop's training part (`fer_flax.training.feed`): the feed's host work for each call
 (Grain's batches and their copy to the devices, or the device pipeline's epoch orders and the call's
 arguments) and the jitted call of `train_feed.compile_train`, for `--steps` steps (a multiple of every
 k), with the recipe of configs/cpu_recipe.py (SGD, label smoothing, EMA, pad-crop/flip/rotation) on
@@ -32,9 +32,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cpu_recipe
-from fer_flax import model_state, multi_step, optim, parallel, runtime, steps, train_feed
+from fer_flax import runtime
+from fer_flax.core import optim, parallel, steps
+from fer_flax.core import state as model_state
 from fer_flax.cpu import devices
 from fer_flax.data import load_splits
+from fer_flax.training import feed as train_feed
+from fer_flax.training import multi_step
 
 DEFAULT_DATA = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "fer2013", "fer2013.csv.gz"

@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from train_throughput import measure_train
 
-from fer_flax import models, parallel, runtime
+from fer_flax import models, runtime
+from fer_flax.core import parallel
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"

@@ -11,7 +11,7 @@ Detection alone per kind of photo, then three figures, each after a warm-up pass
 excluded):
   detect    decode + Haar detection + FER2013-framed crops, no model;
   classify  the crops alone through `FaceClassifier` (the run's TTA by default), batched as
-            `fer_flax.photos` batches them;
+            `fer_flax.inference.photos` batches them;
   end to end  `photos.analyze_photos` over the folder (what `python -m fer_flax.predict` does after
             loading the model), without and with the per-image outputs (`--out_dir`).
 """
@@ -32,9 +32,11 @@ import skimage
 import skimage.data
 from PIL import Image
 
-from fer_flax import image_io, inference, photos, predict, runtime
-from fer_flax.faces import crop as crop_lib
-from fer_flax.faces.detect import HaarCascadeDetector
+from fer_flax import runtime
+from fer_flax.inference import engine as inference
+from fer_flax.inference import image_io, photos, predict
+from fer_flax.inference.faces import crop as crop_lib
+from fer_flax.inference.faces.detect import HaarCascadeDetector
 
 
 def sample_photos() -> list[tuple[str, Image.Image]]:

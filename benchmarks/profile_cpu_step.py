@@ -35,7 +35,7 @@ def child(model: str, batch: int, ynn_fusion_type: str | None, ready_file: str) 
     import jax
 
     from benchmarks.train_step_setup import build_train_step, make_config
-    from fer_flax import parallel
+    from fer_flax.core import parallel
     from fer_flax.cpu import compiler
 
     # Per-program options override the process's XLA_FLAGS.

@@ -48,9 +48,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import device_peaks
-from fer_flax import inference, model_state, optim, parallel, runtime, steps, tracking, train
+from fer_flax import runtime
+from fer_flax.core import optim, parallel, steps
+from fer_flax.core import state as model_state
 from fer_flax.data import load_splits
-from fer_flax.interrupts import TrainingInterrupted
+from fer_flax.inference import engine as inference
+from fer_flax.run import tracking
+from fer_flax.run.interrupts import TrainingInterrupted
+from fer_flax.training import loop as train
 
 
 @dataclasses.dataclass(frozen=True)

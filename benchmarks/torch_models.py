@@ -305,7 +305,7 @@ def load_flax_variables(model: nn.Module, variables: dict) -> None:
 
 
 def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """fer_flax.optim.weight_decay_mask's rule: decay conv and linear weights (flax "kernel"s) only."""
+    """fer_flax.core.optim.weight_decay_mask's rule: decay conv and linear weights (flax "kernel"s) only."""
     decay, no_decay = [], []
     for mod in model.modules():
         for name, p in mod.named_parameters(recurse=False):

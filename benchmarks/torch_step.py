@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fer_flax.augment import ERASE_RATIO, MEAN, STD
+from fer_flax.core.augment import ERASE_RATIO, MEAN, STD
 
 # ---------------------------------------------------------------------------------- torch step
 
 
 def torch_preprocess(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 1, 48, 48] -> float32, `(x/255 - MEAN) / STD` as fer_flax.augment.preprocess."""
+    """uint8 [B, 1, 48, 48] -> float32, `(x/255 - MEAN) / STD` as fer_flax.core.augment.preprocess."""
     return (images_u8.to(torch.float32) / 255.0 - MEAN) / STD
 
 

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import get_base_config, use_sgd_recipe
-from fer_flax import models, optim, parallel
+from fer_flax import models
+from fer_flax.core import optim, parallel
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
 
 
@@ -80,7 +81,8 @@ def build_train_step(
     `ops`: the seam's kernels (None: whatever `model_state.create_model` picks for this backend).
     `compiler_options`: per-program XLA options, overriding the process's XLA_FLAGS (None: those).
     """
-    from fer_flax import model_state, steps  # the training library, imported when a step is built
+    from fer_flax.core import state as model_state  # the training library, imported when a step is built
+    from fer_flax.core import steps
 
     parallel.check_batch_divisible(config.batch_size, mesh)
     model = model_state.create_model(config) if ops is None else build_model(config, ops)

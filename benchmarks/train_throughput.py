@@ -37,10 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import device_peaks
 from benchmarks.train_step_setup import build_train_step
 from configs.common import get_base_config
-from fer_flax import input_pipeline, models, parallel, runtime, sweep_space
+from fer_flax import models, runtime
+from fer_flax.core import input_pipeline, parallel
 from fer_flax.cpu import allocator as cpu_allocator
 from fer_flax.cpu import devices
 from fer_flax.data import load_splits
+from fer_flax.research.sweep import space as sweep_space
 
 
 def default_variant(family: str) -> str:

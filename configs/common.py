@@ -3,13 +3,13 @@
 Each experiment file calls `get_base_config()` and overrides what it needs. Every key that a run may read
 is declared here, so `--config.some.typo=1` is rejected by ml_collections instead of silently ignored.
 Keys whose default is "unset" are declared with `placeholder(type)` so they stay overridable.
-The valid values of every key are in `fer_flax/config_schema.py` (`CHOICES` for the choice keys), and
+The valid values of every key are in `fer_flax/config/schema.py` (`CHOICES` for the choice keys), and
 `config_schema.validate` checks a config before a run reads any data.
 """
 
 from ml_collections import ConfigDict, config_dict
 
-from fer_flax.config_schema import check_choice
+from fer_flax.config.schema import check_choice
 
 
 def get_base_config() -> ConfigDict:
@@ -28,7 +28,7 @@ def get_base_config() -> ConfigDict:
     c.aux_loss_weight = 0.3  # weight of auxiliary-classifier losses (GoogLeNet) in the training loss
     c.label_smoothing = 0.0
 
-    # Training loss (fer_flax/losses.py); class counts and prior come from the TRAINING split only.
+    # Training loss (fer_flax/core/losses.py); class counts and prior come from the TRAINING split only.
     c.loss = ConfigDict()
     # Per-class loss weights (config_schema.CLASS_WEIGHTINGS): none | inverse (1/n_c) | sqrt_inverse
     # (1/sqrt(n_c)) | explicit (loss.class_weights); normalised so their mean over the training label
@@ -39,7 +39,7 @@ def get_base_config() -> ConfigDict:
     # raw logits. 1.0 is the paper's choice; 0 disables.
     c.loss.logit_adjustment_tau = 0.0
 
-    # Mixup / CutMix of training batches (fer_flax/mixing.py), after augmentation; an alpha of 0 disables.
+    # Mixup / CutMix of training batches (fer_flax/core/mixing.py), after augmentation; an alpha of 0 disables.
     c.mix = ConfigDict()
     c.mix.mixup_alpha = 0.0  # lambda ~ Beta(alpha, alpha); 0.2 is a common choice
     c.mix.cutmix_alpha = 0.0  # box area fraction ~ Beta(alpha, alpha); 1.0 is a common choice
@@ -174,14 +174,14 @@ def get_base_config() -> ConfigDict:
     # "skip" keeps the previous parameters, optimizer state and BatchNorm statistics for that step
     # and counts it in `train/skipped_updates`. A non-finite state is never checkpointed either way.
     c.nonfinite = "stop"
-    # Fine-tuning (fer_flax/init_from.py): start a new run from another run's weights and BatchNorm
+    # Fine-tuning (fer_flax/training/init_from.py): start a new run from another run's weights and BatchNorm
     # statistics, "WORKDIR[:best|latest|STEP]" (default best); the classifier head is re-initialised when
     # the class count differs. init_weights: its raw or EMA weights (EMA: a full checkpoint, latest or a
     # step). init_skip: a regex of parameter paths not to load.
     c.init_from = config_dict.placeholder(str)
     c.init_weights = "raw"
     c.init_skip = config_dict.placeholder(str)
-    # Knowledge distillation (fer_flax/distill.py, docs/distillation.md): train against the
+    # Knowledge distillation (fer_flax/training/distill.py, docs/distillation.md): train against the
     # temperature-softened probabilities of finished runs. teachers: their workdirs, each optionally
     # "WORKDIR:best|latest|STEP" like init_from (any families; several are an ensemble); empty = off.
     # Loss: alpha * CE(true labels, smoothed) + (1 - alpha) * T^2 * KL(teachers_T || student_T).
@@ -199,7 +199,7 @@ def get_base_config() -> ConfigDict:
     c.wandb.mode = "offline"  # offline | online | disabled
     c.wandb.project = "fer_flax"
     c.wandb.entity = config_dict.placeholder(str)
-    # Runs of one experiment shown together in wandb (fer_flax.sweep sets it to the sweep's name).
+    # Runs of one experiment shown together in wandb (fer_flax.research.sweep.study sets it to the sweep's name).
     c.wandb.group = config_dict.placeholder(str)
     c.wandb.histogram_every_steps = 200  # weight and gradient histograms; 0 disables
     return c

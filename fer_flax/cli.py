@@ -18,6 +18,7 @@ Warnings of this project (a checkpoint skipped as damaged, a workdir that cannot
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,8 +26,8 @@ from typing import Any, NoReturn
 
 from absl import app, flags
 
-from fer_flax.checkpoint_errors import CheckpointSaveError, NoRestorableCheckpointError
-from fer_flax.workdir_lock import WorkdirLockedError
+from fer_flax.run.checkpoint_errors import CheckpointSaveError, NoRestorableCheckpointError
+from fer_flax.run.lock import WorkdirLockedError
 
 # NonFiniteError is a FloatingPointError (an ArithmeticError): named here by its base, so that this
 # module needs nothing from the training side.
@@ -126,3 +127,13 @@ def run(main: Callable[[list[str]], Any]) -> None:
     define_debug_flag()
     warnings.formatwarning = _format_warning
     app.run(functools.partial(_main_with_expected_errors, main), flags_parser=_parse_flags)
+
+
+def main_of(module_name: str) -> None:
+    """Runs the command `module_name` defines under `run`: its `define_flags()` when it has one, then
+    its `main`. The `python -m fer_flax.<command>` modules at the top of the package call this, so
+    each command has one entry and the library modules carry no `__main__` block."""
+    module = importlib.import_module(module_name)
+    if hasattr(module, "define_flags"):
+        module.define_flags()
+    run(module.main)

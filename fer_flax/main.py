@@ -23,8 +23,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_flax import cli, runtime, train
-from fer_flax.interrupts import TrainingInterrupted
+from fer_flax import cli, runtime
+from fer_flax.run.interrupts import TrainingInterrupted
+from fer_flax.training import loop as train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")

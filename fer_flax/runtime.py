@@ -18,7 +18,8 @@ from typing import Any
 
 import jax
 
-from fer_flax import cpu, parallel
+from fer_flax import cpu
+from fer_flax.core import parallel
 from fer_flax.cpu import devices
 
 

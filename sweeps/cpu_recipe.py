@@ -11,7 +11,7 @@ points) and adopt what wins with a full-length run of the printed best_config.py
 centred on the recipe's values (lr 0.1, weight decay 5e-4, label smoothing 0.1, pad-crop 4, ±10°).
 """
 
-from fer_flax.sweep_space import choice, loguniform, uniform
+from fer_flax.research.sweep.space import choice, loguniform, uniform
 
 SPACE = {
     "optim.lr": loguniform(0.03, 0.3),

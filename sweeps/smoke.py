@@ -1,6 +1,6 @@
 """A tiny search space for the tests: two keys every config has."""
 
-from fer_flax.sweep_space import loguniform, uniform
+from fer_flax.research.sweep.space import loguniform, uniform
 
 SPACE = {
     "optim.lr": loguniform(0.05, 0.2),

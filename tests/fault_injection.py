@@ -37,7 +37,8 @@ def install(spec: str) -> None:
     where, at_step, sig = parse(spec)
     from orbax.checkpoint._src.path import atomicity
 
-    from fer_flax import inference, train
+    from fer_flax.inference import engine as inference
+    from fer_flax.training import loop as train
 
     current = {"step": None}  # the last training step dispatched
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fer_flax import model_state
+from fer_flax.core import state as model_state
 
 
 def conv_bn_params(cin: int, cout: int, k: int) -> int:

@@ -9,8 +9,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs.common import get_base_config
-from fer_flax import augment
-from fer_flax.config_schema import ConfigError, validate
+from fer_flax.config.schema import ConfigError, validate
+from fer_flax.core import augment
 
 OFF = dict(
     pad_crop=0,

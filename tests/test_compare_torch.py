@@ -10,8 +10,9 @@ torch = pytest.importorskip("torch")
 from benchmarks import compare_torch as ct  # noqa: E402
 from benchmarks import torch_models as tm  # noqa: E402
 from benchmarks import torch_step as ts  # noqa: E402
-from fer_flax import models, optim, parallel  # noqa: E402
-from fer_flax.augment import preprocess  # noqa: E402
+from fer_flax import models  # noqa: E402
+from fer_flax.core import optim, parallel  # noqa: E402
+from fer_flax.core.augment import preprocess  # noqa: E402
 
 
 def _randomise_norms(variables: dict, seed: int) -> dict:

@@ -11,9 +11,10 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs.common import get_base_config
-from fer_flax import config_schema, models
-from fer_flax.config_choices import CHOICES, TTA_MODES
-from fer_flax.config_schema import ConfigError, check_choice, validate
+from fer_flax import models
+from fer_flax.config import schema as config_schema
+from fer_flax.config.choices import CHOICES, TTA_MODES
+from fer_flax.config.schema import ConfigError, check_choice, validate
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

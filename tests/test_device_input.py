@@ -11,21 +11,16 @@ import pytest
 from scipy import stats
 
 from configs import simple_cnn
-from fer_flax import (
-    device_input,
-    inference,
-    input_pipeline,
-    model_state,
-    multi_step,
-    optim,
-    parallel,
-    train,
-    train_feed,
-)
-from fer_flax import workdir as workdir_lib
+from fer_flax.core import input_pipeline, optim, parallel
+from fer_flax.core import state as model_state
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, NUM_CLASSES, ArraySplit
 from fer_flax.data.synthetic import generate_synthetic
-from fer_flax.interrupts import TrainingInterrupted
+from fer_flax.inference import engine as inference
+from fer_flax.run import workdir as workdir_lib
+from fer_flax.run.interrupts import TrainingInterrupted
+from fer_flax.training import device_input, multi_step
+from fer_flax.training import feed as train_feed
+from fer_flax.training import loop as train
 
 # FER2013's imbalance scaled down 20x: N = 1431 = 3 batches of 477.
 COUNTS = tuple(c // 20 for c in FER2013_TRAIN_COUNTS)

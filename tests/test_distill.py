@@ -1,4 +1,4 @@
-"""Knowledge distillation (fer_flax/distill.py): the softened targets and the loss by hand, a teacher
+"""Knowledge distillation (fer_flax/training/distill.py): the softened targets and the loss by hand, a teacher
 that is the student's own function teaches nothing, the cached targets are the on-the-fly ones on the
 clean view and are kept per teacher for any ensemble to reuse, a distilled run trains end to end and
 refuses another teacher set on resume, and bad teachers fail before training, named."""
@@ -18,11 +18,15 @@ import optax
 import pytest
 
 from configs.common import get_base_config, use_smoke_settings
-from fer_flax import distill, losses, model_state, parallel, steps, train, train_feed
-from fer_flax.augment import preprocess
-from fer_flax.config_schema import ConfigError, validate
+from fer_flax.config.schema import ConfigError, validate
+from fer_flax.core import losses, parallel, steps
+from fer_flax.core import state as model_state
+from fer_flax.core.augment import preprocess
 from fer_flax.data.spec import FER2013
-from fer_flax.workdir import IncompatibleWorkdirError
+from fer_flax.run.workdir import IncompatibleWorkdirError
+from fer_flax.training import distill
+from fer_flax.training import feed as train_feed
+from fer_flax.training import loop as train
 from tests.trained_runs import synthetic_split, tiny_config, trained_run
 
 
@@ -125,7 +129,7 @@ def test_a_teacher_that_is_the_students_initial_function_gives_no_distillation_g
 @pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
 def test_cached_targets_equal_the_on_the_fly_teachers_on_the_clean_view(teacher_run):
     """Two checkpoints of the tiny run as an ensemble, flip views: the host path through
-    fer_flax.inference (40 images in padded batches of 32) against the step's own function."""
+    fer_flax.inference.engine (40 images in padded batches of 32) against the step's own function."""
     c = tiny_config()
     c.distill.update(teachers=(f"{teacher_run}:2", f"{teacher_run}:4"), temperature=3.0, tta="flip")
     d = distill.load_teachers(c, FER2013, parallel.make_mesh(), "/nonexistent/student")

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from trained_runs import EVAL_BATCH, NUM_TEST, synthetic_split, trained_run, write_fer_csv
 
-from fer_flax import evaluate, inference, metrics, model_state, tta
-from fer_flax import workdir as workdir_lib
-from fer_flax.augment import preprocess
+from fer_flax.core import metrics, tta
+from fer_flax.core import state as model_state
+from fer_flax.core.augment import preprocess
 from fer_flax.data import FERDataError
-from fer_flax.tracking import read_metrics
+from fer_flax.inference import engine as inference
+from fer_flax.inference import evaluate
+from fer_flax.run import workdir as workdir_lib
+from fer_flax.run.tracking import read_metrics
 
 # One worker trains the tiny run (tests/trained_runs.py) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from trained_runs import trained_run
 
-from fer_flax import explain, models, saliency
+from fer_flax import models
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.inference import explain, saliency
 from tests.model_helpers import compiled_init
 
 ROWS, COLS = slice(8, 20), slice(24, 40)  # the only region the RegionModel looks at

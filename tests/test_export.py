@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from trained_runs import synthetic_split, trained_run
 
-from fer_flax import export, inference, model_state, parallel
-from fer_flax.staged_outputs import StagedOutputs
+from fer_flax.core import parallel
+from fer_flax.core import state as model_state
+from fer_flax.inference import engine as inference
+from fer_flax.inference import export
+from fer_flax.run.staged_outputs import StagedOutputs
 
 pytestmark = pytest.mark.xdist_group("trained_run")
 

@@ -9,9 +9,14 @@ import pytest
 from face_pictures import GROUP_PLACES, astronaut, group_picture, no_face_photos
 from PIL import Image
 
-from fer_flax.faces import crop as crop_lib
-from fer_flax.faces.detect import Box, HaarCascadeDetector, MissingDependencyError, import_cv2
-from fer_flax.faces.track import IoUTracker, iou
+from fer_flax.inference.faces import crop as crop_lib
+from fer_flax.inference.faces.detect import (
+    Box,
+    HaarCascadeDetector,
+    MissingDependencyError,
+    import_cv2,
+)
+from fer_flax.inference.faces.track import IoUTracker, iou
 
 pytest.importorskip("cv2")
 
@@ -109,7 +114,7 @@ def test_missing_opencv_names_the_extra(monkeypatch):
 
 
 def test_webcam_says_what_is_missing():
-    from fer_flax import webcam
+    from fer_flax.inference import webcam
 
     cv2 = import_cv2()
     if webcam.gui_backend(cv2) != "NONE":
@@ -121,8 +126,8 @@ def test_webcam_says_what_is_missing():
 def test_faces_of_a_colour_run_with_its_own_classes_are_cropped_drawn_and_listed():
     # A run trained on 8 classes at 64x56 RGB (FER+'s classes, say): crops in its shape and colour,
     # annotations and the CSV in its classes.
-    from fer_flax import annotate, predict
-    from fer_flax.faces.classify import FacePrediction
+    from fer_flax.inference import annotate, predict
+    from fer_flax.inference.faces.classify import FacePrediction
 
     photo = np.asarray(astronaut().convert("RGB"))
     crop = crop_lib.crop_face(photo, Box(172, 61, 110, 110), size=(64, 56))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from configs.common import get_base_config
-from fer_flax.config_schema import ConfigError
+from fer_flax.config.schema import ConfigError
 from fer_flax.data import cache, fer2013, image_folders, load_splits
 from fer_flax.data.cache import load_fer2013_cached
 from fer_flax.data.fer2013 import read_fer2013

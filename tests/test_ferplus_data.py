@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from fer_flax import losses, steps
+from fer_flax.core import losses, steps
 from fer_flax.data import FERDataError, labels, load_splits, resolve_spec, sources
 from fer_flax.data.ferplus import VoteSplit, read_ferplus
 from fer_flax.data.spec import FERPLUS

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from fer_flax import input_pipeline as ip
-from fer_flax.config_schema import ConfigError
+from fer_flax.config.schema import ConfigError
+from fer_flax.core import input_pipeline as ip
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, NUM_CLASSES, ArraySplit
 
 # FER2013's training imbalance scaled down 20x: (199, 21, 204, 360, 241, 158, 248), N = 1431.

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from configs.common import get_base_config
-from fer_flax import metrics, optim, tracking
-from fer_flax.config_choices import OPTIMIZERS, SCHEDULES
-from fer_flax.config_schema import ConfigError, validate
+from fer_flax.config.choices import OPTIMIZERS, SCHEDULES
+from fer_flax.config.schema import ConfigError, validate
+from fer_flax.core import metrics, optim
+from fer_flax.run import tracking
 
 
 def test_confusion_matrix_counts_only_masked_examples():

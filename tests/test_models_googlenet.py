@@ -18,7 +18,7 @@ import pytest
 
 from configs import googlenet as faithful_config
 from configs import googlenet_aux as modified_config
-from fer_flax import model_state
+from fer_flax.core import state as model_state
 from fer_flax.models import create_model, googlenet, variants
 
 TINY_VARIANTS = ("inception_v1_bn_tiny", "inception_v1_tiny")

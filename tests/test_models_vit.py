@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from fer_flax import model_state
+from fer_flax.core import state as model_state
 from fer_flax.models import create_model, variants, vit
 
 # The test/CPU sizes get real forward passes; the rest are checked with eval_shape (no compute).

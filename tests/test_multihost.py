@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax import train
+from fer_flax.training import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
 # 256 training images / global batch 64 = 4 steps per epoch; a constant learning rate makes a run of

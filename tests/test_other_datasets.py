@@ -16,10 +16,15 @@ import optax
 import pytest
 from PIL import Image
 
-from fer_flax import class_mapping, evaluate, init_from, model_state, models, optim, parallel, train
-from fer_flax.choices import ConfigError
+from fer_flax import models
+from fer_flax.base.errors import ConfigError
+from fer_flax.core import class_mapping, optim, parallel
+from fer_flax.core import state as model_state
 from fer_flax.data.spec import FER2013, FERPLUS, DataSpec
 from fer_flax.data.splits import ArraySplit
+from fer_flax.inference import evaluate
+from fer_flax.training import init_from
+from fer_flax.training import loop as train
 from tests import trained_runs
 from tests.ferplus_helpers import face, write_split
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax import model_state, models, optim, parallel, steps
+from fer_flax import models
+from fer_flax.core import optim, parallel, steps
+from fer_flax.core import state as model_state
 from fer_flax.data.splits import NUM_CLASSES
 
 STEPS = 4

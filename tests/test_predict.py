@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 from trained_runs import trained_run
 
-from fer_flax import inference, metrics, predict
-from fer_flax.augment import preprocess
+from fer_flax.core import metrics
+from fer_flax.core.augment import preprocess
 from fer_flax.data.splits import CLASS_NAMES
+from fer_flax.inference import engine as inference
+from fer_flax.inference import predict
 
 # One worker trains the tiny run (tests/trained_runs.py) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")

@@ -1,4 +1,4 @@
-"""`fer_flax.predict` on real photographs, a composed group picture and a video: faces found,
+"""`fer_flax.inference.predict` on real photographs, a composed group picture and a video: faces found,
 cropped and classified through the one inference path; bad inputs fail whole, leaving no output."""
 
 import csv
@@ -14,13 +14,15 @@ from face_pictures import CLIP_FRAMES, CLIP_SIZE, GROUP_PLACES, astronaut, group
 from PIL import Image
 from trained_runs import trained_run
 
-from fer_flax import inference, metrics, photos, predict, video
-from fer_flax.augment import preprocess
+from fer_flax.core import metrics
+from fer_flax.core.augment import preprocess
 from fer_flax.data.splits import CLASS_NAMES
-from fer_flax.faces import crop as crop_lib
-from fer_flax.faces.classify import FaceClassifier
-from fer_flax.faces.detect import Box
-from fer_flax.faces.track import iou
+from fer_flax.inference import engine as inference
+from fer_flax.inference import photos, predict, video
+from fer_flax.inference.faces import crop as crop_lib
+from fer_flax.inference.faces.classify import FaceClassifier
+from fer_flax.inference.faces.detect import Box
+from fer_flax.inference.faces.track import iou
 
 # One worker trains the tiny run (tests/trained_runs.py) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")

@@ -14,9 +14,9 @@ import fer_flax.data.cache
 import fer_flax.data.fer2013
 import fer_flax.data.synthetic
 from configs import simple_cnn
-from fer_flax import train
 from fer_flax.data import FERDataError
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.training import loop as train
 
 
 @pytest.fixture

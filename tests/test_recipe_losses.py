@@ -19,9 +19,12 @@ from ml_collections import ConfigDict
 
 from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
-from fer_flax import augment, inference, losses, mixing, model_state, parallel, steps, train, tta
-from fer_flax.config_schema import ConfigError, validate
+from fer_flax.config.schema import ConfigError, validate
+from fer_flax.core import augment, losses, mixing, parallel, steps, tta
+from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.inference import engine as inference
+from fer_flax.training import loop as train
 
 K = 7
 # Perfect squares so that sqrt_inverse is easy by hand; N = 230.

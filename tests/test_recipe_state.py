@@ -22,27 +22,22 @@ from flax.training import train_state
 
 from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
-from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import (
-    config_schema,
-    ema,
-    evaluate,
-    inference,
-    input_pipeline,
-    leaderboard,
-    model_state,
-    models,
-    optim,
-    steps,
-    tracking,
-    train,
-    validation,
-)
-from fer_flax import workdir as workdir_lib
+from fer_flax import models
+from fer_flax.config import schema as config_schema
+from fer_flax.core import ema, input_pipeline, optim, steps
+from fer_flax.core import state as model_state
 from fer_flax.data import NUM_CLASSES
 from fer_flax.data.synthetic import generate_synthetic
-from fer_flax.interrupts import TrainingInterrupted
-from fer_flax.workdir import IncompatibleWorkdirError
+from fer_flax.inference import engine as inference
+from fer_flax.inference import evaluate
+from fer_flax.research import leaderboard
+from fer_flax.run import checkpoint as checkpoint_lib
+from fer_flax.run import tracking
+from fer_flax.run import workdir as workdir_lib
+from fer_flax.run.interrupts import TrainingInterrupted
+from fer_flax.run.workdir import IncompatibleWorkdirError
+from fer_flax.training import loop as train
+from fer_flax.training import validation
 from tests import fault_injection
 from tests.model_helpers import compiled_initial_variables
 
@@ -325,7 +320,7 @@ def test_ema_and_plateau_state_survive_a_checkpoint_round_trip(tmp_path):
     assert isinstance(optim.get_plateau(restored.opt_state), optim.PlateauState)
     assert float(optim.get_plateau(restored.opt_state).scale) == 0.25
     ckpt.close()
-    # The inference view of the full checkpoint (read as fer_flax.evaluate does, by a read-only
+    # The inference view of the full checkpoint (read as fer_flax.inference.evaluate does, by a read-only
     # Checkpointer): raw or EMA weights under the same names.
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path), read_only=True)
     names = {"params": template.params, "batch_stats": template.batch_stats}
@@ -428,7 +423,7 @@ def test_ema_run_logs_both_and_best_holds_the_selected_weights(recipe_run, tmp_p
     assert ckpt.best_selection() == {"weights": "ema", "val_accuracy": val[best_step]["val_ema/accuracy"]}
     ckpt.close()
 
-    # fer_flax.evaluate on best/ (unchanged layout) reproduces the logged EMA numbers, not the raw ones.
+    # fer_flax.inference.evaluate on best/ (unchanged layout) reproduces the logged EMA numbers, not the raw ones.
     quiet = functools.partial(evaluate.evaluate_workdirs, figures=False, announce=lambda *a: None)
     best = quiet([str(workdir)], out=str(tmp_path / "best.json"))
     assert best["weights"] == "ema" and best["checkpoint_step"] == best_step

@@ -21,10 +21,13 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import model_state, steps, tracking, train
-from fer_flax.interrupts import NonFiniteError
-from fer_flax.workdir import IncompatibleWorkdirError
+from fer_flax.core import state as model_state
+from fer_flax.core import steps
+from fer_flax.run import checkpoint as checkpoint_lib
+from fer_flax.run import tracking
+from fer_flax.run.interrupts import NonFiniteError
+from fer_flax.run.workdir import IncompatibleWorkdirError
+from fer_flax.training import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
 # The smoke run: 512 images / batch 64 = 8 steps per epoch, 2 epochs (evaluations at 8 and 16),

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from trained_runs import tiny_config, trained_run
 
-from fer_flax import leaderboard, multiseed, tracking
+from fer_flax.research import leaderboard, multiseed
+from fer_flax.run import tracking
 
 # One worker trains the tiny run (tests/trained_runs.py) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")

@@ -1,4 +1,4 @@
-"""Sweeps (fer_flax.sweep): a killed sweep resumes without running any trial twice, pruning stops a
+"""Sweeps (fer_flax.research.sweep.study): a killed sweep resumes without running any trial twice, pruning stops a
 trial below the median, the best config reproduces its trial, and a bad space file is named.
 
 The trials are the smoke CNN on 64 synthetic faces (4 steps of 16 an epoch); the sweeps run as the
@@ -20,8 +20,11 @@ import pytest
 from optuna.trial import TrialState
 
 from configs import simple_cnn
-from fer_flax import sweep, sweep_space, train, workdir_lock
-from fer_flax.sweep_trial import TrialSetup
+from fer_flax.research.sweep import space as sweep_space
+from fer_flax.research.sweep import study as sweep
+from fer_flax.research.sweep.trial import TrialSetup
+from fer_flax.run import lock as workdir_lock
+from fer_flax.training import loop as train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +177,7 @@ def test_pruning_stops_a_real_run_below_the_median(tmp_path, monkeypatch):
 )
 def test_a_bad_space_file_is_named_with_its_key(tmp_path, text, message):
     path = tmp_path / "space.py"
-    path.write_text("from fer_flax.sweep_space import choice, loguniform, uniform\n" + text + "\n")
+    path.write_text("from fer_flax.research.sweep.space import choice, loguniform, uniform\n" + text + "\n")
     with pytest.raises(ValueError, match=message) as info:
         sweep_space.load_space(str(path), simple_cnn.get_config("smoke"))
     assert str(path) in str(info.value)

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import inference, model_state, train
+from fer_flax.core import state as model_state
 from fer_flax.data import load_splits
+from fer_flax.inference import engine as inference
+from fer_flax.run import checkpoint as checkpoint_lib
+from fer_flax.training import loop as train
 
 
 def smoke_config(**overrides):

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from configs import simple_cnn
-from fer_flax import train
+from fer_flax.training import loop as train
 
 
 @pytest.mark.slow

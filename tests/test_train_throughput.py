@@ -8,7 +8,8 @@ import pytest
 
 from benchmarks import device_peaks
 from benchmarks import train_throughput as tt
-from fer_flax import parallel, sweep_space
+from fer_flax.core import parallel
+from fer_flax.research.sweep import space as sweep_space
 
 
 def test_peaks_of_known_gpus_and_none_for_cpus():

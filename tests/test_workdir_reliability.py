@@ -22,9 +22,14 @@ import pytest
 from trained_runs import tiny_config, trained_run
 
 from configs import simple_cnn
-from fer_flax import checkpoint as checkpoint_lib
-from fer_flax import cli, evaluate, inference, model_state, train, workdir_lock
-from fer_flax.choices import ConfigError
+from fer_flax import cli
+from fer_flax.base.errors import ConfigError
+from fer_flax.core import state as model_state
+from fer_flax.inference import engine as inference
+from fer_flax.inference import evaluate
+from fer_flax.run import checkpoint as checkpoint_lib
+from fer_flax.run import lock as workdir_lock
+from fer_flax.training import loop as train
 
 # One worker trains the tiny run (tests/trained_runs.py) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
@@ -138,7 +143,7 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
     flipped = _largest_file(copy / "checkpoints" / "4")  # same size, different content
     _flip_a_bit(flipped)
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning, match="does not match its checksum") as record:
-        (member,) = inference.load_members([str(copy)], "latest")  # what fer_flax.predict loads
+        (member,) = inference.load_members([str(copy)], "latest")  # what fer_flax.inference.predict loads
     assert member.step == 2 and "the newest intact one, step 2" in str(record[0].message)
 
     _flip_a_bit(_largest_file(copy / "best" / str(next_best)))

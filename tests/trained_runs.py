@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from configs import simple_cnn
-from fer_flax import train
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.training import loop as train
 
 NUM_TEST = 70  # not a multiple of EVAL_BATCH: the last evaluation batch is partial
 EVAL_BATCH = 32
@@ -42,7 +42,7 @@ def synthetic_split(split: str):
 
 
 def trained_run(tmp_path_factory) -> str:
-    """Workdir `<root>/seed_0` (the layout fer_flax.multiseed uses) of `tiny_config(0)`."""
+    """Workdir `<root>/seed_0` (the layout fer_flax.research.multiseed uses) of `tiny_config(0)`."""
     if "run" not in _cache:
         workdir = str(tmp_path_factory.mktemp("trained_run") / "seed_0")
         train.train_and_evaluate(tiny_config(0), workdir)

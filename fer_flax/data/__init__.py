@@ -36,7 +36,7 @@ def default_cache_dir(workdir: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(workdir)), ".fer_flax_cache")
 
 
-# The readers are imported when used: they import fer_flax.config_schema, which imports this package's
+# The readers are imported when used: they import fer_flax.config.schema, which imports this package's
 # constants, so importing them here at the top would be an import circle.
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_flax import atomic_files
+from fer_flax.base import atomic_files
 from fer_flax.data import fer2013, ferplus, image_folders
 from fer_flax.data.splits import CLASS_NAMES, ArraySplit
 

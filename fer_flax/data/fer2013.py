@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fer_flax.config_schema import check_choice
+from fer_flax.base.errors import check_choice
 from fer_flax.data import image_folders
 from fer_flax.data.splits import (
     IMAGE_SIZE,

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer_flax.config_choices import LABEL_MODES
-from fer_flax.config_schema import check_choice
+from fer_flax.base.errors import check_choice
 from fer_flax.data.ferplus import VoteSplit
 from fer_flax.data.spec import FERPLUS
 from fer_flax.data.splits import ArraySplit
 
+# FER+'s label modes (config key data.label_mode); data without votes trains with "majority" only.
+LABEL_MODES: tuple[str, ...] = ("majority", "probability", "crossentropy", "multi_target")
 # Modes whose targets are a [N, K] array (the others train on the integer label).
 SOFT_MODES: tuple[str, ...] = ("probability", "crossentropy", "multi_target")
 NUM_EMOTIONS = FERPLUS.num_classes  # the columns before "unknown" and "NF"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fer_flax.choices import ConfigError
+from fer_flax.base.errors import ConfigError
 from fer_flax.data import cache, fer2013, ferplus, image_folders, labels
 from fer_flax.data.spec import FER2013, FERPLUS, DataSpec
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE, ArraySplit, FERDataError

@@ -46,7 +46,7 @@ class ArraySplit:
     against), the data set's `class_names` in label order and, for data with soft labels, `targets`
     float32 [N, num_classes] (the training targets of the label mode, see fer_flax.data.labels).
     `teacher_probs` float32 [N, num_classes]: cached knowledge-distillation targets, the teachers'
-    softened probabilities of each image (fer_flax.distill); batches carry both kinds of row."""
+    softened probabilities of each image (fer_flax.training.distill); batches carry both kinds of row."""
 
     images: np.ndarray
     labels: np.ndarray

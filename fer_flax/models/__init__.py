@@ -22,7 +22,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from fer_flax.choices import ConfigError, check_choice
+from fer_flax.base.errors import ConfigError, check_choice
 
 FAMILIES: tuple[str, ...] = ("cnn", "beefy", "resnet", "googlenet", "vit")
 # Fields of every MODEL that select kernels, not the architecture: never config options.

@@ -32,7 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.choices import check_choice
+from fer_flax.base.errors import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm, he_normal_fan_out
 
 ACTIVATIONS: dict[str, Callable] = {

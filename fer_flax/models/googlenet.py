@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax.choices import check_choice
+from fer_flax.base.errors import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm
 
 # Table 1 of the paper: (#1×1, #3×3 reduce, #3×3, #5×5 reduce, #5×5, pool proj) per inception module, in

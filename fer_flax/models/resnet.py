@@ -26,7 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_flax.choices import check_choice
+from fer_flax.base.errors import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm, he_normal_fan_out
 
 STEMS: tuple[str, ...] = ("s1", "s2", "imagenet")

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_flax.choices import check_choice
+from fer_flax.base.errors import check_choice
 from fer_flax.models.layers import ModuleDef, batch_norm
 
 STEMS = ("patch", "conv", "cct", "spt")

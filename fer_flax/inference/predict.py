@@ -1,0 +1,300 @@
+"""Classify faces in photos, face crops, videos and a webcam with a trained checkpoint.
+
+Command:
+  python -m fer_flax.predict --workdir W [--workdir W2 ...] [--checkpoint best|latest|STEP]
+      [--tta none|flip|tencrop] [--faces auto|detect|whole] [--margin 0.125] [--fit stretch|center_crop]
+      [--out_dir DIR] [--out preds.json|preds.csv] [--format table|json|csv]
+      [--every N] [--annotate_video] PATH [PATH ...]
+  python -m fer_flax.predict --workdir W --webcam 0
+
+PATH is an image file, a folder (searched recursively for *.png, *.jpg, *.jpeg; hidden files are
+skipped) or a video file (.mp4, .avi, .mov, ...). Photos of any size and colour go through face
+detection (`fer_flax.inference.faces`, OpenCV's Haar cascade from the `photos` extra); each face is cropped
+square with a margin, like FER2013's faces, and classified with the run's test-time augmentation
+(`--tta` overrides it). 48x48 images are taken as face crops already and classified whole
+(`--faces whole` does that for every image, resizing it as `--fit` says). Each image's faces are
+printed (table, JSON or CSV) and written to `--out`; with `--out_dir`, each image also gets a JSON
+record, an annotated copy and a contact sheet of its crops (`fer_flax.inference.photos`). Videos need
+`--out_dir`: a timeline CSV, per-face probability plots and, with `--annotate_video`, an annotated
+video (`fer_flax.inference.video`). `--webcam INDEX` opens a live window (`fer_flax.inference.webcam`).
+
+An unreadable input stops the command with an error naming it, before any output is written.
+
+Preprocessing matches how the training data was prepared (`fer_flax.inference.image_io`): decode with Pillow,
+apply the EXIF orientation, grayscale with `convert("L")` (ITU-R 601-2 luma; alpha dropped; 16-bit
+scaled to 8 bits), resize to 48x48 with Pillow's bilinear filter (area-averaging when shrinking),
+then the training normalisation, `fer_flax.core.augment.preprocess`, on the device.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags, logging
+
+from fer_flax import cli, runtime
+from fer_flax.base.errors import check_choice
+from fer_flax.core import tta
+from fer_flax.core.state import Restored
+from fer_flax.data.spec import FER2013, DataSpec
+from fer_flax.inference import engine as inference
+from fer_flax.inference import photos, video, webcam
+from fer_flax.inference.faces import crop as crop_lib
+from fer_flax.inference.faces.classify import FaceClassifier
+from fer_flax.inference.faces.detect import DETECTORS, MissingDependencyError, make_detector
+from fer_flax.inference.image_io import (
+    FIT_MODES,
+    ImageReadError,
+    collect_inputs,
+    fit_whole,
+    open_image,
+)
+from fer_flax.run import workdir
+
+OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
+
+
+def load_image(path: str | os.PathLike, *, fit: str = "stretch", spec: DataSpec = FER2013) -> np.ndarray:
+    """uint8 face of `spec`'s size from a whole image file that is a face crop (any size, colour or
+    grayscale): [H, W] grayscale for a 1-channel spec (FER2013's 48x48), [H, W, 3] RGB for a
+    3-channel one; ImageReadError naming the file when it cannot be read."""
+    return fit_whole(open_image(path), fit, spec)
+
+
+def classify(
+    members: Sequence[Restored],
+    paths: Sequence[str],
+    *,
+    batch_size: int | None = None,
+    tta_mode: str = "none",
+    crop_size: int = tta.DEFAULT_CROP_SIZE,
+    fit: str = "stretch",
+) -> list[dict]:
+    """One result per input file, in order: {"path", "label", "probabilities": {class: p}} or
+    {"path", "error"}, in the classes (and at the image size) the models were trained with."""
+    spec = members[0].spec
+    results: list[dict] = []
+    images, ok = [], []
+    for path in collect_inputs(paths):
+        try:
+            images.append(load_image(path, fit=fit, spec=spec))
+            ok.append(len(results))
+            results.append({"path": path})
+        except (ImageReadError, FileNotFoundError) as e:
+            results.append({"path": path, "error": str(e)})
+    if images:
+        probs = inference.member_probabilities(
+            members,
+            np.stack(images),
+            batch_size=batch_size or members[0].config.eval_batch_size,
+            tta_mode=tta_mode,
+            crop_size=crop_size,
+        )
+        for i, p in zip(ok, probs, strict=True):
+            results[i]["label"] = spec.class_names[int(np.argmax(p))]
+            results[i]["probabilities"] = dict(zip(spec.class_names, map(float, p), strict=True))
+    return results
+
+
+# ------------------------------------------------------------------------------------------- output
+
+
+def to_json(records: Sequence[dict]) -> str:
+    return json.dumps(list(records), indent=2)
+
+
+def _class_names(records: Sequence[dict]) -> tuple[str, ...]:
+    """The classes the records are in (FER2013's when no face was classified)."""
+    faces = (face for r in records for face in r["faces"])
+    return next((tuple(face["probabilities"]) for face in faces), FER2013.class_names)
+
+
+def _face_rows(records: Sequence[dict]):
+    """(path, face number or None, face record or None, note) per face; one row for a faceless image."""
+    for r in records:
+        if not r["faces"]:
+            yield r["path"], None, None, r.get("note", "")
+        for i, face in enumerate(r["faces"], start=1):
+            yield r["path"], i, face, ""
+
+
+def to_csv(records: Sequence[dict]) -> str:
+    """One row per face (an image without faces gets one row with only its path and note)."""
+    names = _class_names(records)
+    columns = ("path", "face", "x", "y", "width", "height", "label", "confidence", *names, "note")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for path, i, face, note in _face_rows(records):
+        if face is None:
+            writer.writerow([path, *[""] * (len(columns) - 2), note])
+            continue
+        box, probs = face["box"], [f"{face['probabilities'][n]:.6f}" for n in names]
+        writer.writerow([path, i, box["x"], box["y"], box["width"], box["height"], face["label"],
+                         f"{face['confidence']:.6f}", *probs, note])  # fmt: skip
+    return buf.getvalue()
+
+
+def to_table(records: Sequence[dict]) -> str:
+    names = _class_names(records)
+    width = max([len(r["path"]) for r in records] + [4])
+    head = f"{'path':<{width}}  face  {'box (x,y,w,h)':<19}  {'label':<9}"
+    lines = [head + "".join(f"{n[:8]:>9}" for n in names)]
+    for path, i, face, note in _face_rows(records):
+        if face is None:
+            lines.append(f"{path:<{width}}  -     {note}")
+            continue
+        box = ",".join(str(face["box"][k]) for k in ("x", "y", "width", "height"))
+        probs = "".join(f"{face['probabilities'][n]:>9.4f}" for n in names)
+        lines.append(f"{path:<{width}}  {i:<4}  {box:<19}  {face['label']:<9}{probs}")
+    return "\n".join(lines)
+
+
+def render(results: Sequence[dict], fmt: str) -> str:
+    if fmt not in OUTPUT_FORMATS:
+        check_choice("--format", fmt, OUTPUT_FORMATS)
+    return {"table": to_table, "json": to_json, "csv": to_csv}[fmt](results)
+
+
+def output_format(out: str | None, fmt: str | None) -> str:
+    """--format wins; otherwise the extension of --out (.json or .csv); otherwise a table."""
+    if fmt:
+        return fmt
+    if out:
+        ext = os.path.splitext(out)[1].lower()
+        if ext in (".json", ".csv"):
+            return ext[1:]
+        raise ValueError(f"--out {out!r}: use a .json or .csv name, or say --format json|csv")
+    return "table"
+
+
+# ------------------------------------------------------------------------------------ command line
+
+
+def define_flags() -> None:
+    flags.DEFINE_multi_string("workdir", None, "Training workdir; repeat for an ensemble.")
+    flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
+    flags.DEFINE_enum("tta", None, list(tta.TTA_MODES), "TTA; default: the run's eval_tta.")
+    flags.DEFINE_integer("crop_size", None, "Ten-crop crop side (default: the run's augment.crop_size).")
+    flags.DEFINE_enum("faces", "auto", list(photos.FACE_MODES),
+                      "auto: detect faces except in 48x48 crops; detect: always; whole: never.")  # fmt: skip
+    flags.DEFINE_enum("detector", "haar", list(DETECTORS), "Face detector.")
+    flags.DEFINE_float("margin", crop_lib.FER2013_MARGIN, "Margin around a detected face, of its side.")
+    flags.DEFINE_enum("fit", "stretch", list(FIT_MODES), "How a whole non-square image becomes 48x48.")
+    flags.DEFINE_string("out_dir", None, "Per-input outputs: JSON records, annotated copies, plots.")
+    flags.DEFINE_string("out", None, "Write the photos' predictions to this .json or .csv file.")
+    flags.DEFINE_enum("format", None, list(OUTPUT_FORMATS), "Printed format (default: table).")
+    flags.DEFINE_integer("batch_size", None, "Largest batch; default: the run's eval_batch_size.")
+    flags.DEFINE_integer("every", 1, "Videos: classify every N-th frame.")
+    flags.DEFINE_bool("annotate_video", False, "Videos: also write an annotated video.")
+    flags.DEFINE_integer("webcam", None, "Open camera INDEX in a live window instead of reading files.")
+    flags.mark_flag_as_required("workdir")
+
+
+def make_classifier(
+    members: Sequence[Restored],
+    tta_mode: str | None = None,
+    crop_size: int | None = None,
+    batch_size: int | None = None,
+) -> FaceClassifier:
+    """The run's test-time augmentation (eval_tta and its ten-crop size) unless overridden."""
+    config = members[0].config
+    return FaceClassifier(
+        members,
+        tta_mode=tta_mode or config.eval_tta,
+        crop_size=crop_size or config.augment.get("crop_size", tta.DEFAULT_CROP_SIZE),
+        max_batch=batch_size,
+    )
+
+
+def predict_inputs(
+    paths: Sequence[str],
+    classifier: FaceClassifier,
+    *,
+    faces: str = "auto",
+    fit: str = "stretch",
+    margin: float = crop_lib.FER2013_MARGIN,
+    detector: str = "haar",
+    out_dir: str | None = None,
+    every: int = 1,
+    annotate_video: bool = False,
+) -> tuple[list[dict], list[dict]]:
+    """(photo records, video summaries) of image files, folders and videos; every video is checked
+    readable before any output is written."""
+    videos = [p for p in paths if video.is_video(p)]
+    images = [p for p in paths if not video.is_video(p)]
+    if videos and out_dir is None:
+        raise ValueError("videos write a timeline, plots and an optional video: give --out_dir DIR")
+    for v in videos:
+        video.check_readable(v)
+    get_detector = functools.cache(lambda: make_detector(detector))
+    records = []
+    if images:
+        records = photos.analyze_photos(
+            images, classifier, detector=get_detector, faces=faces, fit=fit, margin=margin, out_dir=out_dir
+        )
+    summaries = [
+        video.analyze_video(
+            v,
+            classifier,
+            detector=get_detector(),
+            out_dir=out_dir,
+            every=every,
+            annotate_video=annotate_video,
+            margin=margin,
+        )
+        for v in videos
+    ]
+    return records, summaries
+
+
+def describe_video(summary: dict) -> str:
+    tracks = ", ".join(
+        f"#{t['track']} {t['label']} (frames {t['first_frame']}-{t['last_frame']})" for t in summary["tracks"]
+    )
+    return (
+        f"{summary['video']}: {summary['processed_frames']} frames processed, {summary['faces']} faces, "
+        f"{len(summary['tracks'])} tracked: {tracks or 'no face found'}; timeline {summary['timeline']}"
+    )
+
+
+def main(argv: list[str]) -> None:
+    paths = argv[1:]
+    f = flags.FLAGS
+    if not paths and f.webcam is None:
+        raise app.UsageError("give at least one image file, folder or video, or --webcam INDEX")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
+    runtime.start()
+    try:
+        file_format = output_format(f.out, None) if f.out else None
+        camera = webcam.check_available(f.webcam) if f.webcam is not None else None
+        members = inference.load_members(f.workdir, f.checkpoint)
+        classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
+        if camera is not None:
+            webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)
+            return
+        records, summaries = predict_inputs(
+            paths, classifier, faces=f.faces, fit=f.fit, margin=f.margin, detector=f.detector,
+            out_dir=f.out_dir, every=f.every, annotate_video=f.annotate_video,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, MissingDependencyError, webcam.WebcamUnavailable) as e:
+        cli.fail(e)
+    if records:
+        print(render(records, f.format or "table"))
+        if f.out:
+            workdir.write_text(f.out, render(records, file_format))
+    for summary in summaries:
+        print(describe_video(summary))
+    for r in records:
+        if not r["faces"]:
+            print(f"{r['path']}: no face found", file=sys.stderr)
+    if f.out_dir:
+        print(f"Outputs written to {os.path.abspath(f.out_dir)}", file=sys.stderr)

@@ -1,0 +1,2 @@
+"""Experiments built from many runs: multi-seed statistics, the leaderboard and hyper-parameter
+sweeps (`sweep`). The top layer of the library: may import `training` and `inference`; nothing imports it."""
