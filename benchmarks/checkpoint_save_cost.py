@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fer_flax.core import input_pipeline, optim, parallel
+from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.run import checkpoint
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=3)
     args = parser.parse_args()
     config = importlib.import_module(f"configs.{args.config}").get_config()
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=10, total_steps=100)
     tx = optim.create_optimizer(config.optim, schedule)
     state = model_state.create_train_state(model, tx, jax.random.key(0), parallel.make_mesh())

@@ -33,9 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cpu_recipe
 from configs.common import get_base_config
 from fer_flax import runtime
+from fer_flax.core import ema as ema_lib
+from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, IMAGE_SIZE, NUM_CLASSES
+from fer_flax.run import trained
 from fer_flax.training import distill
 from fer_flax.training import feed as train_feed
 
@@ -46,11 +49,11 @@ def _teachers(spec: str, count: int, tta: str, mesh) -> distill.Distillation:
     family, variant = spec.split(":")
     config = get_base_config()
     config.model_name, config.model.variant = family, variant
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     members = []
     for i in range(count):
-        variables = parallel.replicate(model_state.initial_variables(model, jax.random.key(100 + i)), mesh)
-        restored = model_state.Restored(f"random_{i}", model, variables, config, step=0)
+        variables = parallel.replicate(model_lib.initial_variables(model, jax.random.key(100 + i)), mesh)
+        restored = trained.Restored(f"random_{i}", model, variables, config, step=0)
         members.append(distill.Teacher(f"random_{i}", "best", restored, tta, 44))
     return distill.Distillation(tuple(members), "on_the_fly", alpha=0.3, temperature=2.0)
 
@@ -61,8 +64,8 @@ class _Mode:
     def __init__(self, name: str, config, teachers, batch, mesh):
         schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
         tx = optim.create_optimizer(config.optim, schedule)
-        model = model_state.create_model(config)
-        ema = model_state.ema_enabled(config)
+        model = model_lib.create_model(config)
+        ema = ema_lib.ema_enabled(config)
         self.name, self.batch, self.batch_size = name, batch, config.batch_size
         self.state = model_state.create_train_state(model, tx, jax.random.key(0), mesh, ema=ema)
         models_, variables = teachers.step_arguments() if teachers else (None, ())

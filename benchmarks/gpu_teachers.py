@@ -10,7 +10,7 @@ parts small enough to come back from the device machine.
 A teacher travels as what distillation and evaluation read from a workdir: config.json, summary.json,
 metrics.jsonl and the best checkpoint (params and batch statistics; the resumable state in
 checkpoints/ stays behind, so a teacher is ~4 bytes per parameter). They are chosen by PublicTest
-accuracy, best first, while they fit `--max_mib`. The targets are computed by `fer_flax.training.distill` exactly
+accuracy, best first, while they fit `--max_mib`. The targets are computed by `training.distill` exactly
 as the student's run would compute them (same teachers, temperature, views and training images), so
 the student finds them in its cache and starts training at once; the teachers' inference on a CPU
 would otherwise take longer than the student's training. Back on the development machine:

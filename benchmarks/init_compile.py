@@ -1,5 +1,5 @@
 """What a model's initialisation costs to compile, against its forward pass: why training initialises
-through `model_state.run_once` (one program, XLA's cheap settings) and why the tests do the same
+through `model_lib.run_once` (one program, XLA's cheap settings) and why the tests do the same
 instead of calling `model.init` eagerly (each random draw its own program, fully optimised).
 
   python benchmarks/init_compile.py [--family googlenet --variant inception_v1]
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from fer_flax import models
-from fer_flax.core import state as model_state
+from fer_flax.core import model as model_lib
 
 
 def _seconds(fn) -> float:
@@ -41,10 +41,10 @@ def main() -> None:
     def init(r, x):
         return model.init(r, x, train=False)
 
-    init_s = _seconds(lambda: model_state.run_once(jax.jit(init), rngs, x))
-    variables = model_state.run_once(jax.jit(init), rngs, x)
+    init_s = _seconds(lambda: model_lib.run_once(jax.jit(init), rngs, x))
+    variables = model_lib.run_once(jax.jit(init), rngs, x)
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    forward_s = _seconds(lambda: model_state.compile_once(forward.lower(variables, x)))
+    forward_s = _seconds(lambda: model_lib.compile_once(forward.lower(variables, x)))
     eager_s = _seconds(lambda: init(rngs, x))
     again_s = _seconds(lambda: init(rngs, x))
     print(f"{args.family}/{args.variant}, CPU backend:")

@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cpu_recipe
 from fer_flax import runtime
+from fer_flax.core import ema as ema_lib
+from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel, steps
 from fer_flax.core import state as model_state
 from fer_flax.cpu import devices
@@ -68,11 +70,11 @@ class Variant:
             self.config.optim, steps_per_epoch=per_epoch, total_steps=25 * per_epoch
         )
         self.state = model_state.create_train_state(
-            model_state.create_model(self.config),
+            model_lib.create_model(self.config),
             optim.create_optimizer(self.config.optim, schedule),
             jax.random.key(0),
             mesh,
-            ema=model_state.ema_enabled(self.config),
+            ema=ema_lib.ema_enabled(self.config),
         )
         self.feed = train_feed.make_feed(self.config, split, mesh)
         self.train = train_feed.compile_train(self.config, schedule, split.class_counts(), mesh)

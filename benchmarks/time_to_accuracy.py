@@ -49,11 +49,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import device_peaks
 from fer_flax import runtime
+from fer_flax.core import ema as ema_lib
+from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel, steps
 from fer_flax.core import state as model_state
 from fer_flax.data import load_splits
 from fer_flax.inference import engine as inference
-from fer_flax.run import tracking
+from fer_flax.run import tracking, trained
 from fer_flax.run.interrupts import TrainingInterrupted
 from fer_flax.training import loop as train
 
@@ -111,11 +113,11 @@ def train_flops_per_image(config) -> float:
     mesh = parallel.make_mesh()
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
     state = model_state.create_train_state(
-        model_state.create_model(config),
+        model_lib.create_model(config),
         optim.create_optimizer(config.optim, schedule),
         jax.random.key(0),
         mesh,
-        ema=model_state.ema_enabled(config),
+        ema=ema_lib.ema_enabled(config),
     )
     local = config.batch_size // jax.process_count()
     batch = parallel.to_global_batch(
@@ -140,7 +142,7 @@ def accuracy_at_cut(workdir: str, config, val) -> dict[str, float]:
     EMA, the better of the two (what best/ would keep with ema.select='best'), with the run's TTA."""
 
     def accuracy(weights: str) -> float:
-        restored = model_state.restore(workdir, "latest", weights=weights)
+        restored = trained.restore(workdir, "latest", weights=weights)
         logits = inference.predict_logits(
             restored.model,
             restored.variables,

@@ -3,7 +3,7 @@
 fer_flax's real `steps.train_step`, compiled with plain `jax.jit` and donated state (the process's
 XLA options come from `fer_flax.runtime.start()`, which every benchmark calls first), on a fixed random
 uint8 batch (seed 0) and a fixed step key, with the learning-rate schedule the benchmarks share (100
-steps per epoch, 1000 in all). The model is the one `model_state.create_model(config)` builds (the CPU
+steps per epoch, 1000 in all). The model is the one `model_lib.create_model(config)` builds (the CPU
 kernels on a CPU backend), unless the caller picks the seam's kernels itself (`ops`).
 train_throughput.py, compare_torch.py, cpu_speedups.py and profile_cpu_step.py all time this, so their
 figures measure the same program.
@@ -78,14 +78,15 @@ def build_train_step(
 ) -> TrainStepSetup:
     """`config.batch_size` must divide by the mesh's devices (checked, with a clear message).
 
-    `ops`: the seam's kernels (None: whatever `model_state.create_model` picks for this backend).
+    `ops`: the seam's kernels (None: whatever `model_lib.create_model` picks for this backend).
     `compiler_options`: per-program XLA options, overriding the process's XLA_FLAGS (None: those).
     """
+    from fer_flax.core import model as model_lib
     from fer_flax.core import state as model_state  # the training library, imported when a step is built
     from fer_flax.core import steps
 
     parallel.check_batch_divisible(config.batch_size, mesh)
-    model = model_state.create_model(config) if ops is None else build_model(config, ops)
+    model = model_lib.create_model(config) if ops is None else build_model(config, ops)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
     state = model_state.create_train_state(
         model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh

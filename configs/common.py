@@ -39,7 +39,7 @@ def get_base_config() -> ConfigDict:
     # raw logits. 1.0 is the paper's choice; 0 disables.
     c.loss.logit_adjustment_tau = 0.0
 
-    # Mixup / CutMix of training batches (fer_flax/core/mixing.py), after augmentation; an alpha of 0 disables.
+    # Mixup / CutMix of training batches (core/mixing.py), after augmentation; an alpha of 0 disables.
     c.mix = ConfigDict()
     c.mix.mixup_alpha = 0.0  # lambda ~ Beta(alpha, alpha); 0.2 is a common choice
     c.mix.cutmix_alpha = 0.0  # box area fraction ~ Beta(alpha, alpha); 1.0 is a common choice
@@ -199,7 +199,7 @@ def get_base_config() -> ConfigDict:
     c.wandb.mode = "offline"  # offline | online | disabled
     c.wandb.project = "fer_flax"
     c.wandb.entity = config_dict.placeholder(str)
-    # Runs of one experiment shown together in wandb (fer_flax.research.sweep.study sets it to the sweep's name).
+    # Runs of one experiment shown together in wandb (research.sweep.study sets it to the sweep's name).
     c.wandb.group = config_dict.placeholder(str)
     c.wandb.histogram_every_steps = 200  # weight and gradient histograms; 0 disables
     return c

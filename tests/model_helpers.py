@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fer_flax.core import state as model_state
+from fer_flax.core import model as model_lib
 
 
 def conv_bn_params(cin: int, cout: int, k: int) -> int:
@@ -26,12 +26,12 @@ def compiled_init(model, x, rngs=None, *, train: bool = False) -> dict:
     is a program of its own compiled with full optimisation, which for a deep net's many parameter
     shapes costs minutes of CPU; the values are the same."""
     rngs = {"params": jax.random.key(0)} if rngs is None else rngs
-    return model_state.run_once(jax.jit(lambda r, x: model.init(r, x, train=train)), rngs, x)
+    return model_lib.run_once(jax.jit(lambda r, x: model.init(r, x, train=train)), rngs, x)
 
 
 def compiled_initial_variables(model, rng) -> dict:
-    """`model_state.initial_variables`, compiled like `compiled_init`."""
-    return model_state.run_once(jax.jit(lambda r: model_state.initial_variables(model, r)), rng)
+    """`model_lib.initial_variables`, compiled like `compiled_init`."""
+    return model_lib.run_once(jax.jit(lambda r: model_lib.initial_variables(model, r)), rng)
 
 
 def init_shapes(model):

@@ -1,6 +1,5 @@
-"""The codebase's shape, checked from its source: small modules and functions, imports that run one
-way (no circles; inference-side modules never reach the training loop), and no test hooks in the
-product."""
+"""The codebase's shape, checked from its source: packages in layers whose imports run one way (down),
+no import circles, small modules and functions, and no test hooks in the product."""
 
 from __future__ import annotations
 
@@ -12,21 +11,21 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fer_flax"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 120
-# Modules that run inference: none of them may import the training loop, even indirectly.
-INFERENCE_SIDE = (
-    "fer_flax.inference.evaluate",
-    "fer_flax.inference.predict",
-    "fer_flax.inference.engine",
-    "fer_flax.inference.photos",
-    "fer_flax.inference.video",
-    "fer_flax.inference.webcam",
-    "fer_flax.inference.annotate",
-    "fer_flax.inference.faces.classify",
-    "fer_flax.inference.explain",
-    "fer_flax.inference.saliency",
-    "fer_flax.inference.export",
+# The layers, bottom to top: a module may import modules of its own layer and the layers below, never
+# one above. A layer is a set of packages (or top-level modules) of fer_flax; the top-level command
+# aliases (`python -m fer_flax.evaluate`, ...) are the top layer with `main`.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"base"}),
+    frozenset({"data", "models", "cpu"}),
+    frozenset({"config"}),
+    frozenset({"core"}),
+    frozenset({"run"}),
+    frozenset({"cli", "runtime"}),
+    frozenset({"inference"}),
+    frozenset({"training"}),
+    frozenset({"research"}),
 )
-TRAINING_LOOP = ("fer_flax.training.loop", "fer_flax.training.validation", "fer_flax.training.metric_window")
+PACKAGES = ("base", "config", "core", "run", "training", "inference", "research", "data", "models", "cpu")
 
 
 def _modules() -> dict[str, Path]:
@@ -73,10 +72,52 @@ def _reachable(start: str) -> set[str]:
     return seen
 
 
+def _unit(name: str) -> str:
+    """The package (or top-level module) of fer_flax that module `name` belongs to."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else "fer_flax"
+
+
+def _layer(name: str) -> int:
+    unit = _unit(name)
+    for i, layer in enumerate(LAYERS):
+        if unit in layer:
+            return i
+    return len(LAYERS)  # main and the command aliases: the top
+
+
 def test_the_graph_sees_the_package():
     assert {"fer_flax.training.loop", "fer_flax.inference.engine", "fer_flax.models.cnn"} <= set(MODULES)
-    assert "fer_flax.core.steps" in GRAPH["fer_flax.training.loop"]
+    assert "fer_flax.training.loop" in _reachable("fer_flax.main")
     assert "fer_flax.core.state" in _reachable("fer_flax.inference.evaluate")
+    assert _layer("fer_flax.main") == len(LAYERS) and _layer("fer_flax.evaluate") == len(LAYERS)
+
+
+def test_every_package_has_a_layer_and_says_what_it_holds():
+    units = {_unit(n) for n in MODULES if n.count(".") >= 1 and MODULES[n].parent != PACKAGE}
+    assert units == set(PACKAGES)
+    assert set().union(*LAYERS) == {*PACKAGES, "cli", "runtime"}
+    for unit in PACKAGES:
+        doc = ast.get_docstring(ast.parse((PACKAGE / unit / "__init__.py").read_text()))
+        assert doc and len(doc.split()) >= 12, f"fer_flax/{unit}/__init__.py needs a docstring"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_go_down_the_layers(name):
+    up = {m for m in GRAPH[name] if _layer(m) > _layer(name)}
+    assert not up, f"{name} (layer {_layer(name)}) imports higher layers: {sorted(up)}"
+
+
+def test_no_import_circles_between_packages():
+    edges = {(_unit(a), _unit(b)) for a in GRAPH for b in GRAPH[a] if _unit(a) != _unit(b)}
+    for a, b in edges:
+        assert (b, a) not in edges, f"fer_flax.{a} and fer_flax.{b} import each other"
+
+
+def test_inference_never_imports_training_or_research():
+    for name in MODULES:
+        if _unit(name) == "inference":
+            assert not {_unit(m) for m in _reachable(name)} & {"training", "research"}, name
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -95,11 +136,6 @@ def test_no_import_circles():
     for name in MODULES:
         if MODULES[name].name != "__init__.py":
             assert name not in _reachable(name), f"{name} imports itself through {GRAPH[name]}"
-
-
-@pytest.mark.parametrize("name", INFERENCE_SIDE)
-def test_inference_never_imports_the_training_loop(name):
-    assert not _reachable(name) & set(TRAINING_LOOP)
 
 
 def test_no_test_hooks_in_the_product():

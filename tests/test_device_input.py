@@ -12,10 +12,12 @@ from scipy import stats
 
 from configs import simple_cnn
 from fer_flax.core import input_pipeline, optim, parallel
+from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.data.splits import FER2013_TRAIN_COUNTS, NUM_CLASSES, ArraySplit
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.inference import engine as inference
+from fer_flax.run import trained
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.interrupts import TrainingInterrupted
 from fer_flax.training import device_input, multi_step
@@ -108,7 +110,7 @@ def test_interrupted_device_run_resumes_bit_identically(tmp_path, monkeypatch):
     assert resumed["final_step"] == reference["final_step"] == 12
     assert resumed["final_val"] == reference["final_val"]
     final = {
-        name: model_state.restore(str(tmp_path / name), "latest").variables
+        name: trained.restore(str(tmp_path / name), "latest").variables
         for name in ("reference", "interrupted")
     }
     for a, b in zip(jax.tree.leaves(final["reference"]), jax.tree.leaves(final["interrupted"]), strict=True):
@@ -177,7 +179,7 @@ def tiny():
     split = generate_synthetic(96, 0, 0, seed=0)["train"]
     config = _config("device", 1)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=3, total_steps=12)
-    return split, model_state.create_model(config), schedule, {}
+    return split, model_lib.create_model(config), schedule, {}
 
 
 def _run(tiny, config, mesh, lengths):

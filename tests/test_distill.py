@@ -20,6 +20,7 @@ import pytest
 from configs.common import get_base_config, use_smoke_settings
 from fer_flax.config.schema import ConfigError, validate
 from fer_flax.core import losses, parallel, steps
+from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.core.augment import preprocess
 from fer_flax.data.spec import FER2013
@@ -90,7 +91,7 @@ def _student(mode: str):
         c.augment.update(pad_crop=0, flip=False, rotate_degrees=0.0)
     split = synthetic_split("train")
     batch = {"image": split.images[:16, :, :, None], "label": split.labels[:16].astype(np.int32)}
-    return c, model_state.create_model(c), parallel.make_mesh(jax.devices()[:1]), batch
+    return c, model_lib.create_model(c), parallel.make_mesh(jax.devices()[:1]), batch
 
 
 @pytest.mark.parametrize("mode", ["on_the_fly", "cached"])

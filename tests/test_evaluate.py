@@ -13,11 +13,11 @@ import pytest
 from trained_runs import EVAL_BATCH, NUM_TEST, synthetic_split, trained_run, write_fer_csv
 
 from fer_flax.core import metrics, tta
-from fer_flax.core import state as model_state
 from fer_flax.core.augment import preprocess
 from fer_flax.data import FERDataError
 from fer_flax.inference import engine as inference
 from fer_flax.inference import evaluate
+from fer_flax.run import trained
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.tracking import read_metrics
 
@@ -193,7 +193,7 @@ def test_ensemble_of_two_models_is_the_mean_of_their_probabilities(run, tmp_path
 
 
 def test_every_example_counted_once_with_a_partial_final_batch(run):
-    restored = model_state.restore(run)
+    restored = trained.restore(run)
     model, variables = restored.model, restored.variables
     test = synthetic_split("test")
     assert len(test) == NUM_TEST and NUM_TEST % EVAL_BATCH != 0  # 70 = 2 * 32 + 6
@@ -233,16 +233,16 @@ def test_best_checkpoint_reproduces_the_validation_metrics_logged_in_training(ru
 
 
 def test_checkpoint_choice_and_errors(run, tmp_path):
-    assert model_state.restore(run, "latest").step == 4
-    assert model_state.restore(run, "2").step == 2
+    assert trained.restore(run, "latest").step == 4
+    assert trained.restore(run, "2").step == 2
     config = workdir_lib.load_run_config(run)
     assert config.augment.rrc_scale == (0.8, 1.0)  # JSON lists come back as the config's tuples
     with pytest.raises(FileNotFoundError, match=r"steps available: \[2, 4\]"):
-        model_state.restore(run, 3)
+        trained.restore(run, 3)
     with pytest.raises(ValueError, match="'best', 'latest' or a step"):
-        model_state.restore(run, "worst")
+        trained.restore(run, "worst")
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
-        model_state.restore(str(tmp_path))
+        trained.restore(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------ the command

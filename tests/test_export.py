@@ -13,9 +13,9 @@ import pytest
 from trained_runs import synthetic_split, trained_run
 
 from fer_flax.core import parallel
-from fer_flax.core import state as model_state
 from fer_flax.inference import engine as inference
 from fer_flax.inference import export
+from fer_flax.run import trained
 from fer_flax.run.staged_outputs import StagedOutputs
 
 pytestmark = pytest.mark.xdist_group("trained_run")
@@ -29,7 +29,7 @@ def exported(tmp_path_factory):
     own probabilities for 13 validation faces."""
     workdir = trained_run(tmp_path_factory)
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    restored = model_state.restore(workdir, mesh=mesh)
+    restored = trained.restore(workdir, mesh=mesh)
     out = tmp_path_factory.mktemp("export") / "model"
     info = export.export_run(restored, str(out), tta_mode="flip")
     faces = synthetic_split("val").images[: max(SIZES)]

@@ -9,6 +9,7 @@ import pytest
 
 from configs import simple_cnn
 from fer_flax import models
+from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel, steps
 from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
@@ -30,7 +31,7 @@ def floating_dtypes(tree) -> set[str]:
 
 
 def _setup(config, mesh):
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=10, total_steps=STEPS)
     state = model_state.create_train_state(
         model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
@@ -86,13 +87,13 @@ def test_every_family_keeps_float32_state_under_bfloat16(family, fixed_batch):
     except ValueError as e:  # a family not in this version yet
         pytest.skip(str(e))
     config = fixed_problem_config("bfloat16", family, variant)
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     tx = optim.create_optimizer(
         config.optim, optim.create_learning_rate_schedule(config.optim, steps_per_epoch=10, total_steps=STEPS)
     )
 
     def init_and_step(rng, batch):
-        variables = model_state.initial_variables(model, rng)
+        variables = model_lib.initial_variables(model, rng)
         state = model_state.TrainState.create(
             apply_fn=model.apply,
             params=variables["params"],

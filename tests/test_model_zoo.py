@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fer_flax import models
+from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel, steps
 from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
@@ -103,7 +104,7 @@ def test_smallest_variant_fits_a_fixed_batch(family, fixed_batch):
     mesh = parallel.make_mesh()
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=1, total_steps=1)
     state = model_state.create_train_state(
-        model_state.create_model(config),
+        model_lib.create_model(config),
         optim.create_optimizer(config.optim, schedule),
         jax.random.key(0),
         mesh,
@@ -150,8 +151,8 @@ def test_every_config_file_builds_its_model():
             continue
         for arg in ("", "smoke"):
             config = _load_config(path.stem, arg)
-            model = model_state.create_model(config)
-            shapes = jax.eval_shape(lambda m=model: model_state.initial_variables(m, jax.random.key(0)))
+            model = model_lib.create_model(config)
+            shapes = jax.eval_shape(lambda m=model: model_lib.initial_variables(m, jax.random.key(0)))
             assert "params" in shapes, path
 
 

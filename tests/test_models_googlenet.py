@@ -18,7 +18,7 @@ import pytest
 
 from configs import googlenet as faithful_config
 from configs import googlenet_aux as modified_config
-from fer_flax.core import state as model_state
+from fer_flax.core import model as model_lib
 from fer_flax.models import create_model, googlenet, variants
 
 TINY_VARIANTS = ("inception_v1_bn_tiny", "inception_v1_tiny")
@@ -120,7 +120,7 @@ def _forward(variant: str):
     variables = None if REAL_INIT[variant] else _materialise(_abstract_init(model))
     # Compiled with XLA's cheap settings: what is checked is the arithmetic, and the random draws of
     # an init compile slowly with full optimisation.
-    return model, model_state.run_once(run, _key(0), variables)
+    return model, model_lib.run_once(run, _key(0), variables)
 
 
 def test_variants_are_listed_smallest_to_largest():

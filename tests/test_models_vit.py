@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from fer_flax.core import state as model_state
+from fer_flax.core import model as model_lib
 from fer_flax.models import create_model, variants, vit
 
 # The test/CPU sizes get real forward passes; the rest are checked with eval_shape (no compute).
@@ -73,7 +73,7 @@ def _run_small(name: str) -> dict:
         return out
 
     x = _images()
-    return model_state.run_once(run, x)  # cheap settings: init's random draws compile slowly
+    return model_lib.run_once(run, x)  # cheap settings: init's random draws compile slowly
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -341,7 +341,7 @@ def test_adam_steps_reduce_loss_and_reach_every_parameter():
         (new_params, _, _), losses = jax.lax.scan(step, (params, tx.init(params), stats), length=8)
         return params, new_params, losses
 
-    params, new_params, losses = model_state.run_once(train)
+    params, new_params, losses = model_lib.run_once(train)
     assert bool(jnp.all(jnp.isfinite(losses)))
     assert float(losses[-1]) < float(losses[0]) - 0.1
     # The head starts at zero, so a leaf that never moves would mean a branch gets no gradient.

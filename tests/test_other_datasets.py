@@ -19,10 +19,12 @@ from PIL import Image
 from fer_flax import models
 from fer_flax.base.errors import ConfigError
 from fer_flax.core import class_mapping, optim, parallel
+from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.data.spec import FER2013, FERPLUS, DataSpec
 from fer_flax.data.splits import ArraySplit
 from fer_flax.inference import evaluate
+from fer_flax.run import trained
 from fer_flax.training import init_from
 from fer_flax.training import loop as train
 from tests import trained_runs
@@ -34,7 +36,7 @@ RAF_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "
 @pytest.mark.parametrize("family", models.FAMILIES)
 def test_every_family_builds_for_any_image_shape_and_class_count(family):
     model = models.create_model(family, variant=models.variants(family)[0], num_classes=8)
-    variables = jax.eval_shape(lambda: model_state.initial_variables(model, jax.random.key(0), (72, 60, 3)))
+    variables = jax.eval_shape(lambda: model_lib.initial_variables(model, jax.random.key(0), (72, 60, 3)))
     logits, _ = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 72, 60, 3)), train=False), variables)
     assert logits.shape == (2, 8)
 
@@ -125,7 +127,7 @@ def _ferplus_config(tmp_path, source: str):
 def test_init_from_loads_layers_reinitialises_the_head_and_keeps_frozen_layers(tmp_path, tmp_path_factory):
     source = trained_runs.trained_run(tmp_path_factory)  # cnn/tiny on 7 synthetic classes
     c = _ferplus_config(tmp_path, source)
-    model, mesh = model_state.create_model(c, FERPLUS), parallel.make_mesh()
+    model, mesh = model_lib.create_model(c, FERPLUS), parallel.make_mesh()
     plan = init_from.prepare(c, model, FERPLUS, mesh)
     assert plan.reinitialised == ("Dense_1/bias", "Dense_1/kernel") and not plan.skipped
     tx = optim.create_optimizer(c.optim, optax.constant_schedule(0.1))
@@ -139,7 +141,7 @@ def test_init_from_loads_layers_reinitialises_the_head_and_keeps_frozen_layers(t
 
     workdir = str(tmp_path / "run")
     summary = train.train_and_evaluate(c, workdir)
-    after = _flat(model_state.restore(workdir, "latest").variables)
+    after = _flat(trained.restore(workdir, "latest").variables)
     for path in (
         "Conv_0/kernel",
         "BatchNorm_0/scale",
@@ -167,7 +169,7 @@ def test_init_from_errors_name_what_does_not_fit(tmp_path, tmp_path_factory, ove
     c = _ferplus_config(tmp_path, trained_runs.trained_run(tmp_path_factory))
     c.update_from_flattened_dict(overrides)
     spec = DataSpec(FERPLUS.class_names)
-    model = model_state.create_model(c, spec)
+    model = model_lib.create_model(c, spec)
     with pytest.raises(init_from.InitFromError) as info:
         init_from.check_freeze(c, model, spec)
         init_from.prepare(c, model, spec, parallel.make_mesh())

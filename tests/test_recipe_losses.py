@@ -21,6 +21,7 @@ from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
 from fer_flax.config.schema import ConfigError, validate
 from fer_flax.core import augment, losses, mixing, parallel, steps, tta
+from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.inference import engine as inference
@@ -315,7 +316,7 @@ def step_config(**overrides) -> ConfigDict:
 @pytest.fixture(scope="module")
 def setup():
     config = step_config()
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
     state = model_state.create_train_state(model, optax.sgd(0.1), jax.random.key(0), mesh)
     split = generate_synthetic(8, 0, 0, seed=0)["train"]

@@ -25,6 +25,7 @@ from configs.common import get_base_config, use_smoke_settings
 from fer_flax import models
 from fer_flax.config import schema as config_schema
 from fer_flax.core import ema, input_pipeline, optim, steps
+from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.data import NUM_CLASSES
 from fer_flax.data.synthetic import generate_synthetic
@@ -111,7 +112,7 @@ def test_train_step_updates_ema_by_hand_and_not_on_a_skipped_step(monkeypatch):
         return loss * factor, logits, batch_stats, jax.tree.map(lambda g: g * factor, grads), *rest
 
     monkeypatch.setattr(steps, "_loss_and_grads", poisoned)
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=4, total_steps=4)
     tx = optim.create_optimizer(config.optim, schedule)
     variables = compiled_initial_variables(model, jax.random.key(0))
@@ -302,7 +303,7 @@ def _iterator():
 
 def test_ema_and_plateau_state_survive_a_checkpoint_round_trip(tmp_path):
     config = _tiny_config(**{"ema.decay": 0.999, "optim.schedule": "plateau"})
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=4, total_steps=8)
     tx = optim.create_optimizer(config.optim, schedule)
     state = _state(model, tx, ema_on=True, seed=1)
@@ -344,7 +345,7 @@ def test_state_without_ema_restores_old_checkpoints(tmp_path):
     """EMA off: the state has no EMA fields at all, so a checkpoint written by the train state of
     before EMA existed restores into it, and a new one has exactly the old leaves."""
     config = _tiny_config()
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     tx = optim.create_optimizer(config.optim, optax.constant_schedule(0.1))
     old = _state(model, tx, _OldTrainState, ema_on=False, seed=1)
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
@@ -423,7 +424,7 @@ def test_ema_run_logs_both_and_best_holds_the_selected_weights(recipe_run, tmp_p
     assert ckpt.best_selection() == {"weights": "ema", "val_accuracy": val[best_step]["val_ema/accuracy"]}
     ckpt.close()
 
-    # fer_flax.inference.evaluate on best/ (unchanged layout) reproduces the logged EMA numbers, not the raw ones.
+    # inference.evaluate on best/ (unchanged layout) reproduces the logged EMA numbers, not the raw ones.
     quiet = functools.partial(evaluate.evaluate_workdirs, figures=False, announce=lambda *a: None)
     best = quiet([str(workdir)], out=str(tmp_path / "best.json"))
     assert best["weights"] == "ema" and best["checkpoint_step"] == best_step
@@ -508,7 +509,7 @@ def test_interrupted_recipe_run_resumes_to_the_same_final_state(recipe_run, tmp_
     assert plateau_and_val(work) == plateau_and_val(reference)
     # The whole final state, optimizer (with its plateau state) and EMA included, bit for bit.
     config = recipe_config()
-    model = model_state.create_model(config)
+    model = model_lib.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=2, total_steps=8)
     tx = optim.create_optimizer(config.optim, schedule)
     template = _state(model, tx, ema_on=True)
@@ -574,7 +575,7 @@ def test_weight_decay_mask_on_real_models(model_name, variant, must_have):
     """Only conv/dense kernels decay; BatchNorm scale/bias, Dense and Conv biases (and LayerNorm,
     position embeddings, class token) never do, on the real parameter trees of the model families."""
     model = models.create_model(model_name, variant=variant, num_classes=NUM_CLASSES)
-    params = jax.eval_shape(lambda: model_state.initial_variables(model, jax.random.key(0)))["params"]
+    params = jax.eval_shape(lambda: model_lib.initial_variables(model, jax.random.key(0)))["params"]
     mask = traverse_util.flatten_dict(optim.weight_decay_mask(params))
     flat = traverse_util.flatten_dict(params)
     assert set(mask) == set(flat)

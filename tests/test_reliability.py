@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax.core import state as model_state
+from fer_flax.core import model as model_lib
 from fer_flax.core import steps
 from fer_flax.run import checkpoint as checkpoint_lib
 from fer_flax.run import tracking
@@ -54,8 +54,8 @@ def run_cli(workdir: Path, kill_at: str | None, *args: str) -> subprocess.Comple
 
 
 def final_model(workdir: Path, config) -> dict:
-    model = model_state.create_model(config)
-    template = jax.eval_shape(lambda: model_state.initial_variables(model, jax.random.key(1)))
+    model = model_lib.create_model(config)
+    template = jax.eval_shape(lambda: model_lib.initial_variables(model, jax.random.key(1)))
     ckpt = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
     try:
         restored, _ = ckpt.restore_model(

@@ -1,4 +1,4 @@
-"""Sweeps (fer_flax.research.sweep.study): a killed sweep resumes without running any trial twice, pruning stops a
+"""Sweeps (research.sweep.study): a killed sweep resumes without running any trial twice, pruning stops a
 trial below the median, the best config reproduces its trial, and a bad space file is named.
 
 The trials are the smoke CNN on 64 synthetic faces (4 steps of 16 an epoch); the sweeps run as the

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from configs import simple_cnn
-from fer_flax.core import state as model_state
 from fer_flax.data import load_splits
 from fer_flax.inference import engine as inference
 from fer_flax.run import checkpoint as checkpoint_lib
+from fer_flax.run import trained
 from fer_flax.training import loop as train
 
 
@@ -62,7 +62,7 @@ def test_end_to_end_writes_outputs_and_best_checkpoint_reproduces_val_metrics(tm
     best_step = ckpt.best_step()
     assert best_step == max(val_records, key=lambda s: (val_records[s]["val/accuracy"], -s))
     ckpt.close()
-    restored = model_state.restore(workdir, "best")
+    restored = trained.restore(workdir, "best")
     assert restored.step == best_step
     val = load_splits(config.data, ("val",), announce=lambda *_: None)["val"]
     logits = inference.predict_logits(restored.model, restored.variables, val, batch_size=128)

@@ -24,11 +24,11 @@ from trained_runs import tiny_config, trained_run
 from configs import simple_cnn
 from fer_flax import cli
 from fer_flax.base.errors import ConfigError
-from fer_flax.core import state as model_state
 from fer_flax.inference import engine as inference
 from fer_flax.inference import evaluate
 from fer_flax.run import checkpoint as checkpoint_lib
 from fer_flax.run import lock as workdir_lock
+from fer_flax.run import trained
 from fer_flax.training import loop as train
 
 # One worker trains the tiny run (tests/trained_runs.py) that several test files share.
@@ -75,7 +75,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _same_final_weights(a: str, b: str) -> None:
-    left, right = model_state.restore(a, "latest"), model_state.restore(b, "latest")
+    left, right = trained.restore(a, "latest"), trained.restore(b, "latest")
     assert left.step == right.step
     for x, y in zip(jax.tree.leaves(left.variables), jax.tree.leaves(right.variables), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -148,7 +148,7 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
 
     _flip_a_bit(_largest_file(copy / "best" / str(next_best)))
     with pytest.raises(checkpoint_lib.NoRestorableCheckpointError) as info:
-        model_state.restore(str(copy), "best")
+        trained.restore(str(copy), "best")
     text = str(info.value)
     assert "damaged" in text and "not fitting" not in text and "shapes changed" not in text
 
@@ -198,7 +198,7 @@ def test_senseless_config_values_are_refused_before_any_data_is_read(tmp_path, k
 def test_a_damaged_config_json_is_named(copy):
     (copy / "config.json").write_text("")
     with pytest.raises(ValueError, match=rf"{copy}/config\.json is damaged: not valid JSON"):
-        model_state.restore(str(copy))
+        trained.restore(str(copy))
 
 
 def test_an_unknown_config_key_is_named_with_its_flag():

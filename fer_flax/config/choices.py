@@ -26,7 +26,7 @@ WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 # What `data.path` holds ("auto": a CSV is FER2013; a folder or archive is FER+ when it has the
 # FER2013Train/Valid/Test folders, else an image-folder set); fer_flax.data.sources reads each.
 DATA_FORMATS: tuple[str, ...] = ("auto", "fer2013", "folder", "ferplus")
-# Knowledge distillation (fer_flax/training/distill.py): the teachers' probabilities computed once per training
+# Knowledge distillation (training/distill.py): the teachers' probabilities computed once per training
 # image ("cached") or by their forward pass inside each train step ("on_the_fly").
 DISTILL_MODES: tuple[str, ...] = ("cached", "on_the_fly")
 

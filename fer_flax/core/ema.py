@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from ml_collections import ConfigDict
 
 
 def decay_at(decay: float, step: jax.Array | int, *, warmup: bool) -> jax.Array:
@@ -38,3 +39,8 @@ def update(ema_tree: Any, new_tree: Any, decay: jax.Array | float) -> Any:
         return (decay * e.astype(wide) + (1.0 - decay) * n.astype(wide)).astype(e.dtype)
 
     return jax.tree.map(mix, ema_tree, new_tree)
+
+
+def ema_enabled(config: ConfigDict) -> bool:
+    """Whether the run keeps an EMA (a config.json without an `ema` section: no EMA)."""
+    return "ema" in config and config.ema.decay > 0

@@ -28,7 +28,7 @@ training, which shifts the raw logits in their favour at test time; tau = 1 is t
 Fisher-consistent choice for balanced error, 0 disables it.
 
 Knowledge distillation (Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network", 2015;
-`fer_flax.training.distill`): with teacher probabilities p = softmax(z_teacher / T) (averaged over teachers) and
+`training.distill`): with teacher probabilities p = softmax(z_teacher / T) (averaged over teachers) and
 the student's q = softmax(z_student / T), the per-example loss is
 
   alpha * CE(labels) + (1 - alpha) * T^2 * KL(p || q),   KL(p || q) = sum_c p_c (log p_c - log q_c),

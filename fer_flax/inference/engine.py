@@ -1,6 +1,6 @@
 """The one inference path: model variables + images or a split -> logits, probabilities, metrics.
 
-Training's evaluations, `fer_flax.inference.evaluate`, `fer_flax.inference.predict` and `fer_flax.research.multiseed` all go
+Training's evaluations, `inference.evaluate`, `inference.predict` and `research.multiseed` all go
 through `predict_logits`: every example exactly once, in order, in fixed-shape batches
 (`input_pipeline.eval_batches`, the last one padded and its padding dropped), sharded over all
 devices and processes, each batch through `steps.logits_step` (test-time augmentation included).
@@ -19,9 +19,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fer_flax.core import input_pipeline, metrics, parallel, steps, tta
-from fer_flax.core import state as model_state
 from fer_flax.core.state import Restored
 from fer_flax.data import CLASS_NAMES, ArraySplit
+from fer_flax.run import trained
 
 
 @functools.lru_cache(maxsize=32)
@@ -135,7 +135,7 @@ def load_members(
     mesh: jax.sharding.Mesh | None = None,
     weights: str = "raw",
 ) -> list[Restored]:
-    """Each workdir's model and variables (`model_state.restore`): one member of an evaluation."""
+    """Each workdir's model and variables (`trained.restore`): one member of an evaluation."""
     if not workdirs:
         raise ValueError("at least one workdir is needed")
-    return [model_state.restore(w, checkpoint, mesh=mesh, weights=weights) for w in workdirs]
+    return [trained.restore(w, checkpoint, mesh=mesh, weights=weights) for w in workdirs]

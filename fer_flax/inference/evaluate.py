@@ -42,11 +42,11 @@ from fer_flax import runtime
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import class_mapping, metrics, parallel, tta
-from fer_flax.core import state as model_state
 from fer_flax.core.state import Restored
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import SPLITS
 from fer_flax.inference import engine as inference
+from fer_flax.run import trained
 from fer_flax.run import workdir as workdir_lib
 
 # Data-config keys that decide which examples a split holds; the others (sampling, workers, cache)
@@ -275,11 +275,11 @@ def evaluate_workdirs(
 ) -> dict:
     """The whole command as a library call: restore, read the split, evaluate, write the report.
     `weights`: "raw" or "ema" (the EMA weights of checkpoint 'latest' or a step; see
-    `model_state.restore`). `class_map`: see `fer_flax.core.class_mapping`.
+    `trained.restore`). `class_map`: see `fer_flax.core.class_mapping`.
 
     Returns the report (as written to JSON, with a `files` entry)."""
     config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)
-    which = model_state.parse_checkpoint(checkpoint)
+    which = trained.parse_checkpoint(checkpoint)
     mesh = parallel.make_mesh()
     members = inference.load_members(workdirs, which, mesh=mesh, weights=weights)
     split_data, data_config = load_eval_split(members, split, data_path, announce=announce)

@@ -3,13 +3,13 @@
 Command:
   python -m fer_flax.explain --workdir W --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
       [--data PATH] [--split val] [--n 32]                  # N faces of a split, every class, or
-      [IMAGE_OR_FOLDER ...]                                  # face crops (fer_flax.inference.image_io, no detection)
+      [IMAGE_OR_FOLDER ...]                                  # face crops (inference.image_io, no detection)
       [--methods gradcam,smoothgrad] [--samples 16] [--noise 0.15] [--seed 0]
 
-Maps (`fer_flax.inference.saliency`): Grad-CAM on the last convolutional stage for the conv families, attention
+Maps (`inference.saliency`): Grad-CAM on the last convolutional stage for the conv families, attention
 rollout for the ViTs (the default for each), gradient × input and SmoothGrad for every family. Each map
 explains the class the model predicts for the image itself (one view, no test-time augmentation), from
-the run's variables (`model_state.restore`) and the inference preprocessing (`augment.preprocess`).
+the run's variables (`trained.restore`) and the inference preprocessing (`augment.preprocess`).
 
 DIR receives, all at once (an earlier DIR of this command is replaced, anything else is refused):
   true-<class>_pred-<class>.png  one grid per (true, predicted) pair: a row per face, the face then
@@ -33,10 +33,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fer_flax import cli, runtime
 from fer_flax.core import parallel
-from fer_flax.core import state as model_state
 from fer_flax.core.state import Restored
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.inference import evaluate, image_io, saliency
+from fer_flax.run import trained
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
 
 MARKER = "explanations.json"
@@ -224,7 +224,7 @@ def run(
     check_replaceable(out, MARKER, "fer_flax.inference.explain")  # before any work
     # One device: the maps are small work, and replicated variables would repeat it on every device.
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    restored = model_state.restore(workdir, checkpoint, mesh=mesh, weights=weights)
+    restored = trained.restore(workdir, checkpoint, mesh=mesh, weights=weights)
     methods = saliency.check_methods(restored.model, methods or saliency.default_methods(restored.model))
     faces, labels, names = load_faces(restored, paths, split=split, data_path=data_path, n=n, seed=seed)
     result = explain_faces(restored, faces, methods=methods, samples=samples, noise=noise, seed=seed)

@@ -7,7 +7,7 @@ Command:
 The exported function takes uint8 grayscale faces [B, 48, 48], any batch size B, and returns float32
 class probabilities [B, 7] (in `CLASS_NAMES` order). Inside: the inference preprocessing
 (`augment.preprocess`), the test-time augmentation (the run's `config.eval_tta` unless --tta; logits
-averaged over the views, as `fer_flax.inference.evaluate` does) and a softmax, with the weights as constants. The
+averaged over the views, as `inference.evaluate` does) and a softmax, with the weights as constants. The
 model is built with the families' stock Flax ops (not the CPU kernels), so the program is the same on
 every platform.
 
@@ -48,10 +48,10 @@ from fer_flax import cli, runtime
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import parallel, steps, tta
-from fer_flax.core import state as model_state
 from fer_flax.core.state import Restored
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.inference import engine as inference
+from fer_flax.run import trained
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
 
 JAX_FILE, ONNX_FILE, LOADER_FILE, MARKER = "model.jaxexport", "model.onnx", "load_model.py", "model.json"
@@ -335,7 +335,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     try:
         mesh = parallel.make_mesh(jax.local_devices()[:1])
-        restored = model_state.restore(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
+        restored = trained.restore(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
         info = export_run(
             restored,
             f.out,

@@ -6,7 +6,7 @@ Command:
 Every folder holding a `config.json` under the given paths is a run (checkpoint, eval and wandb
 folders are not searched). One row per run: model, variant, parameters, best validation accuracy
 and the validation macro-F1 and balanced accuracy at that checkpoint (from `metrics.jsonl`), the
-test metrics where `fer_flax.inference.evaluate --split test` has written a report for the best checkpoint into
+test metrics where `fer_flax.evaluate --split test` has written a report for the best checkpoint into
 `<run>/eval/` (TTA `none` preferred; another TTA is named in the cell), training time and
 training throughput.
 

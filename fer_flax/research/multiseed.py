@@ -31,11 +31,11 @@ from ml_collections import ConfigDict, config_flags
 
 from fer_flax import runtime
 from fer_flax.config import schema as config_schema
-from fer_flax.core import state as model_state
 from fer_flax.core import tta
 from fer_flax.data.splits import SPLITS
 from fer_flax.inference import evaluate
 from fer_flax.research import leaderboard
+from fer_flax.run import trained
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.training import loop as train
 
@@ -135,7 +135,7 @@ def run(
     # Checked before hours of training, not after.
     for split in eval_splits:
         config_schema.check_choice("--eval_splits", split, SPLITS)
-    checkpoint = model_state.parse_checkpoint(checkpoint)
+    checkpoint = trained.parse_checkpoint(checkpoint)
     config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)
     config_schema.validate(config)
     os.makedirs(root, exist_ok=True)

@@ -1,6 +1,4 @@
-"""Orbax checkpoints in the workdir.
-
-Two managers, because they answer different questions:
+"""Orbax checkpoints in the workdir: two managers, because they answer different questions:
   <workdir>/checkpoints/<step>  the most recent `keep` full states (params, batch_stats, optimizer state,
                                 step) plus the Grain iterator state of every process: what resume needs.
   <workdir>/best/<step>         the `keep_best` best weights (params, batch_stats) by validation accuracy:
@@ -11,21 +9,20 @@ One manager with `best_fn` would delete the newest checkpoint whenever it is not
 a resume would then silently go back in time.
 
 Saves are atomic (Orbax writes to a temporary directory and renames it), so a kill mid-save leaves the
-previous checkpoint restorable; the temporary directories such a kill leaves behind are deleted when
-the next run opens the workdir. Each save is finished before training goes on, and then gets a
-checksum manifest (`fer_flax.run.integrity`); a save that fails raises `CheckpointSaveError`,
-one line naming the cause, the last good checkpoint and how to resume.
+previous checkpoint restorable; the temporary directories such a kill leaves behind are deleted when the next
+run opens the workdir. Each save is finished before training goes on, and then gets a checksum manifest
+(`fer_flax.run.integrity`); a save that fails raises `CheckpointSaveError`, one line naming the cause, the
+last good checkpoint and how to resume.
 
-Every restore, training's and inference's, goes through one fallback (`checkpoint_integrity.first_usable`):
-checkpoints are tried in order of preference, each verified against its manifest first. A damaged one
-(a file missing, resized or changed) is named and skipped for the next: training's resume falls back to the
-newest intact checkpoint, moving the bad ones to `<workdir>/corrupt_checkpoints/`
-(`CorruptCheckpointWarning`); evaluation takes the newest intact (`latest`) or the best intact
-(`best`) one and moves nothing. When none is usable, `NoRestorableCheckpointError` says whether they
-are damaged or do not fit the model.
+Every restore, training's and inference's, goes through one fallback (`integrity.first_usable`): checkpoints
+are tried in order of preference, each verified against its manifest first. A damaged one (a file missing,
+resized or changed) is named and skipped for the next: training's resume falls back to the newest intact
+checkpoint, moving the bad ones to `<workdir>/corrupt_checkpoints/` (`CorruptCheckpointWarning`); evaluation
+takes the newest intact (`latest`) or the best intact (`best`) one and moves nothing. When none is usable,
+`NoRestorableCheckpointError` says whether they are damaged or do not fit the model.
 
-The best checkpoint of a step is written (and finished) before the full state of the same step, so a
-kill between the two never leaves a resumable step whose best-model candidate is missing."""
+The best checkpoint of a step is written (and finished) before the full state of the same step, so a kill
+between the two never leaves a resumable step whose best-model candidate is missing."""
 
 from __future__ import annotations
 
@@ -41,9 +38,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from fer_flax.config import choices as config_choices
-from fer_flax.config import schema as config_schema
-from fer_flax.run import integrity as checkpoint_integrity
+from fer_flax.base.errors import check_choice
+from fer_flax.config.choices import WEIGHT_SETS
+from fer_flax.run import integrity
 from fer_flax.run.checkpoint_errors import (
     CheckpointSaveError,
     CorruptCheckpointWarning,
@@ -95,8 +92,7 @@ class Checkpointer:
         # set aside in training, left out of sight (and reported as damaged) in a read-only reader.
         best_dir = os.path.join(workdir, "best")
         self._hidden_best = [
-            Failure(step, why, damaged=True)
-            for step, why in checkpoint_integrity.unreadable_metrics(best_dir).items()
+            Failure(step, why, damaged=True) for step, why in integrity.unreadable_metrics(best_dir).items()
         ]
         if self._hidden_best and not read_only:
             self._set_aside(best_dir, [f.step for f in self._hidden_best], "best-")
@@ -107,7 +103,7 @@ class Checkpointer:
                 stacklevel=2,
             )
             self._hidden_best = []
-        best_names = checkpoint_integrity.WithoutSteps(
+        best_names = integrity.WithoutSteps(
             ocp.step.standard_name_format(), frozenset(f.step for f in self._hidden_best)
         )
         self.latest = ocp.CheckpointManager(
@@ -161,7 +157,7 @@ class Checkpointer:
         raises `CheckpointSaveError`. A step already on disk is not written again: a run resumed
         from an earlier checkpoint recomputes exactly the same state, and Orbax refuses to overwrite
         a step."""
-        config_schema.check_choice("best_weights", best_weights, config_choices.WEIGHT_SETS)
+        check_choice("best_weights", best_weights, WEIGHT_SETS)
         manager = self.best
         try:
             with orbax_errors_held():
@@ -195,7 +191,7 @@ class Checkpointer:
         manager.wait_until_finished()
         # A best candidate worse than the kept ones is deleted as soon as it is finished.
         if jax.process_index() == 0 and os.path.isdir(self._step_dir(manager, step)):
-            checkpoint_integrity.write_manifest(self._step_dir(manager, step))
+            integrity.write_manifest(self._step_dir(manager, step))
 
     # ---------------------------------------------------------------------------------- restoring
 
@@ -221,7 +217,7 @@ class Checkpointer:
             )
 
         steps = sorted(self.latest.all_steps(), reverse=True)
-        restored, step, failures = checkpoint_integrity.first_usable(
+        restored, step, failures = integrity.first_usable(
             str(self.latest.directory), steps, restore, "this run's state"
         )
         if failures:
@@ -307,7 +303,7 @@ class Checkpointer:
         a CPU)."""
         template = _abstract(model_template)
         latest_steps, best_steps = set(self.latest.all_steps()), set(self.best.all_steps())
-        config_schema.check_choice("weights", weights, config_choices.WEIGHT_SETS)
+        check_choice("weights", weights, WEIGHT_SETS)
         if weights == "ema" and which == "best":
             raise ValueError(
                 "the best checkpoint holds only the weights selected in training (config.ema.select; "
@@ -349,7 +345,7 @@ class Checkpointer:
 
         hidden = self._hidden_best if manager is self.best and which == "best" else []
         try:
-            result, step, failures = checkpoint_integrity.first_usable(
+            result, step, failures = integrity.first_usable(
                 str(manager.directory), steps, restore, target, hidden
             )
         except NoRestorableCheckpointError as e:

@@ -6,7 +6,7 @@ its own rerun, and nobody has to delete a stale lock file. The file stays in the
 runs; its content (PID, host, start time of the holder) only names who holds the lock for the
 message a second run prints, and its presence alone means nothing.
 
-`is_held(workdir)` asks without taking the lock: `fer_flax.research.sweep.study` uses it to tell a trial whose run is
+`is_held(workdir)` asks without taking the lock: `research.sweep.study` uses it to tell a trial whose run is
 still alive from one whose process died.
 
 Multi-process runs lock once, from process 0 (`train.train_and_evaluate`). Evaluation and prediction

@@ -60,10 +60,10 @@ from ml_collections import ConfigDict
 
 from fer_flax.base import atomic_files
 from fer_flax.core import metrics, steps, tta
-from fer_flax.core import state as model_state
 from fer_flax.data import ArraySplit
 from fer_flax.data.spec import DataSpec
 from fer_flax.inference import engine as inference
+from fer_flax.run import trained
 from fer_flax.run.checkpoint_errors import NoRestorableCheckpointError
 from fer_flax.training import init_from
 
@@ -82,7 +82,7 @@ class Teacher:
 
     given: str  # as config.distill.teachers has it
     checkpoint: str | int  # what was asked for: 'best', 'latest' or a step
-    restored: model_state.Restored
+    restored: trained.Restored
     tta_mode: str
     crop_size: int
 
@@ -142,7 +142,7 @@ def _load_teacher(
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise DistillError(f"{given!r}: {path} is not a fer_flax training workdir (no config.json)")
     try:
-        restored = model_state.restore(path, checkpoint if pinned_step is None else pinned_step, mesh=mesh)
+        restored = trained.restore(path, checkpoint if pinned_step is None else pinned_step, mesh=mesh)
     except (FileNotFoundError, ValueError, NoRestorableCheckpointError) as e:
         raise DistillError(f"{given!r}: {e}") from e
     ours = (tuple(spec.class_names), tuple(spec.image_shape))

@@ -3,7 +3,7 @@
   data.pipeline='grain'    host batches from Grain, copied to the devices: one for a single step (the
                            plain jitted `steps.train_step`), k stacked into one transfer for a call of
                            k steps (`multi_step.train_call` scans over them).
-  data.pipeline='device'   the split on the devices (`fer_flax.training.device_input`) and the epoch orders the
+  data.pipeline='device'   the split on the devices (`training.device_input`) and the epoch orders the
                            call needs: `multi_step.train_call` gathers each step's batch itself.
 
 `make_feed` builds the feed; its `iterator` is what the checkpoint stores as the data state (the Grain

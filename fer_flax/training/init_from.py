@@ -30,9 +30,11 @@ import optax
 from flax import traverse_util
 from ml_collections import ConfigDict
 
+from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data.spec import DataSpec
+from fer_flax.run import trained
 
 _CHECKPOINT = re.compile(r"best|latest|[0-9]+")
 _SHOWN = 8  # paths listed in a message
@@ -46,7 +48,7 @@ class InitFromError(ValueError):
 class InitPlan:
     """What `apply` loads into a new run, and from where."""
 
-    source: model_state.Restored
+    source: trained.Restored
     checkpoint: str | int
     loaded: tuple[str, ...]
     reinitialised: tuple[str, ...]
@@ -107,7 +109,7 @@ def _no_match(key: str, pattern: str, paths: list[str]) -> InitFromError:
 
 
 def _abstract(model: nn.Module, spec: DataSpec) -> dict:
-    return jax.eval_shape(lambda: model_state.initial_variables(model, jax.random.key(0), spec.image_shape))
+    return jax.eval_shape(lambda: model_lib.initial_variables(model, jax.random.key(0), spec.image_shape))
 
 
 def check_freeze(config: ConfigDict, model: nn.Module, spec: DataSpec) -> tuple[str, ...]:
@@ -142,7 +144,7 @@ def prepare(config: ConfigDict, model: nn.Module, spec: DataSpec, mesh: jax.shar
             f"config.init_from={text!r}: {workdir} is not a fer_flax training workdir (no config.json)"
         )
     try:
-        source = model_state.restore(workdir, which, mesh=mesh, weights=config.get("init_weights", "raw"))
+        source = trained.restore(workdir, which, mesh=mesh, weights=config.get("init_weights", "raw"))
     except (FileNotFoundError, ValueError) as e:
         raise InitFromError(f"config.init_from={text!r}: {e}") from e
     new, old = _flat(_abstract(model, spec)), _flat(source.variables)

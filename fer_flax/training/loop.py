@@ -3,9 +3,9 @@
 It runs as named phases: `_prepare` (validate the config, read the data, build or resume the state),
 `_compile` (jit the pure steps of `fer_flax.core.steps`), `_loop` (train; evaluate, checkpoint and log on
 exact step boundaries; stop cleanly on SIGTERM/SIGINT) and `_finish` (the summary). Each host call runs
-one or `steps_per_call` steps (`fer_flax.training.multi_step`), fed by `fer_flax.training.feed` from either input
+one or `steps_per_call` steps (`training.multi_step`), fed by `training.feed` from either input
 pipeline (Grain on the host, or the split on the devices). Device-side results are fetched only at log
-and evaluation steps. Evaluations go through `fer_flax.inference.engine`, the same path as `fer_flax.inference.evaluate`."""
+and evaluation steps. Evaluations go through `inference.engine`, the same path as `inference.evaluate`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import optax
 from ml_collections import ConfigDict
 
 from fer_flax.config import schema as config_schema
+from fer_flax.core import ema as ema_lib
+from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel, steps
 from fer_flax.core import state as model_state
 from fer_flax.data import ArraySplit, DataSpec, default_cache_dir, load_splits, resolve_spec
@@ -102,7 +104,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
     spec = resolve_spec(config.data)
-    model = model_state.create_model(config, spec)
+    model = model_lib.create_model(config, spec)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh, name="batch_size")
     parallel.check_batch_divisible(config.eval_batch_size, mesh, name="eval_batch_size")
@@ -127,7 +129,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     tx = optim.create_optimizer(config.optim, schedule)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state = model_state.create_train_state(
-        model, tx, init_rng, mesh, ema=model_state.ema_enabled(config), image_shape=spec.image_shape
+        model, tx, init_rng, mesh, ema=ema_lib.ema_enabled(config), image_shape=spec.image_shape
     )
     if init_plan is not None:
         state = init_from.apply(state, init_plan, tx, mesh)

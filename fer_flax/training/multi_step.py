@@ -2,7 +2,7 @@
 
 `train_call` runs k steps of `steps.train_step` in one jitted program (a `lax.scan` of static length
 k) and sums their metrics on the device. Its batches come from a `batch_fn(inputs, i, step)`: the i-th
-of k stacked host batches (Grain) or a gather from the split on the devices (`fer_flax.training.device_input`).
+of k stacked host batches (Grain) or a gather from the split on the devices (`training.device_input`).
 A run compiles two programs: k steps, and one step for the rest of a window shorter than k.
 
 `call_plan` cuts the run into calls that never cross a step at which the loop must act on the host

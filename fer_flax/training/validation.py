@@ -1,5 +1,5 @@
 """Training's validation pass: the raw weights (and with an EMA, the averaged ones) scored on the val
-split through `fer_flax.inference.engine`, the path `fer_flax.inference.evaluate` uses, and which weights the best
+split through `inference.engine`, the path `inference.evaluate` uses, and which weights the best
 checkpoint keeps (`config.ema.select`)."""
 
 from __future__ import annotations
