@@ -17,7 +17,7 @@ tests/test_compare_torch.py checks that both then give the same eval-mode logits
 Both sides train on the same random uint8 batch (default 128 × 48×48×1), normalised like
 `fer_flax.core.augment.preprocess` inside the step, with softmax cross-entropy with label smoothing 0.1 and
 SGD with Nesterov momentum 0.9 and L2 weight decay 5e-4 on conv/linear weights only (the SGD recipe of
-configs/common.py). The fer_flax step is the real `fer_flax.core.steps.train_step`, jitted with donated state
+configs/common.py). The fer_flax step is the real `training.steps.train_step`, jitted with donated state
 as in train_throughput.py (it also computes accuracy and the gradient norm); the PyTorch step is eager
 mode with `torch.optim.SGD`, its learning rate set at every step to the value of fer_flax's schedule
 (train_throughput.py's warmup + cosine) at the same step, so both do the same updates and the losses they

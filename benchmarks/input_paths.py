@@ -35,12 +35,12 @@ from configs import cpu_recipe
 from fer_flax import runtime
 from fer_flax.core import ema as ema_lib
 from fer_flax.core import model as model_lib
-from fer_flax.core import optim, parallel, steps
+from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.cpu import devices
 from fer_flax.data import load_splits
 from fer_flax.training import feed as train_feed
-from fer_flax.training import multi_step
+from fer_flax.training import multi_step, steps
 
 DEFAULT_DATA = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "fer2013", "fer2013.csv.gz"

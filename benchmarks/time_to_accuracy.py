@@ -51,13 +51,14 @@ from benchmarks import device_peaks
 from fer_flax import runtime
 from fer_flax.core import ema as ema_lib
 from fer_flax.core import model as model_lib
-from fer_flax.core import optim, parallel, steps
+from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data import load_splits
 from fer_flax.inference import engine as inference
 from fer_flax.run import tracking, trained
 from fer_flax.run.interrupts import TrainingInterrupted
 from fer_flax.training import loop as train
+from fer_flax.training import steps
 
 
 @dataclasses.dataclass(frozen=True)

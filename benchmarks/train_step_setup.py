@@ -83,7 +83,7 @@ def build_train_step(
     """
     from fer_flax.core import model as model_lib
     from fer_flax.core import state as model_state  # the training library, imported when a step is built
-    from fer_flax.core import steps
+    from fer_flax.training import steps
 
     parallel.check_batch_divisible(config.batch_size, mesh)
     model = model_lib.create_model(config) if ops is None else build_model(config, ops)

@@ -89,7 +89,7 @@ def _layer(name: str) -> int:
 def test_the_graph_sees_the_package():
     assert {"fer_flax.training.loop", "fer_flax.inference.engine", "fer_flax.models.cnn"} <= set(MODULES)
     assert "fer_flax.training.loop" in _reachable("fer_flax.main")
-    assert "fer_flax.core.state" in _reachable("fer_flax.inference.evaluate")
+    assert "fer_flax.run.trained" in _reachable("fer_flax.inference.evaluate")
     assert _layer("fer_flax.main") == len(LAYERS) and _layer("fer_flax.evaluate") == len(LAYERS)
 
 
@@ -143,3 +143,12 @@ def test_no_test_hooks_in_the_product():
         assert "FER_FLAX_TEST" not in path.read_text(), name
         # Checkpointing goes through Orbax's public API only (a test patches its commit from outside).
         assert "orbax.checkpoint._src" not in path.read_text(), name
+
+
+def test_inference_imports_no_optimizer_loss_or_mixing():
+    # The train state (with its optimizer state) and the training maths stay out of every inference
+    # import: restoring a run (run.trained) builds the model (core.model) and reads weights only.
+    training_maths = {f"fer_flax.core.{m}" for m in ("state", "optim", "losses", "mixing")}
+    for name in MODULES:
+        if _unit(name) == "inference":
+            assert not _reachable(name) & training_maths, f"{name}: {_reachable(name) & training_maths}"

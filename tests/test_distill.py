@@ -19,13 +19,13 @@ import pytest
 
 from configs.common import get_base_config, use_smoke_settings
 from fer_flax.config.schema import ConfigError, validate
-from fer_flax.core import losses, parallel, steps
+from fer_flax.core import losses, parallel
 from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.core.augment import preprocess
 from fer_flax.data.spec import FER2013
 from fer_flax.run.workdir import IncompatibleWorkdirError
-from fer_flax.training import distill
+from fer_flax.training import distill, steps
 from fer_flax.training import feed as train_feed
 from fer_flax.training import loop as train
 from tests.trained_runs import synthetic_split, tiny_config, trained_run

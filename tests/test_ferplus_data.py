@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from fer_flax.core import losses, steps
+from fer_flax.core import losses
 from fer_flax.data import FERDataError, labels, load_splits, resolve_spec, sources
 from fer_flax.data.ferplus import VoteSplit, read_ferplus
 from fer_flax.data.spec import FERPLUS
+from fer_flax.training import steps
 from tests.conftest import REAL_DATA_DIR
 from tests.ferplus_helpers import face, make_tar, write_split
 

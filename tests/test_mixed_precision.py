@@ -10,9 +10,10 @@ import pytest
 from configs import simple_cnn
 from fer_flax import models
 from fer_flax.core import model as model_lib
-from fer_flax.core import optim, parallel, steps
+from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.training import steps
 
 STEPS = 30
 

@@ -10,10 +10,11 @@ import pytest
 
 from fer_flax import models
 from fer_flax.core import model as model_lib
-from fer_flax.core import optim, parallel, steps
+from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.training import loop as train
+from fer_flax.training import steps
 from tests.model_helpers import init_shapes
 
 # Every variant's parameter count with 7 classes, pinned: a change to any architecture shows up here

@@ -8,9 +8,10 @@ import pytest
 
 from configs import simple_cnn
 from fer_flax import models
-from fer_flax.core import optim, parallel, steps
+from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data.splits import NUM_CLASSES
+from fer_flax.training import steps
 
 STEPS = 4
 GLOBAL_BATCH = 32

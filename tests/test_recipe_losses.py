@@ -20,12 +20,13 @@ from ml_collections import ConfigDict
 from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
 from fer_flax.config.schema import ConfigError, validate
-from fer_flax.core import augment, losses, mixing, parallel, steps, tta
+from fer_flax.core import augment, forward, losses, mixing, parallel, tta
 from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.inference import engine as inference
 from fer_flax.training import loop as train
+from fer_flax.training import steps
 
 K = 7
 # Perfect squares so that sqrt_inverse is easy by hand; N = 230.
@@ -365,7 +366,7 @@ def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
         return tta.apply_with_tta(lambda v: state.apply_fn(variables, v, train=False)[0], images, mode)
 
     for mode in tta.TTA_MODES:
-        step = jax.jit(functools.partial(steps.logits_step, state.apply_fn, tta_mode=mode))
+        step = jax.jit(functools.partial(forward.logits_step, state.apply_fn, tta_mode=mode))
         out_logits = np.asarray(step(variables, batch["image"]))
         out = inference.split_metrics(out_logits, batch["label"])
         logits = reference(variables, images, mode)
@@ -381,7 +382,7 @@ def test_eval_is_unaffected_by_training_loss_terms_and_uses_the_tta(setup):
             np.asarray(out["confusion"]).sum(0), np.bincount(predicted, minlength=K)
         )
     with pytest.raises(ValueError, match=r"'fivecrop'.*none, flip, tencrop"):
-        steps.logits_step(state.apply_fn, variables, batch["image"], tta_mode="fivecrop")
+        forward.logits_step(state.apply_fn, variables, batch["image"], tta_mode="fivecrop")
 
 
 @pytest.mark.xdist_group("recipe_losses_setup")  # shares the module's `setup` fixture

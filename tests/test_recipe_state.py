@@ -24,7 +24,7 @@ from configs import simple_cnn
 from configs.common import get_base_config, use_smoke_settings
 from fer_flax import models
 from fer_flax.config import schema as config_schema
-from fer_flax.core import ema, input_pipeline, optim, steps
+from fer_flax.core import ema, input_pipeline, optim
 from fer_flax.core import model as model_lib
 from fer_flax.core import state as model_state
 from fer_flax.data import NUM_CLASSES
@@ -38,7 +38,7 @@ from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.interrupts import TrainingInterrupted
 from fer_flax.run.workdir import IncompatibleWorkdirError
 from fer_flax.training import loop as train
-from fer_flax.training import validation
+from fer_flax.training import steps, validation
 from tests import fault_injection
 from tests.model_helpers import compiled_initial_variables
 

@@ -22,12 +22,12 @@ import pytest
 
 from configs import simple_cnn
 from fer_flax.core import model as model_lib
-from fer_flax.core import steps
 from fer_flax.run import checkpoint as checkpoint_lib
 from fer_flax.run import tracking
 from fer_flax.run.interrupts import NonFiniteError
 from fer_flax.run.workdir import IncompatibleWorkdirError
 from fer_flax.training import loop as train
+from fer_flax.training import steps
 
 REPO = Path(__file__).resolve().parents[1]
 # The smoke run: 512 images / batch 64 = 8 steps per epoch, 2 epochs (evaluations at 8 and 16),

@@ -3,7 +3,7 @@
 Training's evaluations, `inference.evaluate`, `inference.predict` and `research.multiseed` all go
 through `predict_logits`: every example exactly once, in order, in fixed-shape batches
 (`input_pipeline.eval_batches`, the last one padded and its padding dropped), sharded over all
-devices and processes, each batch through `steps.logits_step` (test-time augmentation included).
+devices and processes, each batch through `forward.logits_step` (test-time augmentation included).
 Ensembles average the members' class probabilities.
 """
 
@@ -18,20 +18,22 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fer_flax.core import input_pipeline, metrics, parallel, steps, tta
-from fer_flax.core.state import Restored
+from fer_flax.core import forward, input_pipeline, metrics, parallel, tta
 from fer_flax.data import CLASS_NAMES, ArraySplit
 from fer_flax.run import trained
+from fer_flax.run.trained import Restored
 
 
 @functools.lru_cache(maxsize=32)
 def logits_fn(model: nn.Module, tta_mode: str = "none", crop_size: int = tta.DEFAULT_CROP_SIZE):
-    """jit(variables, uint8 images [B, H, W, C]) -> float32 logits [B, K] (`steps.logits_step`).
+    """jit(variables, uint8 images [B, H, W, C]) -> float32 logits [B, K] (`forward.logits_step`).
 
     Cached: Linen modules compare by their fields, so evaluating the same architecture again (another
     seed, split, checkpoint or evaluation of the same run) reuses the compiled function; the
     variables are an argument."""
-    return jax.jit(functools.partial(steps.logits_step, model.apply, tta_mode=tta_mode, crop_size=crop_size))
+    return jax.jit(
+        functools.partial(forward.logits_step, model.apply, tta_mode=tta_mode, crop_size=crop_size)
+    )
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

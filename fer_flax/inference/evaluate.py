@@ -42,12 +42,12 @@ from fer_flax import runtime
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import class_mapping, metrics, parallel, tta
-from fer_flax.core.state import Restored
 from fer_flax.data import ArraySplit, default_cache_dir, load_splits
 from fer_flax.data.splits import SPLITS
 from fer_flax.inference import engine as inference
 from fer_flax.run import trained
 from fer_flax.run import workdir as workdir_lib
+from fer_flax.run.trained import Restored
 
 # Data-config keys that decide which examples a split holds; the others (sampling, workers, cache)
 # only affect training or speed.

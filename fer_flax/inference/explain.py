@@ -33,11 +33,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fer_flax import cli, runtime
 from fer_flax.core import parallel
-from fer_flax.core.state import Restored
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.inference import evaluate, image_io, saliency
 from fer_flax.run import trained
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
+from fer_flax.run.trained import Restored
 
 MARKER = "explanations.json"
 ROWS_PER_GRID = 16
@@ -221,7 +221,7 @@ def run(
     seed: int = 0,
 ) -> str:
     """Explains the faces and writes DIR (see the module docstring); returns its absolute path."""
-    check_replaceable(out, MARKER, "fer_flax.inference.explain")  # before any work
+    check_replaceable(out, MARKER, "fer_flax.explain")  # before any work
     # One device: the maps are small work, and replicated variables would repeat it on every device.
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     restored = trained.restore(workdir, checkpoint, mesh=mesh, weights=weights)

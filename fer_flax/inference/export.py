@@ -47,12 +47,12 @@ from absl import app, flags, logging
 from fer_flax import cli, runtime
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
-from fer_flax.core import parallel, steps, tta
-from fer_flax.core.state import Restored
+from fer_flax.core import forward, parallel, tta
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.inference import engine as inference
 from fer_flax.run import trained
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
+from fer_flax.run.trained import Restored
 
 JAX_FILE, ONNX_FILE, LOADER_FILE, MARKER = "model.jaxexport", "model.onnx", "load_model.py", "model.json"
 FORMATS: tuple[str, ...] = ("jax", "onnx")
@@ -113,13 +113,13 @@ def portable_model(model: nn.Module) -> nn.Module:
 
 
 def probability_fn(restored: Restored, tta_mode: str, crop_size: int = tta.DEFAULT_CROP_SIZE) -> Callable:
-    """uint8 [B, 48, 48] -> float32 probabilities [B, K]: `steps.logits_step` (preprocessing and TTA)
+    """uint8 [B, 48, 48] -> float32 probabilities [B, K]: `forward.logits_step` (preprocessing and TTA)
     and a softmax, with the run's variables as constants."""
     model = portable_model(restored.model)
     variables = jax.device_get(restored.variables)
 
     def probabilities(images: jax.Array) -> jax.Array:
-        logits = steps.logits_step(model.apply, variables, images, tta_mode=tta_mode, crop_size=crop_size)
+        logits = forward.logits_step(model.apply, variables, images, tta_mode=tta_mode, crop_size=crop_size)
         return jax.nn.softmax(logits, axis=-1)
 
     return probabilities
@@ -254,7 +254,7 @@ def export_run(
 ) -> dict:
     """Exports, checks and writes DIR (see the module docstring); returns model.json's record.
     `formats` None: jax, and onnx where it can be made; given: each one or an ExportError."""
-    check_replaceable(out, MARKER, "fer_flax.inference.export")  # before any work
+    check_replaceable(out, MARKER, "fer_flax.export")  # before any work
     for f in formats or ():
         config_schema.check_choice("--formats", f, FORMATS)
     for p in platforms:

@@ -42,7 +42,6 @@ from absl import app, flags, logging
 from fer_flax import cli, runtime
 from fer_flax.base.errors import check_choice
 from fer_flax.core import tta
-from fer_flax.core.state import Restored
 from fer_flax.data.spec import FER2013, DataSpec
 from fer_flax.inference import engine as inference
 from fer_flax.inference import photos, video, webcam
@@ -57,6 +56,7 @@ from fer_flax.inference.image_io import (
     open_image,
 )
 from fer_flax.run import workdir
+from fer_flax.run.trained import Restored
 
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
 

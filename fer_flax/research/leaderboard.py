@@ -183,7 +183,7 @@ def markdown_table(records: list[dict]) -> str:
     lines += [
         "",
         "Ranked by validation accuracy (best checkpoint); test metrics are shown, never used to rank. "
-        "Test: `fer_flax.inference.evaluate --split test` on the best checkpoint. Train time: the training "
+        "Test: `fer_flax.evaluate --split test` on the best checkpoint. Train time: the training "
         "steps of the run's last invocation (a resumed run's earlier parts are not counted).",
     ]
     return "\n".join(lines) + "\n"

@@ -59,13 +59,13 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from fer_flax.base import atomic_files
-from fer_flax.core import metrics, steps, tta
+from fer_flax.core import metrics, tta
 from fer_flax.data import ArraySplit
 from fer_flax.data.spec import DataSpec
 from fer_flax.inference import engine as inference
 from fer_flax.run import trained
 from fer_flax.run.checkpoint_errors import NoRestorableCheckpointError
-from fer_flax.training import init_from
+from fer_flax.training import init_from, steps
 
 CACHE_FOLDER = "distill"
 _CACHE_VERSION = 1  # part of the cache key: raise it when the targets' definition changes

@@ -26,9 +26,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from fer_flax.core import input_pipeline, parallel, steps
+from fer_flax.core import input_pipeline, parallel
 from fer_flax.data import ArraySplit
-from fer_flax.training import device_input, multi_step
+from fer_flax.training import device_input, multi_step, steps
 
 
 def pipeline_of(config: ConfigDict) -> str:

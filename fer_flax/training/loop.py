@@ -1,7 +1,7 @@
 """The training loop: `train_and_evaluate(config, workdir)` is the whole job as a library call.
 
 It runs as named phases: `_prepare` (validate the config, read the data, build or resume the state),
-`_compile` (jit the pure steps of `fer_flax.core.steps`), `_loop` (train; evaluate, checkpoint and log on
+`_compile` (jit the pure steps of `fer_flax.training.steps`), `_loop` (train; evaluate, checkpoint and log on
 exact step boundaries; stop cleanly on SIGTERM/SIGINT) and `_finish` (the summary). Each host call runs
 one or `steps_per_call` steps (`training.multi_step`), fed by `training.feed` from either input
 pipeline (Grain on the host, or the split on the devices). Device-side results are fetched only at log
@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 from fer_flax.config import schema as config_schema
 from fer_flax.core import ema as ema_lib
 from fer_flax.core import model as model_lib
-from fer_flax.core import optim, parallel, steps
+from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data import ArraySplit, DataSpec, default_cache_dir, load_splits, resolve_spec
 from fer_flax.run import checkpoint as checkpoint_lib
@@ -31,7 +31,7 @@ from fer_flax.run import lock as workdir_lock
 from fer_flax.run import tracking
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.interrupts import NonFiniteError, StopRequest, TrainingInterrupted
-from fer_flax.training import distill, init_from, multi_step, validation
+from fer_flax.training import distill, init_from, multi_step, steps, validation
 from fer_flax.training import feed as train_feed
 from fer_flax.training.metric_window import MetricWindow
 from fer_flax.training.step_plan import step_plan

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 
 from fer_flax.core import tta
-from fer_flax.core.state import Restored
 from fer_flax.data.spec import FER2013, DataSpec
 from fer_flax.inference import engine as inference
 from fer_flax.inference.faces import crop as crop_lib
 from fer_flax.inference.faces.detect import Box
+from fer_flax.run.trained import Restored
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The pure step functions: one optimizer step, the gradients it would apply, and the inference
-logits of a batch. Each is a function of its arguments only (randomness from `fold_in(rng, step)`), so
-the loop compiles it once with `jax.jit` and a resumed run draws the same numbers.
+"""The pure train-step functions: one optimizer step, the gradients it would apply, and the
+distillation targets of a batch (the inference forward is `fer_flax.core.forward`). Each is a
+function of its arguments only (randomness from `fold_in(rng, step)`), so the loop compiles it once
+with `jax.jit` and a resumed run draws the same numbers.
 
 Knowledge distillation (`fer_flax.training.distill`) enters the train step in one of two ways: a batch with
 "teacher_probs" (cached mode: the teachers' probabilities of the clean image, carried through ten-crop
@@ -24,6 +25,7 @@ from fer_flax.core import ema as ema_lib
 from fer_flax.core import losses, mixing, optim, tta
 from fer_flax.core import state as model_state
 from fer_flax.core.augment import augment_batch, preprocess, ten_crop_batch, ten_crop_size
+from fer_flax.core.forward import view_logits
 from fer_flax.data import NUM_CLASSES
 
 
@@ -249,33 +251,6 @@ def gradients(
     step_rng = jax.random.fold_in(rng, state.step)
     kwargs = dict(class_counts=class_counts, num_classes=num_classes, teachers=teachers)
     return _loss_and_grads(state, batch, step_rng, config, teacher_variables=teacher_variables, **kwargs)[3]
-
-
-def logits_step(
-    apply_fn,
-    variables: dict,
-    images: jax.Array,
-    *,
-    tta_mode: str = "none",
-    crop_size: int = tta.DEFAULT_CROP_SIZE,
-) -> jax.Array:
-    """float32 logits [B, K] of uint8 images [B, H, W, C] in inference mode, averaged over the
-    views of `tta_mode` (`fer_flax.core.tta`), so a model trained on crops is scored on what it is
-    tested with. The one inference step: training's evaluations, evaluate, predict and multiseed
-    all use it through `fer_flax.inference.engine`."""
-
-    return view_logits(apply_fn, variables, preprocess(images), tta_mode=tta_mode, crop_size=crop_size)
-
-
-def view_logits(
-    apply_fn, variables: dict, images: jax.Array, *, tta_mode: str, crop_size: int = tta.DEFAULT_CROP_SIZE
-) -> jax.Array:
-    """`logits_step` of images already preprocessed (float32 [B, H, W, C], augmented or not)."""
-
-    def apply(x: jax.Array) -> jax.Array:
-        return apply_fn(variables, x, train=False)[0]
-
-    return tta.apply_with_tta(apply, images, tta_mode, crop_size)
 
 
 def teacher_probabilities(
