@@ -12,7 +12,7 @@ flax's momentum 0.9 (= torch's 0.1) and eps 1e-5, 2×2 max-pooling, global avera
 and dropouts. Before timing, the script asserts that each PyTorch model has exactly as many parameters as
 fer_flax's and copies fer_flax's initial weights into it (`load_flax_variables`: conv HWIO → OIHW, dense
 (in, out) → (out, in), BatchNorm scale/bias/mean/var), so both start from the same network;
-tests/test_compare_torch.py checks that both then give the same eval-mode logits.
+tests/benchmarks/test_compare_torch.py checks that both then give the same eval-mode logits.
 
 Both sides train on the same random uint8 batch (default 128 × 48×48×1), normalised like
 `fer_flax.core.augment.preprocess` inside the step, with softmax cross-entropy with label smoothing 0.1 and

@@ -40,10 +40,9 @@ os.environ.setdefault("FER_FLAX_MALLOC_DEFAULTS", "1")
 import pytest  # noqa: E402 (after the environment above, which XLA reads at start-up)
 
 from fer_flax import cpu  # noqa: E402
+from tests.helpers import REAL_DATA_DIR  # noqa: E402
 
 cpu.configure_process()
-
-REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
 
 
 @pytest.fixture

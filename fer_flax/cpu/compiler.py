@@ -19,7 +19,7 @@ Benchmarks that compare with XLA's defaults pass `XLA_DEFAULT_OPTIONS` (or anoth
 `jax.jit(..., compiler_options=...)`: per-program options override XLA_FLAGS.
 
 Gradients compiled with these options are compared with eager execution in
-tests/test_performance_paths.py (YNNPACK fusions have been reported to miscompile gradients on other
+tests/cpu/test_performance_paths.py (YNNPACK fusions have been reported to miscompile gradients on other
 jaxlib versions).
 """
 

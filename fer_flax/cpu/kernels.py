@@ -2,8 +2,8 @@
 
 Both compute what the stock ops compute (`lax.conv_general_dilated`, `flax.linen.max_pool`), written
 in forms XLA:CPU runs faster; `fer_flax.cpu.model_ops()` hands them to the model families when the
-backend is the CPU. Off the CPU the families use the stock ops. tests/test_performance_paths.py and
-tests/test_cpu_corner.py check values and gradients against the stock ops; the measured speed-ups are
+backend is the CPU. Off the CPU the families use the stock ops. tests/cpu/test_performance_paths.py and
+tests/cpu/test_cpu_corner.py check values and gradients against the stock ops; the measured speed-ups are
 in benchmarks/RESULTS.md (benchmarks/conv_kernels.py, benchmarks/cpu_speedups.py).
 """
 
@@ -127,7 +127,7 @@ def max_pool(
     those of `nn.max_pool`, ties included (the first maximum in row-major order takes the gradient).
     Overlapping or padded windows use `nn.max_pool`.
 
-    Two faster forms were wrong and are kept out (tests/test_performance_paths.py checks both cases):
+    Two faster forms were wrong and are kept out (tests/cpu/test_performance_paths.py checks both cases):
     a maximum over strided slices of the input, whose gradient XLA's SPMD partitioner got wrong for
     batch-sharded inputs; and autodiff of `reshape(...).max(axes)` (or any backward pass that finds
     the maximum by comparing the input with the pooled output), whose compiled gradient in a
@@ -176,7 +176,7 @@ def _window_max_backward(window: tuple[int, int], residuals: tuple, g: jax.Array
     # comparing the input with the pooled maximum (what autodiff of `.max()` does) went wrong under
     # XLA:CPU: in a compiled training step the backward pass's comparison saw the BatchNorm/ReLU
     # output recomputed differently from the forward pass, and BatchNorm-net gradients came out wrong
-    # (relative error ~1 against eager execution) or NaN (tests/test_performance_paths.py).
+    # (relative error ~1 against eager execution) or NaN (tests/cpu/test_performance_paths.py).
     where, shape = residuals
     (kh, kw) = window
     zero = jnp.zeros((), g.dtype)

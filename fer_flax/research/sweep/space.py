@@ -240,11 +240,11 @@ def config_file_text(base: str, overrides: Mapping[str, Any], values: Mapping[st
 
     return (
         f'"""{doc.strip()}\n"""\n\n'
-        "from fer_flax import sweep_space\n\n"
+        "from fer_flax.research.sweep import space\n\n"
         f"BASE = {base!r}\n"
         f"OVERRIDES = {{  # the sweep's command-line overrides\n{block(overrides)}}}\n"
         f"VALUES = {{  # this trial's values of the search space\n{block(values)}}}\n\n\n"
         'def get_config(arg: str = ""):\n'
         "    del arg  # the trial's config has no variants\n"
-        "    return sweep_space.trial_config(BASE, {**OVERRIDES, **VALUES})\n"
+        "    return space.trial_config(BASE, {**OVERRIDES, **VALUES})\n"
     )
