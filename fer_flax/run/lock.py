@@ -1,9 +1,9 @@
 """One training run per workdir: an OS file lock on `<workdir>/train.lock`, held for the whole run.
 
 The lock is `fcntl.flock` on an open file, so the kernel releases it when the process ends however it
-ends (SIGKILL, OOM kill, a lost machine's lease on a network filesystem): a killed run never blocks
-its own rerun, and nobody has to delete a stale lock file. The file stays in the workdir between
-runs; its content (PID, host, start time of the holder) only names who holds the lock for the
+ends (SIGKILL, OOM kill, a machine lost from a network filesystem once its locks expire): a killed run
+never blocks its own rerun, and nobody has to delete a stale lock file. The file stays in the workdir
+between runs; its content (PID, host, start time of the holder) only names who holds the lock for the
 message a second run prints, and its presence alone means nothing.
 
 `is_held(workdir)` asks without taking the lock: `research.sweep.study` uses it to tell a trial whose run is
