@@ -9,8 +9,9 @@ message a second run prints, and its presence alone means nothing.
 `is_held(workdir)` asks without taking the lock: `research.sweep.study` uses it to tell a trial whose run is
 still alive from one whose process died.
 
-Multi-process runs lock once, from process 0 (`train.train_and_evaluate`). Evaluation and prediction
-do not lock: they read only finished checkpoints, which a running training commits atomically.
+Multi-process runs lock once, from process 0 (`fer_flax.training.loop.train_and_evaluate`). Evaluation
+and prediction do not lock: they read only finished checkpoints, which a running training commits
+atomically.
 
 On a filesystem without lock support (some network filesystems mounted without it) `flock` fails
 with an error other than "would block": the run then goes on with a warning, unprotected.
