@@ -3,8 +3,8 @@
 Each experiment file calls `get_base_config()` and overrides what it needs. Every key that a run may read
 is declared here, so `--config.some.typo=1` is rejected by ml_collections instead of silently ignored.
 Keys whose default is "unset" are declared with `placeholder(type)` so they stay overridable.
-The valid values of every key are in `fer_flax/config/schema.py` (`CHOICES` for the choice keys), and
-`config_schema.validate` checks a config before a run reads any data.
+The valid values of every key are in `fer_flax/config/` (`choices.CHOICES` for the choice keys), and
+`fer_flax.config.schema.validate` checks a config before a run reads any data.
 """
 
 from ml_collections import ConfigDict, config_dict

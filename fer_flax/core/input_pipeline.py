@@ -56,9 +56,9 @@ def class_sampling_weights(
       sqrt      class probability proportional to sqrt(count) (per-example weight 1/sqrt(count)).
       explicit  `explicit` gives one non-negative weight per class, normalised to sum 1.
 
-    Raises ConfigError for an unknown mode, or `explicit` weights that `config_schema.validate` would
-    reject for `config.data.class_weights`, and ValueError for empty or out-of-range labels and a class
-    with positive weight but no examples in `labels`.
+    Raises ConfigError for an unknown mode, or `explicit` weights that `fer_flax.config.schema.validate`
+    would reject for `config.data.class_weights`, and ValueError for empty or out-of-range labels and a
+    class with positive weight but no examples in `labels`.
     """
     labels = np.asarray(labels)
     check_choice("sampling", mode, SAMPLING_MODES)

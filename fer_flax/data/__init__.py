@@ -1,6 +1,7 @@
 """Data sources: FER2013 (CSV or image folders), image-folder sets of any classes and size, FER+ (crowd
 votes), the built-in synthetic faces, and the parsed-array cache. `fer_flax.data.sources` decides which
-reader a config selects and what its data looks like (`DataSpec`)."""
+reader a config selects and what its data looks like (`DataSpec`). Imports only `base`: `config` sits
+above this package and imports its constants."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
+from fer_flax.data import sources
 from fer_flax.data.spec import FER2013, FERPLUS, DataSpec
 from fer_flax.data.splits import (
     CLASS_NAMES,
@@ -36,10 +38,6 @@ def default_cache_dir(workdir: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(workdir)), ".fer_flax_cache")
 
 
-# The readers are imported when used: they import fer_flax.config.schema, which imports this package's
-# constants, so importing them here at the top would be an import circle.
-
-
 def load_splits(
     data_config: ConfigDict,
     splits: Sequence[str],
@@ -50,8 +48,6 @@ def load_splits(
 ) -> dict[str, ArraySplit]:
     """`fer_flax.data.sources.load_splits`: the requested splits of the configured source (or the
     synthetic faces). An unknown split name raises ConfigError."""
-    from fer_flax.data import sources
-
     _check_path(data_config)
     return sources.load_splits(
         data_config, splits, cache_dir=cache_dir, announce=announce, label_mode=label_mode
@@ -60,8 +56,6 @@ def load_splits(
 
 def resolve_spec(data_config: ConfigDict, *, strict: bool = True) -> DataSpec:
     """The classes, image size and channels of the configured data (`sources.resolve_spec`)."""
-    from fer_flax.data import sources
-
     _check_path(data_config)
     return sources.resolve_spec(data_config, strict=strict)
 

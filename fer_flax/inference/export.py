@@ -22,7 +22,7 @@ DIR (written all at once; an earlier export there is replaced, anything else is 
 
 Without --formats, the ONNX model is written when the `onnx` extra is installed and the model converts,
 and a note says why when it is not. Before anything is written each artifact is run on a probe batch and
-must give fer_flax's own probabilities (`inference.member_probabilities`) to within `JAX_TOLERANCE`
+must give fer_flax's own probabilities (`engine.member_probabilities`) to within `JAX_TOLERANCE`
 (`ONNX_TOLERANCE` for onnxruntime).
 """
 

@@ -1,16 +1,17 @@
 """One training run per workdir: an OS file lock on `<workdir>/train.lock`, held for the whole run.
 
 The lock is `fcntl.flock` on an open file, so the kernel releases it when the process ends however it
-ends (SIGKILL, OOM kill, a lost machine's lease on a network filesystem): a killed run never blocks
-its own rerun, and nobody has to delete a stale lock file. The file stays in the workdir between
-runs; its content (PID, host, start time of the holder) only names who holds the lock for the
+ends (SIGKILL, OOM kill, a machine lost from a network filesystem once its locks expire): a killed run
+never blocks its own rerun, and nobody has to delete a stale lock file. The file stays in the workdir
+between runs; its content (PID, host, start time of the holder) only names who holds the lock for the
 message a second run prints, and its presence alone means nothing.
 
 `is_held(workdir)` asks without taking the lock: `research.sweep.study` uses it to tell a trial whose run is
 still alive from one whose process died.
 
-Multi-process runs lock once, from process 0 (`train.train_and_evaluate`). Evaluation and prediction
-do not lock: they read only finished checkpoints, which a running training commits atomically.
+Multi-process runs lock once, from process 0 (`fer_flax.training.loop.train_and_evaluate`). Evaluation
+and prediction do not lock: they read only finished checkpoints, which a running training commits
+atomically.
 
 On a filesystem without lock support (some network filesystems mounted without it) `flock` fails
 with an error other than "would block": the run then goes on with a warning, unprotected.

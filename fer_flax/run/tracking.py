@@ -3,7 +3,8 @@
 wandb is offline by default (no login, no network; `wandb sync <workdir>/wandb/offline-run-*` uploads
 later), `online` on request, and `disabled` makes it a no-op that is never even imported. Only process 0
 writes anything, so multi-host runs produce one record.
-`config.wandb.mode` is one of `fer_flax.config.choices.WANDB_MODES`, checked by `config_schema.validate`.
+`config.wandb.mode` is one of `fer_flax.config.choices.WANDB_MODES`, checked by
+`fer_flax.config.schema.validate`.
 `wandb.watch` is PyTorch-only; `log_histograms` gives the same weight and gradient histograms for JAX.
 """
 

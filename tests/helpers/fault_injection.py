@@ -1,9 +1,10 @@
 """Fault injection for the reliability tests, done from outside the product.
 
-`install(spec)` wraps public fer_flax functions (`train.compile_steps`, `inference.logits_fn`) and
-Orbax's atomic commit (`AtomicRenameTemporaryPath.finalize`, as Orbax's own tests patch it) in this
-process, so that it signals itself at one exact moment. Run as a program,
-`python tests/helpers/fault_injection.py SPEC [fer_flax.main flags...]` installs it and runs `fer_flax.main`.
+`install(spec)` wraps public fer_flax functions (`training.loop.compile_steps`,
+`inference.engine.logits_fn`) and Orbax's atomic commit (`AtomicRenameTemporaryPath.finalize`, as
+Orbax's own tests patch it) in this process, so that it signals itself at one exact moment. Run as a
+program, `python tests/helpers/fault_injection.py SPEC [fer_flax.main flags...]` installs it and runs
+`fer_flax.main`.
 
 SPEC is "<where>:<step>[:<signal>]", SIGKILL unless TERM or INT is given:
   step:N     right after training step N is dispatched (after the call that runs it)

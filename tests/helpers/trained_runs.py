@@ -1,8 +1,9 @@
 """A tiny trained run shared by the evaluation, prediction and report tests.
 
 Training dominates those tests' time (mostly XLA compilation), so the run is made once per test
-process, whichever test file asks first, in a session temporary folder. Tests treat it as read-only:
-anything they write goes to their own tmp_path (or to a copy of the run).
+process, whichever test file asks first, in a temporary folder of the test session
+(`tmp_path_factory`). Tests treat it as read-only: anything they write goes to their own tmp_path (or
+to a copy of the run).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Face crops through the one inference path, in batches sized to the number of faces.
 
-`inference.member_probabilities` pads every batch to a fixed size, so classifying the three faces of
+`engine.member_probabilities` pads every batch to a fixed size, so classifying the three faces of
 a photo in batches of the run's `eval_batch_size` (512 for most configs) would compute 509 padding
 images. `FaceClassifier` picks the smallest power of two that holds the faces instead (a multiple of
 the device count, at most `max_batch`), so a few shapes are compiled once each and reused.

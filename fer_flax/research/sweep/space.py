@@ -13,7 +13,7 @@ and choices made with the constructors below:
 
 `load_space(path, config)` reads it and checks every key against the config (it must exist and
 take the range's values: each end of a range and every choice is applied to the config and
-validated by `config_schema.validate`), naming the file and the key in every error.
+validated by `fer_flax.config.schema.validate`), naming the file and the key in every error.
 
 A trial's config is the base config file (`path[:arg]`, as `--config` takes it), then the sweep's
 command-line overrides, then the trial's values: `trial_config(base, overrides)`, which the
