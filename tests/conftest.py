@@ -53,6 +53,23 @@ def real_data_dir() -> Path:
     return REAL_DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> str:
+    """Workdir `<root>/seed_0` (the layout fer_flax.research.multiseed uses) of a tiny run trained
+    from `tests.helpers.trained_runs.tiny_config(0)`: evaluations and checkpoints at steps 2 and 4.
+
+    Training dominates the time of the tests that use it (mostly XLA compilation), so it is made once
+    per test process, by whichever test asks first; tests that use it carry
+    `pytest.mark.xdist_group("trained_run")`, so that one worker makes it. Tests treat it as
+    read-only: anything they write goes to their own tmp_path (or to a copy of the run)."""
+    from fer_flax.training import loop as train
+    from tests.helpers.trained_runs import tiny_config
+
+    workdir = str(tmp_path_factory.mktemp("trained_run") / "seed_0")
+    train.train_and_evaluate(tiny_config(0), workdir)
+    return workdir
+
+
 def pytest_collection_modifyitems(config, items):
     # Modules with end-to-end runs (tests marked `slow`) first: handed out early, they finish before
     # the quick tests run out, and neither worker waits idle for the other's last long test. Modules

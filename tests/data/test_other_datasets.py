@@ -124,8 +124,8 @@ def _ferplus_config(tmp_path, source: str):
     return c
 
 
-def test_init_from_loads_layers_reinitialises_the_head_and_keeps_frozen_layers(tmp_path, tmp_path_factory):
-    source = trained_runs.trained_run(tmp_path_factory)  # cnn/tiny on 7 synthetic classes
+def test_init_from_loads_layers_reinitialises_the_head_and_keeps_frozen_layers(tmp_path, trained_run):
+    source = trained_run  # cnn/tiny on 7 synthetic classes
     c = _ferplus_config(tmp_path, source)
     model, mesh = model_lib.create_model(c, FERPLUS), parallel.make_mesh()
     plan = init_from.prepare(c, model, FERPLUS, mesh)
@@ -165,8 +165,8 @@ def test_init_from_loads_layers_reinitialises_the_head_and_keeps_frozen_layers(t
         ({"optim.freeze": "^Dense_9/"}, "config.optim.freeze='^Dense_9/' matches no parameter"),
     ],
 )
-def test_init_from_errors_name_what_does_not_fit(tmp_path, tmp_path_factory, overrides, message):
-    c = _ferplus_config(tmp_path, trained_runs.trained_run(tmp_path_factory))
+def test_init_from_errors_name_what_does_not_fit(tmp_path, trained_run, overrides, message):
+    c = _ferplus_config(tmp_path, trained_run)
     c.update_from_flattened_dict(overrides)
     spec = DataSpec(FERPLUS.class_names)
     model = model_lib.create_model(c, spec)

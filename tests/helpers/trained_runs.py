@@ -1,9 +1,7 @@
-"""A tiny trained run shared by the evaluation, prediction and report tests.
+"""The tiny trained run the evaluation, prediction and report tests share: its config and data.
 
-Training dominates those tests' time (mostly XLA compilation), so the run is made once per test
-process, whichever test file asks first, in a temporary folder of the test session
-(`tmp_path_factory`). Tests treat it as read-only: anything they write goes to their own tmp_path (or
-to a copy of the run).
+The run itself is the `trained_run` fixture of tests/conftest.py, made once per test process from
+`tiny_config(0)`. This module says what it was trained on, so tests can compare with it.
 """
 
 from __future__ import annotations
@@ -12,12 +10,9 @@ import numpy as np
 
 from configs import simple_cnn
 from fer_flax.data.synthetic import generate_synthetic
-from fer_flax.training import loop as train
 
 NUM_TEST = 70  # not a multiple of EVAL_BATCH: the last evaluation batch is partial
 EVAL_BATCH = 32
-
-_cache: dict[str, str] = {}
 
 
 def tiny_config(seed: int = 0):
@@ -40,15 +35,6 @@ def synthetic_split(split: str):
     sizes = {"train": c.data.synthetic_train, "val": c.data.synthetic_val, "test": c.data.synthetic_test}
     args = [sizes[s] if s == split else 0 for s in ("train", "val", "test")]
     return generate_synthetic(*args, seed=c.data.synthetic_seed)[split]
-
-
-def trained_run(tmp_path_factory) -> str:
-    """Workdir `<root>/seed_0` (the layout fer_flax.research.multiseed uses) of `tiny_config(0)`."""
-    if "run" not in _cache:
-        workdir = str(tmp_path_factory.mktemp("trained_run") / "seed_0")
-        train.train_and_evaluate(tiny_config(0), workdir)
-        _cache["run"] = workdir
-    return _cache["run"]
 
 
 def write_fer_csv(path, rows) -> None:

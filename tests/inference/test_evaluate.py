@@ -20,17 +20,12 @@ from fer_flax.run import trained
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.tracking import read_metrics
 from tests.helpers import REPO as REPO_PATH
-from tests.helpers.trained_runs import EVAL_BATCH, NUM_TEST, synthetic_split, trained_run, write_fer_csv
+from tests.helpers.trained_runs import EVAL_BATCH, NUM_TEST, synthetic_split, write_fer_csv
 
-# One worker trains the tiny run (tests/helpers/trained_runs.py) that several test files share.
+# One worker trains the tiny run (conftest's `trained_run`) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 REPO = str(REPO_PATH)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_run(tmp_path_factory)
 
 
 def _logits(probs):
@@ -170,9 +165,9 @@ def test_ensemble_averages_probabilities_by_hand():
     np.testing.assert_allclose(probs[0, 3:], 0.0, atol=1e-12)
 
 
-def test_ensemble_of_two_models_is_the_mean_of_their_probabilities(run, tmp_path):
+def test_ensemble_of_two_models_is_the_mean_of_their_probabilities(trained_run, tmp_path):
     # Two different models: the run's weights after steps 2 and 4.
-    members = [inference.load_members([run], step)[0] for step in (2, 4)]
+    members = [inference.load_members([trained_run], step)[0] for step in (2, 4)]
     test = synthetic_split("test")
     single = [inference.member_probabilities([m], test, batch_size=EVAL_BATCH) for m in members]
     assert np.abs(single[0] - single[1]).max() > 1e-3  # the models really differ
@@ -183,8 +178,8 @@ def test_ensemble_of_two_models_is_the_mean_of_their_probabilities(run, tmp_path
     assert report["confusion_matrix"] == metrics.classification_report(both, test.labels)["confusion_matrix"]
     # Several workdirs on the command path: an ensemble of one model with itself is that model.
     kw = {"split": "test", "figures": False, "announce": lambda *_: None}
-    pair = evaluate.evaluate_workdirs([run, run], out=str(tmp_path / "pair.json"), **kw)
-    alone = evaluate.evaluate_workdirs([run], out=str(tmp_path / "alone.json"), **kw)
+    pair = evaluate.evaluate_workdirs([trained_run, trained_run], out=str(tmp_path / "pair.json"), **kw)
+    alone = evaluate.evaluate_workdirs([trained_run], out=str(tmp_path / "alone.json"), **kw)
     assert pair["num_models"] == 2 and len(pair["workdirs"]) == 2
     assert pair["confusion_matrix"] == alone["confusion_matrix"]
     assert pair["nll"] == pytest.approx(alone["nll"], rel=1e-12)
@@ -193,8 +188,8 @@ def test_ensemble_of_two_models_is_the_mean_of_their_probabilities(run, tmp_path
 # ------------------------------------------------------------------------- exactness, checkpoints
 
 
-def test_every_example_counted_once_with_a_partial_final_batch(run):
-    restored = trained.restore(run)
+def test_every_example_counted_once_with_a_partial_final_batch(trained_run):
+    restored = trained.restore(trained_run)
     model, variables = restored.model, restored.variables
     test = synthetic_split("test")
     assert len(test) == NUM_TEST and NUM_TEST % EVAL_BATCH != 0  # 70 = 2 * 32 + 6
@@ -219,12 +214,12 @@ def _cm(labels, logits):
     return cm
 
 
-def test_best_checkpoint_reproduces_the_validation_metrics_logged_in_training(run):
-    members = inference.load_members([run])
+def test_best_checkpoint_reproduces_the_validation_metrics_logged_in_training(trained_run):
+    members = inference.load_members([trained_run])
     report = evaluate.evaluate_split(members, synthetic_split("val"), batch_size=EVAL_BATCH)
-    with open(os.path.join(run, "summary.json")) as f:
+    with open(os.path.join(trained_run, "summary.json")) as f:
         best_step = json.load(f)["best_step"]
-    records = read_metrics(os.path.join(run, "metrics.jsonl"))
+    records = read_metrics(os.path.join(trained_run, "metrics.jsonl"))
     logged = next(r for r in records if r["step"] == best_step and "val/accuracy" in r)
     assert report["checkpoint_step"] == best_step
     assert report["accuracy"] == logged["val/accuracy"]
@@ -233,15 +228,15 @@ def test_best_checkpoint_reproduces_the_validation_metrics_logged_in_training(ru
     assert report["confusion_matrix"] == logged["val/confusion"]
 
 
-def test_checkpoint_choice_and_errors(run, tmp_path):
-    assert trained.restore(run, "latest").step == 4
-    assert trained.restore(run, "2").step == 2
-    config = workdir_lib.load_run_config(run)
+def test_checkpoint_choice_and_errors(trained_run, tmp_path):
+    assert trained.restore(trained_run, "latest").step == 4
+    assert trained.restore(trained_run, "2").step == 2
+    config = workdir_lib.load_run_config(trained_run)
     assert config.augment.rrc_scale == (0.8, 1.0)  # JSON lists come back as the config's tuples
     with pytest.raises(FileNotFoundError, match=r"steps available: \[2, 4\]"):
-        trained.restore(run, 3)
+        trained.restore(trained_run, 3)
     with pytest.raises(ValueError, match="'best', 'latest' or a step"):
-        trained.restore(run, "worst")
+        trained.restore(trained_run, "worst")
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         trained.restore(str(tmp_path))
 
@@ -249,14 +244,14 @@ def test_checkpoint_choice_and_errors(run, tmp_path):
 # ------------------------------------------------------------------------------------ the command
 
 
-def test_cli_on_a_csv_that_holds_only_the_test_split(run, tmp_path):
+def test_cli_on_a_csv_that_holds_only_the_test_split(trained_run, tmp_path):
     test = synthetic_split("test")
     csv_path = tmp_path / "only_test.csv"
     rows = [(int(y), x, "PrivateTest") for x, y in zip(test.images, test.labels, strict=True)]
     write_fer_csv(csv_path, rows)
     out = tmp_path / "reports" / "test.json"
     cmd = [
-        sys.executable, "-m", "fer_flax.evaluate", f"--workdir={run}", f"--data={csv_path}",
+        sys.executable, "-m", "fer_flax.evaluate", f"--workdir={trained_run}", f"--data={csv_path}",
         "--split=test", "--tta=tencrop", f"--out={out}",
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -266,7 +261,7 @@ def test_cli_on_a_csv_that_holds_only_the_test_split(run, tmp_path):
     report = json.loads(out.read_text())
     assert report["split"] == "test" and report["data_path"] == str(csv_path)
     assert report["num_examples"] == NUM_TEST and report["tta"] == "tencrop" and report["crop_size"] == 44
-    with open(os.path.join(run, "summary.json")) as f:
+    with open(os.path.join(trained_run, "summary.json")) as f:
         assert report["checkpoint_step"] == json.load(f)["best_step"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "nll", "ece", "per_class", "confusion_matrix"):
         assert key in report, key
@@ -276,11 +271,13 @@ def test_cli_on_a_csv_that_holds_only_the_test_split(run, tmp_path):
 
     # The CSV holds exactly the run's synthetic test images: the same numbers as evaluating them directly.
     direct = evaluate.evaluate_split(
-        inference.load_members([run]), test, batch_size=EVAL_BATCH, tta_mode="tencrop"
+        inference.load_members([trained_run]), test, batch_size=EVAL_BATCH, tta_mode="tencrop"
     )
     assert report["confusion_matrix"] == direct["confusion_matrix"]
     assert report["nll"] == pytest.approx(direct["nll"], rel=1e-5)
 
     # Asking that file for a split it lacks names what it holds.
     with pytest.raises(FERDataError, match=r"PublicTest.*holds PrivateTest \(70\)"):
-        evaluate.evaluate_workdirs([run], data_path=str(csv_path), split="val", out=str(tmp_path / "x.json"))
+        evaluate.evaluate_workdirs(
+            [trained_run], data_path=str(csv_path), split="val", out=str(tmp_path / "x.json")
+        )

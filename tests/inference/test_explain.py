@@ -14,7 +14,6 @@ from fer_flax import models
 from fer_flax.data.synthetic import generate_synthetic
 from fer_flax.inference import explain, saliency
 from tests.helpers.models import compiled_init
-from tests.helpers.trained_runs import trained_run
 
 ROWS, COLS = slice(8, 20), slice(24, 40)  # the only region the RegionModel looks at
 
@@ -141,10 +140,9 @@ def test_rollout_of_identity_attention_is_the_identity_and_rows_stay_distributio
 
 
 @pytest.mark.xdist_group("trained_run")
-def test_explain_command_on_a_trained_run(tmp_path_factory, tmp_path):
-    workdir = trained_run(tmp_path_factory)
+def test_explain_command_on_a_trained_run(trained_run, tmp_path):
     out = tmp_path / "explained"
-    explain.run(workdir, str(out), n=10, samples=2)
+    explain.run(trained_run, str(out), n=10, samples=2)
     record = json.loads((out / "explanations.json").read_text())
     faces = record["faces"]
     assert record["methods"] == ["gradcam", "smoothgrad"] and len(faces) == 10
@@ -164,12 +162,12 @@ def test_explain_command_on_a_trained_run(tmp_path_factory, tmp_path):
         Image.fromarray(face).save(folder / f"face{i}.png")
     (folder / "zz_broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"zz_broken\.png: cannot read image"):
-        explain.run(workdir, str(tmp_path / "from_files"), [str(folder)], samples=2)
+        explain.run(trained_run, str(tmp_path / "from_files"), [str(folder)], samples=2)
     assert not (tmp_path / "from_files").exists()
     (folder / "zz_broken.png").unlink()
-    explain.run(workdir, str(out), [str(folder)], samples=2)  # replaces the earlier output
+    explain.run(trained_run, str(out), [str(folder)], samples=2)  # replaces the earlier output
     faces = json.loads((out / "explanations.json").read_text())["faces"]
     assert len(faces) == 10 and all(f["true"] is None for f in faces)
     assert all(f["grid"] == f"pred-{f['predicted']}.png" for f in faces)
     with pytest.raises(ValueError, match=r"not an earlier output of fer_flax\.explain"):
-        explain.run(workdir, str(folder), n=2)
+        explain.run(trained_run, str(folder), n=2)

@@ -16,7 +16,7 @@ from fer_flax.inference import engine as inference
 from fer_flax.inference import export
 from fer_flax.run import trained
 from fer_flax.run.staged_outputs import StagedOutputs
-from tests.helpers.trained_runs import synthetic_split, trained_run
+from tests.helpers.trained_runs import synthetic_split
 
 pytestmark = pytest.mark.xdist_group("trained_run")
 
@@ -24,12 +24,11 @@ SIZES = (1, 5, 13)  # every artifact is traced once, with a symbolic batch
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(trained_run, tmp_path_factory):
     """The tiny run exported with flip TTA (the run itself evaluates without TTA), with fer_flax's
     own probabilities for 13 validation faces."""
-    workdir = trained_run(tmp_path_factory)
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    restored = trained.restore(workdir, mesh=mesh)
+    restored = trained.restore(trained_run, mesh=mesh)
     out = tmp_path_factory.mktemp("export") / "model"
     info = export.export_run(restored, str(out), tta_mode="flip")
     faces = synthetic_split("val").images[: max(SIZES)]

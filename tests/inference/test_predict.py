@@ -18,17 +18,11 @@ from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.inference import engine as inference
 from fer_flax.inference import predict
 from tests.helpers import REPO as REPO_PATH
-from tests.helpers.trained_runs import trained_run
 
-# One worker trains the tiny run (tests/helpers/trained_runs.py) that several test files share.
+# One worker trains the tiny run (conftest's `trained_run`) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 REPO = str(REPO_PATH)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_run(tmp_path_factory)
 
 
 @pytest.fixture
@@ -75,8 +69,8 @@ def test_preprocessing_matches_training_data_by_hand(tmp_path):
     np.testing.assert_array_equal(predict.load_image(tmp_path / "odd.png"), np.asarray(expected))
 
 
-def test_classify_folder_with_corrupt_files(run, images):
-    members = inference.load_members([run])
+def test_classify_folder_with_corrupt_files(trained_run, images):
+    members = inference.load_members([trained_run])
     results = predict.classify(members, [str(images)])
     names = [os.path.relpath(r["path"], images) for r in results]
     assert names == [
@@ -103,16 +97,16 @@ def test_classify_folder_with_corrupt_files(run, images):
     assert "error" in missing[0] and "label" in missing[1]
 
 
-def test_command_line_json_and_csv(run, images, tmp_path):
+def test_command_line_json_and_csv(trained_run, images, tmp_path):
     """Faces found in a photo, a 48x48 crop classified whole, a picture without a face said so."""
     pytest.importorskip("cv2")
     skimage_data = pytest.importorskip("skimage.data")
     Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
     out_csv, out_dir = tmp_path / "preds.csv", tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "fer_flax.predict", f"--workdir={run}", "--format=json", f"--out={out_csv}",
-        f"--out_dir={out_dir}", str(tmp_path / "astronaut.png"), str(images / "d_48.png"),
-        str(images / "a_rgb.png"),
+        sys.executable, "-m", "fer_flax.predict", f"--workdir={trained_run}", "--format=json",
+        f"--out={out_csv}", f"--out_dir={out_dir}", str(tmp_path / "astronaut.png"),
+        str(images / "d_48.png"), str(images / "a_rgb.png"),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -29,17 +29,16 @@ from tests.helpers.face_pictures import (
     group_picture,
     write_face_clip,
 )
-from tests.helpers.trained_runs import trained_run
 
-# One worker trains the tiny run (tests/helpers/trained_runs.py) that several test files share.
+# One worker trains the tiny run (conftest's `trained_run`) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 cv2 = pytest.importorskip("cv2")
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    return FaceClassifier(inference.load_members([trained_run(tmp_path_factory)]), tta_mode="none")
+def classifier(trained_run):
+    return FaceClassifier(inference.load_members([trained_run]), tta_mode="none")
 
 
 def _softmax_of(classifier, crops):

@@ -11,9 +11,9 @@ import pytest
 
 from fer_flax.research import leaderboard, multiseed
 from fer_flax.run import tracking
-from tests.helpers.trained_runs import tiny_config, trained_run
+from tests.helpers.trained_runs import tiny_config
 
-# One worker trains the tiny run (tests/helpers/trained_runs.py) that several test files share.
+# One worker trains the tiny run (conftest's `trained_run`) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 # ------------------------------------------------------------------------------------- statistics
@@ -128,16 +128,11 @@ def test_leaderboard_by_hand(tmp_path):
 # ----------------------------------------------------------------------- multi-seed, end to end
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_run(tmp_path_factory)
-
-
 @pytest.mark.slow
-def test_multiseed_resumes_trains_evaluates_and_aggregates(run, tmp_path):
+def test_multiseed_resumes_trains_evaluates_and_aggregates(trained_run, tmp_path):
     # seed_0 is the shared finished run (resumed: not retrained); seed_1 is trained here.
     root = tmp_path / "seeds"
-    shutil.copytree(run, root / "seed_0")
+    shutil.copytree(trained_run, root / "seed_0")
     seed0_log = (root / "seed_0" / "metrics.jsonl").read_text()
     config = tiny_config()
     config.wandb.mode = "offline"  # also exercises the training loop's wandb evaluation media

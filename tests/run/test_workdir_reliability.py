@@ -2,8 +2,9 @@
 bit-flipped) in training and in evaluation/prediction, a save that fails on a full disk, bad config
 values and damaged small files, and how the commands report all of these.
 
-The runs are copies of the tiny trained run of tests/helpers/trained_runs.py (steps 2 and 4 in checkpoints/
-and best/); subprocesses only where the test is about a process (the lock, the one-line report).
+The runs are copies of the tiny trained run (the `trained_run` fixture of tests/conftest.py: steps 2
+and 4 in checkpoints/ and best/); subprocesses only where the test is about a process (the lock, the
+one-line report).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from fer_flax.run import lock as workdir_lock
 from fer_flax.run import trained
 from fer_flax.training import loop as train
 from tests.helpers import REPO
-from tests.helpers.trained_runs import tiny_config, trained_run
+from tests.helpers.trained_runs import tiny_config
 
-# One worker trains the tiny run (tests/helpers/trained_runs.py) that several test files share.
+# One worker trains the tiny run (conftest's `trained_run`) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 # The command line of tiny_config(0), the config of the shared trained run.
@@ -43,16 +44,11 @@ TINY_FLAGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_run(tmp_path_factory)
-
-
 @pytest.fixture
-def copy(run, tmp_path) -> Path:
+def copy(trained_run, tmp_path) -> Path:
     """A private copy of the trained run, to damage."""
     target = tmp_path / "run"
-    shutil.copytree(run, target)
+    shutil.copytree(trained_run, target)
     return target
 
 
@@ -153,16 +149,16 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
     assert "damaged" in text and "not fitting" not in text and "shapes changed" not in text
 
 
-def test_training_detects_same_size_corruption_and_resumes_identically(run, copy):
+def test_training_detects_same_size_corruption_and_resumes_identically(trained_run, copy):
     _flip_a_bit(_largest_file(copy / "checkpoints" / "4" / "state"))
     pattern = r"step 4 \(damaged: .* does not match its checksum.*previous good checkpoint, step 2"
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning, match=pattern):
         summary = train.train_and_evaluate(tiny_config(0), str(copy))  # steps 3 and 4 recomputed
-    assert summary["final_val"] == json.loads((Path(run) / "summary.json").read_text())["final_val"]
-    _same_final_weights(str(copy), run)
+    assert summary["final_val"] == json.loads((Path(trained_run) / "summary.json").read_text())["final_val"]
+    _same_final_weights(str(copy), trained_run)
 
 
-def test_a_failed_save_stops_with_one_line_and_resumes_identically(run, tmp_path):
+def test_a_failed_save_stops_with_one_line_and_resumes_identically(trained_run, tmp_path):
     workdir = tmp_path / "full_disk"
     # The commit of checkpoints/4 fails with ENOSPC (tests/helpers/fault_injection.py), as on a full disk.
     cmd = [sys.executable, str(REPO / "tests" / "helpers" / "fault_injection.py"), "nospace:4", *TINY_FLAGS]
@@ -176,8 +172,8 @@ def test_a_failed_save_stops_with_one_line_and_resumes_identically(run, tmp_path
     assert "rerun the same command to resume" in failed.stderr
 
     summary = train.train_and_evaluate(tiny_config(0), str(workdir))  # space is back
-    assert summary["final_val"] == json.loads((Path(run) / "summary.json").read_text())["final_val"]
-    _same_final_weights(str(workdir), run)
+    assert summary["final_val"] == json.loads((Path(trained_run) / "summary.json").read_text())["final_val"]
+    _same_final_weights(str(workdir), trained_run)
 
 
 # ------------------------------------------------------------------------------ config and small files

@@ -28,12 +28,7 @@ from fer_flax.run.workdir import IncompatibleWorkdirError
 from fer_flax.training import distill, steps
 from fer_flax.training import feed as train_feed
 from fer_flax.training import loop as train
-from tests.helpers.trained_runs import synthetic_split, tiny_config, trained_run
-
-
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory) -> str:
-    return trained_run(tmp_path_factory)
+from tests.helpers.trained_runs import synthetic_split, tiny_config
 
 
 def _constant_teacher(variables, x, train):
@@ -127,12 +122,12 @@ def test_a_teacher_that_is_the_students_initial_function_gives_no_distillation_g
     assert other["grad_norm"] > 1e-2 and other["distill_kl"] > 1e-4
 
 
-@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
-def test_cached_targets_equal_the_on_the_fly_teachers_on_the_clean_view(teacher_run):
+@pytest.mark.xdist_group("trained_run")  # shares the `trained_run` fixture (the teacher)
+def test_cached_targets_equal_the_on_the_fly_teachers_on_the_clean_view(trained_run):
     """Two checkpoints of the tiny run as an ensemble, flip views: the host path through
     fer_flax.inference.engine (40 images in padded batches of 32) against the step's own function."""
     c = tiny_config()
-    c.distill.update(teachers=(f"{teacher_run}:2", f"{teacher_run}:4"), temperature=3.0, tta="flip")
+    c.distill.update(teachers=(f"{trained_run}:2", f"{trained_run}:4"), temperature=3.0, tta="flip")
     d = distill.load_teachers(c, FER2013, parallel.make_mesh(), "/nonexistent/student")
     assert [t.restored.step for t in d.teachers] == [2, 4] and {t.tta_mode for t in d.teachers} == {"flip"}
     images = synthetic_split("train").images[:40]
@@ -145,12 +140,12 @@ def test_cached_targets_equal_the_on_the_fly_teachers_on_the_clean_view(teacher_
     assert not np.allclose(cached[:, 0], cached[0, 0])  # image-dependent targets: the test can fail
 
 
-@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
-def test_cached_targets_are_kept_per_teacher_and_reused_by_any_ensemble(teacher_run, tmp_path):
+@pytest.mark.xdist_group("trained_run")  # shares the `trained_run` fixture (the teacher)
+def test_cached_targets_are_kept_per_teacher_and_reused_by_any_ensemble(trained_run, tmp_path):
     """A pair of teachers writes one file each and trains on their mean; the first teacher alone, or
     the pair in the other order, then reads those files and computes nothing."""
     c = tiny_config()
-    c.distill.update(teachers=(f"{teacher_run}:2", f"{teacher_run}:4"), temperature=3.0, tta="flip")
+    c.distill.update(teachers=(f"{trained_run}:2", f"{trained_run}:4"), temperature=3.0, tta="flip")
     mesh = parallel.make_mesh()
     full = synthetic_split("train")
     split = dataclasses.replace(full, images=full.images[:24], labels=full.labels[:24], targets=None)
@@ -162,7 +157,7 @@ def test_cached_targets_are_kept_per_teacher_and_reused_by_any_ensemble(teacher_
     assert not np.allclose(each[0], each[1])  # two different teachers: the mean is a real mix
     np.testing.assert_allclose(trained.teacher_probs, (each[0] + each[1]) / 2, atol=1e-6)
 
-    c.distill.teachers = (f"{teacher_run}:4", f"{teacher_run}:2")
+    c.distill.teachers = (f"{trained_run}:4", f"{trained_run}:2")
     said = []
     swapped = distill.load_teachers(c, FER2013, mesh, "/nonexistent/student")
     again, swapped = distill.with_targets(swapped, split, c, mesh, str(tmp_path), said.append)
@@ -170,24 +165,24 @@ def test_cached_targets_are_kept_per_teacher_and_reused_by_any_ensemble(teacher_
     assert sum("(cached)" in line for line in said) == 2 and not any("images/s" in line for line in said)
     np.testing.assert_allclose(again.teacher_probs, trained.teacher_probs, atol=1e-6)
 
-    c.distill.teachers = (f"{teacher_run}:2",)
+    c.distill.teachers = (f"{trained_run}:2",)
     alone = distill.load_teachers(c, FER2013, mesh, "/nonexistent/student")
     first, alone = distill.with_targets(alone, split, c, mesh, str(tmp_path), lambda *a: None)
     assert alone.targets_files == pair.targets_files[:1]
     np.testing.assert_allclose(first.teacher_probs, each[0], atol=0)
 
 
-@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
+@pytest.mark.xdist_group("trained_run")  # shares the `trained_run` fixture (the teacher)
 @pytest.mark.slow
-def test_a_distilled_run_trains_records_its_teachers_and_refuses_others_on_resume(teacher_run, tmp_path):
+def test_a_distilled_run_trains_records_its_teachers_and_refuses_others_on_resume(trained_run, tmp_path):
     c = tiny_config()
-    c.distill.update(teachers=(teacher_run,), alpha=0.5, temperature=2.0, mode="cached")
+    c.distill.update(teachers=(trained_run,), alpha=0.5, temperature=2.0, mode="cached")
     c.steps_per_call, c.log_every_steps = 2, 2  # the cached targets stacked for calls of two steps
     workdir = str(tmp_path / "student")
     summary = train.train_and_evaluate(c, workdir)
 
     teachers = summary["distill"]["teachers"]
-    assert [(t["workdir"], t["checkpoint"], t["tta"]) for t in teachers] == [(teacher_run, "best", "none")]
+    assert [(t["workdir"], t["checkpoint"], t["tta"]) for t in teachers] == [(trained_run, "best", "none")]
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["derived"]["distill"]["teachers"] == teachers
     (targets_file,) = summary["distill"]["targets_files"]
@@ -197,24 +192,24 @@ def test_a_distilled_run_trains_records_its_teachers_and_refuses_others_on_resum
         kl = [r["train/distill_kl"] for r in map(json.loads, f) if "train/distill_kl" in r]
     assert kl and all(np.isfinite(kl)) and summary["final_step"] == 4
 
-    c.distill.teachers = (teacher_run, f"{teacher_run}:2")
+    c.distill.teachers = (trained_run, f"{trained_run}:2")
     c.num_epochs = 3.0
     with pytest.raises(IncompatibleWorkdirError, match=r"distill\.teachers"):
         train.train_and_evaluate(c, workdir)
 
 
-@pytest.mark.xdist_group("trained_run")  # shares the module's `teacher_run` fixture
-def test_bad_teachers_fail_before_training_and_are_named(teacher_run, tmp_path):
+@pytest.mark.xdist_group("trained_run")  # shares the `trained_run` fixture (the teacher)
+def test_bad_teachers_fail_before_training_and_are_named(trained_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     c = tiny_config()
-    c.distill.teachers = (str(tmp_path / "missing"), teacher_run, f"{empty}:latest")
+    c.distill.teachers = (str(tmp_path / "missing"), trained_run, f"{empty}:latest")
     workdir = tmp_path / "student"
     with pytest.raises(distill.DistillError) as info:
         train.train_and_evaluate(c, str(workdir))
     message = str(info.value)
     assert str(tmp_path / "missing") in message and str(empty) in message and "no config.json" in message
-    assert f"{teacher_run!r}" not in message
+    assert f"{trained_run!r}" not in message
     assert not os.listdir(workdir / "checkpoints") and not (workdir / "metrics.jsonl").exists()
 
     c.distill.update(teachers=("a", "a", ""), alpha=1.5, temperature=0.0, mode="live", tta="five")
