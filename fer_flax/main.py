@@ -18,53 +18,27 @@ the three are read from SLURM; `./launch.sh` sets everything up.
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from fer_flax import cli, runtime
-from fer_flax.run.interrupts import TrainingInterrupted
+from fer_flax import cli
 from fer_flax.training import loop as train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-process: HOST:PORT of process 0 (env FER_FLAX_COORDINATOR)."
-)
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Multi-process: number of processes (env FER_FLAX_NUM_PROCESSES)."
-)
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "Multi-process: this process's id in [0, num_processes) (env FER_FLAX_PROCESS_ID)."
-)
-flags.mark_flags_as_required(["config", "workdir"])
+# Trains on the CPU devices the config asks for, and joins multi-process jobs. Absl logging at WARNING:
+# Orbax and JAX log every checkpoint step at INFO, the warnings stay.
+COMMAND = cli.Command(cpu_devices_from_config=True, multi_process=True, log_level="warning")
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # Orbax and JAX log every checkpoint step at INFO; keep the console for progress and results
-    # unless the user asks for more with -v / --verbosity.
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    runtime.start(
-        config,
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
-    )
-    try:
-        train.train_and_evaluate(config, _WORKDIR.value)
-    except TrainingInterrupted as e:
-        # SIGTERM/SIGINT: a checkpoint is written and the message printed; exit 128 + signal number
-        # (143 / 130) so schedulers and shells see an interrupted job, not a finished one.
-        sys.exit(e.exit_code)
-    # Only after a clean finish: the shutdown barrier waits for every process, and one that failed
-    # will never arrive (its error already ends this job through the coordination service).
-    runtime.shutdown()
+    del argv  # the program name only: the preamble refuses positional arguments
+    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.main_of("fer_flax.main")

@@ -35,10 +35,10 @@ import os
 from collections.abc import Callable, Sequence
 
 import jax
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import ConfigDict
 
-from fer_flax import runtime
+from fer_flax import cli
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import class_mapping, metrics, parallel, tta
@@ -312,6 +312,10 @@ def evaluate_workdirs(
 # ------------------------------------------------------------------------------------ command line
 
 
+# Absl logging at ERROR: Orbax warns about every read-only checkpoint folder it opens.
+COMMAND = cli.Command(log_level="error")
+
+
 def define_flags() -> None:
     """Command-line flags, defined only when run as a program: the library is importable next to
     other programs' flags (fer_flax.main also has --workdir)."""
@@ -344,13 +348,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
-    runtime.start()
+    del argv  # the program name only: the preamble refuses positional arguments
     f = flags.FLAGS
-    # Expected errors (a missing workdir, a bad data row, damaged checkpoints): one line, via cli.run.
+    # Expected errors (a missing workdir, a bad data row, damaged checkpoints): one line, via cli.
     report = evaluate_workdirs(
         f.workdir,
         checkpoint=f.checkpoint,

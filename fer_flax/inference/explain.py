@@ -28,10 +28,10 @@ from collections.abc import Sequence
 import jax
 import matplotlib
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
-from fer_flax import cli, runtime
+from fer_flax import cli
 from fer_flax.core import parallel
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.inference import evaluate, image_io, saliency
@@ -236,6 +236,11 @@ def run(
     return out
 
 
+# Face crops as positional arguments. Absl logging at ERROR: Orbax warns about every read-only
+# checkpoint folder it opens.
+COMMAND = cli.Command(arguments=True, log_level="error")
+
+
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training workdir of the model to explain.")
     flags.DEFINE_string("out", None, "Folder for the grids, explanations.json and maps.npz.")
@@ -252,24 +257,19 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
-    runtime.start()
     f = flags.FLAGS
-    try:
-        run(
-            f.workdir,
-            f.out,
-            argv[1:],
-            checkpoint=f.checkpoint,
-            weights=f.weights,
-            split=f.split,
-            data_path=f.data,
-            n=f.n,
-            methods=f.methods,
-            samples=f.samples,
-            noise=f.noise,
-            seed=f.seed,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        cli.fail(e)
+    # Expected errors (a missing workdir or image, an unknown method, a refused --out): one line, via cli.
+    run(
+        f.workdir,
+        f.out,
+        argv[1:],
+        checkpoint=f.checkpoint,
+        weights=f.weights,
+        split=f.split,
+        data_path=f.data,
+        n=f.n,
+        methods=f.methods,
+        samples=f.samples,
+        noise=f.noise,
+        seed=f.seed,
+    )

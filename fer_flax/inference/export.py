@@ -42,9 +42,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from fer_flax import cli, runtime
+from fer_flax import cli
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import forward, parallel, tta
@@ -312,6 +312,10 @@ def export_run(
 # ------------------------------------------------------------------------------------ command line
 
 
+# Absl logging at ERROR: Orbax warns about every read-only checkpoint folder it opens.
+COMMAND = cli.Command(log_level="error")
+
+
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training workdir of the model to export.")
     flags.DEFINE_string("out", None, "Folder for the exported model.")
@@ -327,25 +331,19 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
-    runtime.start()
+    del argv  # the program name only: the preamble refuses positional arguments
     f = flags.FLAGS
-    try:
-        mesh = parallel.make_mesh(jax.local_devices()[:1])
-        restored = trained.restore(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
-        info = export_run(
-            restored,
-            f.out,
-            tta_mode=None if f.tta == "run" else f.tta,
-            crop_size=f.crop_size,
-            formats=f.formats,
-            platforms=f.platforms,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        cli.fail(e)
+    # Expected errors (a missing workdir, damaged checkpoints, a refused --out): one line, via cli.
+    mesh = parallel.make_mesh(jax.local_devices()[:1])
+    restored = trained.restore(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
+    info = export_run(
+        restored,
+        f.out,
+        tta_mode=None if f.tta == "run" else f.tta,
+        crop_size=f.crop_size,
+        formats=f.formats,
+        platforms=f.platforms,
+    )
     print(
         f"exported {restored.config.model_name}/{restored.config.model.variant} (step {restored.step}, "
         f"TTA {info['tta']}) to {os.path.abspath(f.out)}"

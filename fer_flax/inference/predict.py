@@ -37,9 +37,9 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from fer_flax import cli, runtime
+from fer_flax import cli
 from fer_flax.base.errors import check_choice
 from fer_flax.core import tta
 from fer_flax.data.spec import FER2013, DataSpec
@@ -178,6 +178,15 @@ def output_format(out: str | None, fmt: str | None) -> str:
 # ------------------------------------------------------------------------------------ command line
 
 
+# Absl logging at ERROR: Orbax warns about every read-only checkpoint folder it opens. No optional
+# face detector or no camera is the user's to fix, like a missing file: one line.
+COMMAND = cli.Command(
+    arguments=True,
+    log_level="error",
+    expected_errors=(MissingDependencyError, webcam.WebcamUnavailable),
+)
+
+
 def define_flags() -> None:
     flags.DEFINE_multi_string("workdir", None, "Training workdir; repeat for an ensemble.")
     flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
@@ -270,23 +279,18 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     if not paths and f.webcam is None:
         raise app.UsageError("give at least one image file, folder or video, or --webcam INDEX")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
-    runtime.start()
-    try:
-        file_format = output_format(f.out, None) if f.out else None
-        camera = webcam.check_available(f.webcam) if f.webcam is not None else None
-        members = inference.load_members(f.workdir, f.checkpoint)
-        classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
-        if camera is not None:
-            webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)
-            return
-        records, summaries = predict_inputs(
-            paths, classifier, faces=f.faces, fit=f.fit, margin=f.margin, detector=f.detector,
-            out_dir=f.out_dir, every=f.every, annotate_video=f.annotate_video,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError, MissingDependencyError, webcam.WebcamUnavailable) as e:
-        cli.fail(e)
+    # Expected errors (an unreadable input, a missing detector or camera): one line, via cli.
+    file_format = output_format(f.out, None) if f.out else None
+    camera = webcam.check_available(f.webcam) if f.webcam is not None else None
+    members = inference.load_members(f.workdir, f.checkpoint)
+    classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
+    if camera is not None:
+        webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)
+        return
+    records, summaries = predict_inputs(
+        paths, classifier, faces=f.faces, fit=f.fit, margin=f.margin, detector=f.detector,
+        out_dir=f.out_dir, every=f.every, annotate_video=f.annotate_video,
+    )  # fmt: skip
     if records:
         print(render(records, f.format or "table"))
         if f.out:

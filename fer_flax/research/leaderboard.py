@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from fer_flax import cli
 from fer_flax.base import atomic_files
 from fer_flax.run import tracking
 
@@ -196,6 +197,10 @@ def leaderboard(roots: Sequence[str]) -> str:
     return markdown_table([run_record(w) for w in workdirs])
 
 
+# Workdirs as positional arguments; it reads files only, no JAX start-up.
+COMMAND = cli.Command(arguments=True, start_jax=False)
+
+
 def define_flags() -> None:
     flags.DEFINE_string("out", None, "Also write the table to this Markdown file.")
 
@@ -204,7 +209,7 @@ def main(argv: list[str]) -> None:
     roots = argv[1:]
     if not roots:
         raise app.UsageError("give one or more workdirs or folders of workdirs")
-    table = leaderboard(roots)  # a missing folder or a damaged file: one line, via cli.run
+    table = leaderboard(roots)  # a missing folder or a damaged file: one line, via cli
     print(table, end="")
     if flags.FLAGS.out:
         atomic_files.write_text(flags.FLAGS.out, table)

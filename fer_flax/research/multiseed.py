@@ -26,10 +26,10 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from fer_flax import runtime
+from fer_flax import cli
 from fer_flax.config import schema as config_schema
 from fer_flax.core import tta
 from fer_flax.data.splits import SPLITS
@@ -207,6 +207,11 @@ def markdown(result: dict) -> str:
 # ------------------------------------------------------------------------------------ command line
 
 
+# The start-up of fer_flax.main (the CPU device split of --config included): it trains. Absl logging
+# at ERROR: Orbax warns about every read-only checkpoint folder the evaluations open.
+COMMAND = cli.Command(cpu_devices_from_config=True, log_level="error")
+
+
 def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Root folder; seed s trains in <workdir>/seed_<s>.")
@@ -218,13 +223,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)
+    del argv  # the program name only: the preamble refuses positional arguments
     f = flags.FLAGS
-    runtime.start(f.config)  # the same start-up as fer_flax.main: CPU device split included
-    # Expected errors (a bad seed list, config value or data row, a busy workdir): one line, via cli.run.
+    # Expected errors (a bad seed list, config value or data row, a busy workdir): one line, via cli.
     result = run(
         f.config,
         parse_seeds(f.seeds),

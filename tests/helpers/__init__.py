@@ -1,5 +1,6 @@
 """Helpers the tests share (imported as `from tests.helpers import ...`): tiny trained runs,
-fault injection, face pictures, FER+ folders and model-shape checks."""
+fault injection, face pictures, FER+ folders, model-shape checks and command lines run at the cost of
+one start-up."""
 
 from pathlib import Path
 

@@ -97,6 +97,6 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     spec, sys.argv = sys.argv[1], [sys.argv[0], *sys.argv[2:]]
     install(spec)
-    from fer_flax import cli, main
+    from fer_flax import cli
 
-    cli.run(main.main)  # exactly what `python -m fer_flax.main` runs
+    cli.main_of("fer_flax.main")  # exactly what `python -m fer_flax.main` runs

@@ -35,11 +35,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import optuna
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 from optuna.trial import TrialState
 
-from fer_flax import runtime
+from fer_flax import cli
 from fer_flax.config import schema as config_schema
 from fer_flax.research.sweep import space as sweep_space
 from fer_flax.research.sweep import summary as sweep_summary
@@ -214,6 +214,11 @@ def run_trials(
 # ------------------------------------------------------------------------------------ command line
 
 
+# JAX's process start-up without a device split: no device is used here, each trial's own process
+# starts its devices. Absl logging at ERROR: the sweep prints its own progress.
+COMMAND = cli.Command(log_level="error")
+
+
 def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Base experiment config file.", lock_config=True)
     flags.DEFINE_string("space", None, "Search space: a Python file defining SPACE (docs/sweeps.md).")
@@ -229,13 +234,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)
+    del argv  # the program name only: the preamble refuses positional arguments
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own progress
     f = flags.FLAGS
-    runtime.start()  # no device is used here: each trial's own process starts its devices
     root = os.path.abspath(f.workdir)
     config_flag = f["config"]
     base, overrides = config_flag.config_filename, dict(config_flag.override_values)
