@@ -5,8 +5,7 @@ XLA options come from `fer_flax.runtime.start()`, which every benchmark calls fi
 uint8 batch (seed 0) and a fixed step key, with the learning-rate schedule the benchmarks share (100
 steps per epoch, 1000 in all). The model is the one `model_lib.create_model(config)` builds (the CPU
 kernels on a CPU backend), unless the caller picks the seam's kernels itself (`ops`).
-train_throughput.py, compare_torch.py, cpu_speedups.py and profile_cpu_step.py all time this, so their
-figures measure the same program.
+train_throughput.py and compare_torch.py both time this, so their figures measure the same program.
 """
 
 from __future__ import annotations
