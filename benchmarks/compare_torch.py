@@ -1,10 +1,10 @@
 """fer_flax against the same networks in PyTorch: training images/s side by side in one process, CPU or GPU.
 
-  python benchmarks/compare_torch.py [--models cnn,beefy,resnet18] [--batch 128] [--windows 5]
+  python -m benchmarks.compare_torch [--models cnn,beefy,resnet18] [--batch 128] [--windows 5]
       [--steps 5] [--warmup 3] [--torch_memory_format channels_last|contiguous] [--torch_threads N]
       [--dtype float32|bfloat16] [--augment | --no_augment] [--malloc reuse|defaults] [--json out.json]
 
-Needs PyTorch (`pip install -e ".[bench]"`, i.e. torch==2.13.0, the CPU wheel on these machines).
+Needs PyTorch (`pip install -e ".[bench]"`, i.e. torch==2.13.0).
 
 The PyTorch models below are written from the same fer_flax module fields (widths, blocks, stems, head,
 dropout) as the flax ones, with the same layers: 3×3 convs without bias before BatchNorm, BatchNorm with
@@ -42,7 +42,7 @@ such hardware), the timer stopped after synchronising the device; the malloc set
 with float32 weights. Give the GPU a batch that fills it, e.g. `--batch 1024`. Tiny settings for a
 quick check:
 
-  python benchmarks/compare_torch.py --models cnn --batch 8 --windows 1 --steps 1
+  python -m benchmarks.compare_torch --models cnn --batch 8 --windows 1 --steps 1
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -63,8 +62,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.torch_models import (
     TORCH_MODELS,

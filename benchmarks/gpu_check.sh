@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The GPU check: one prepared script for a lent GPU machine (the device tool), in two parts.
+# The GPU check, in two parts, for a GPU machine that need not reach the network or the data.
 #
-#   bash benchmarks/gpu_check.sh prepare    HERE, once per session: downloads the Python 3.12 wheels the
-#                                           GPU machine lacks into .whl/, copies the real FER2013 image
-#                                           tarball into .gpu_data/ (both git-ignored, both sent with
-#                                           `carry`), checks the 64 MiB limit and prints the exact
-#                                           `run` tool call to make.
-#   bash benchmarks/gpu_check.sh run        THERE (started by that call), in at most 9 minutes:
+#   bash benchmarks/gpu_check.sh prepare    on a machine with the data and the network: downloads the
+#                                           Python 3.12 wheels the GPU machine lacks into .whl/, copies
+#                                           the real FER2013 image tarball into .gpu_data/ (both
+#                                           git-ignored), checks that the working tree with both stays
+#                                           under GPU_CHECK_MAX_MIB and prints the command to run there.
+#   bash benchmarks/gpu_check.sh run        on the GPU machine, in a copy of the working tree with .whl/
+#                                           and .gpu_data/, within 570 s (each phase has a time limit):
 #     1. the device and library versions;
 #     2. training images/s of every model family's default variant in float32 and bfloat16 at a
-#        batch that fills the GPU (benchmarks/train_throughput.py);
-#        with each step's TFLOP/s and model FLOP utilisation (benchmarks/device_peaks.py);
+#        batch that fills the GPU (python -m benchmarks.train_throughput);
+#        with each step's TFLOP/s and model FLOP utilisation (benchmarks.device_peaks);
 #     3. the input pipeline's images/s on the real training set (Grain + copy to the device);
-#     4. fer_flax against PyTorch on the GPU (benchmarks/compare_torch.py: the small CNN, BeefyModel
+#     4. fer_flax against PyTorch on the GPU (python -m benchmarks.compare_torch: the small CNN, BeefyModel
 #        and ResNet-18 in bfloat16 at batch GPU_CHECK_COMPARE_BATCH, PyTorch with cudnn.benchmark);
 #     5. one strong recipe (configs/beefy.py, bf16) trained on the real data for as long as fits,
 #        printing validation accuracy against wall time;
@@ -21,16 +22,18 @@
 # Knobs (environment): GPU_CHECK_BATCH (throughput batch, default 2048), GPU_CHECK_STEPS (20),
 # GPU_CHECK_FAMILIES (comma-separated, default every family in fer_flax.models.FAMILIES),
 # GPU_CHECK_COMPARE_BATCH (1024), GPU_CHECK_CONFIG (configs/beefy.py), GPU_CHECK_EPOCHS (30),
-# GPU_CHECK_TRAIN_SECONDS (120; 0 skips phase 5).
+# GPU_CHECK_TRAIN_SECONDS (120; 0 skips phase 5), GPU_CHECK_DATA_SRC (the tarball `prepare` copies),
+# GPU_CHECK_MAX_MIB (60: the most the copy to the GPU machine may hold). Results go to $OUT
+# (default /tmp/gpu_check_out).
 # wandb is never needed: every run here has it disabled, and fer_flax imports it lazily.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DATA_SRC=${GPU_CHECK_DATA_SRC:-../shared/data/fer2013/fer2013_images.tar.gz}
 DATA=.gpu_data/fer2013_images.tar.gz
-# Wheels for packages the GPU image lacks (its package list: /work/.library/device/KINDS.md). Same
-# versions as the development machine; grain needs array-record and portpicker, ml-collections needs
-# absl-py and PyYAML (both present there).
+# Wheels for the packages a GPU image with jax, flax, optax, orbax-checkpoint and PyTorch lacks, at the
+# versions of the CPU figures; grain needs array-record and portpicker, ml-collections needs absl-py
+# and PyYAML (both in such an image).
 WHEELS=(grain==0.2.18 array-record==0.8.6 ml-collections==1.1.0 portpicker==1.6.0)
 INSTALL='python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;'
 
@@ -57,21 +60,20 @@ prepare() {
   [[ -f $DATA_SRC ]] || { echo "gpu_check: real data not found at $DATA_SRC" >&2; exit 1; }
   cmp -s "$DATA_SRC" "$DATA" || cp "$DATA_SRC" "$DATA"
   local tree_bytes
-  # What travels: tracked and untracked-not-ignored files, plus the two carried folders.
+  # What travels: tracked and untracked-not-ignored files, plus .whl/ and .gpu_data/
   tree_bytes=$( (git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null
     find .whl .gpu_data -type f -exec stat -c %s {} +) | awk '{s += $1} END {print s}')
-  echo "working tree + carry: $((tree_bytes / 1024 / 1024)) MiB (limit 64 MiB)"
-  ((tree_bytes < 60 * 1024 * 1024)) || { echo "gpu_check: too large to send" >&2; exit 1; }
+  local max_mib=${GPU_CHECK_MAX_MIB:-60}
+  echo "working tree + .whl + .gpu_data: $((tree_bytes / 1024 / 1024)) MiB (limit $max_mib MiB)"
+  ((tree_bytes < max_mib * 1024 * 1024)) || { echo "gpu_check: too large to send" >&2; exit 1; }
   # benchmarks/gpu_suite.sh prepares through this function and sets GPU_CHECK_SCRIPT to itself.
   local script=${GPU_CHECK_SCRIPT:-benchmarks/gpu_check.sh}
   cat <<EOF
 
-Ready. Make this one device-tool call (it needs at most 9 minutes; the timeout leaves a margin):
+Ready. Copy the working tree with .whl/ and .gpu_data/ to the GPU machine and run this there, from
+the repository root (at most 570 s; the log and results go to \$OUT, default /tmp/$(basename "$script" .sh)_out):
 
-  run(command="$INSTALL bash $script run",
-      carry=[".whl", ".gpu_data"], timeout_s=570)
-
-Then read the log and results from the files it returns and give the machine back.
+  $INSTALL bash $script run
 EOF
 }
 
@@ -96,19 +98,19 @@ print(jax.devices())
 " || echo "gpu_check: library check failed (were the wheels installed? see the run command)"
 
   phase "2/5 training images/s and MFU per family (batch $batch, $steps timed steps)"
-  timeout -k 10 150 python3 benchmarks/train_throughput.py --batch "$batch" --steps "$steps" \
+  timeout -k 10 150 python3 -m benchmarks.train_throughput --batch "$batch" --steps "$steps" \
     ${GPU_CHECK_FAMILIES:+--families "$GPU_CHECK_FAMILIES"} \
     --loader_seconds 0 --json "$OUT/throughput.json" || echo "gpu_check: throughput stopped (exit $?)"
 
   phase "3/5 input pipeline images/s on the real training set"
-  timeout -k 10 60 python3 benchmarks/train_throughput.py --families "" --batch "$batch" --loader_seconds 5 \
+  timeout -k 10 60 python3 -m benchmarks.train_throughput --families "" --batch "$batch" --loader_seconds 5 \
     --data "$DATA" --cache_dir "$work/cache" --json "$OUT/loader.json" ||
     echo "gpu_check: loader stopped (exit $?)"
 
   phase "4/5 fer_flax against PyTorch on the GPU, bfloat16, batch $compare_batch"
   # 120 s at most, so that every phase at its limit (45 + 150 + 60 + 120 + 120 s) leaves the summary
-  # inside the device call's 570 s.
-  timeout -k 10 120 python3 benchmarks/compare_torch.py --models cnn,beefy,resnet18 --dtype bfloat16 \
+  # inside the check's 570 s.
+  timeout -k 10 120 python3 -m benchmarks.compare_torch --models cnn,beefy,resnet18 --dtype bfloat16 \
     --batch "$compare_batch" --windows 3 --steps 5 --json "$OUT/compare_torch.json" ||
     echo "gpu_check: compare_torch stopped (exit $?)"
 
@@ -190,7 +192,7 @@ PY
 case "${1:-}" in
   prepare) prepare ;;
   run)
-    OUT=${OUT:-/tmp/gpu_check_out} # the device tool sets OUT: what is written there comes back
+    OUT=${OUT:-/tmp/gpu_check_out} # the log and the results
     mkdir -p "$OUT"
     run_checks 2>&1 | tee "$OUT/gpu_check.log"
     ;;

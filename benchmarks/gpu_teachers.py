@@ -1,26 +1,27 @@
 """GPU-trained teachers for a CPU student: after the time-to-accuracy suite (`gpu_suite.sh`), pick its
 best runs that fit a size budget, score ensembles of them on PublicTest, precompute the student's
 cached distillation targets on the GPU (one file per teacher), and pack the teachers and targets into
-parts small enough to come back from the device machine.
+parts of at most 15 MiB, for copying back from the GPU machine.
 
-  python benchmarks/gpu_teachers.py --runs /tmp/gpu_suite_work/runs --out /tmp/teachers \
+  python -m benchmarks.gpu_teachers --runs /tmp/gpu_suite_work/runs --out /tmp/teachers \
       --parts_dir "$OUT" [--data .gpu_data/fer2013_images.tar.gz] [--max_mib 56] \
       [--student distill_cpu:tuned]
 
-A teacher travels as what distillation and evaluation read from a workdir: config.json, summary.json,
-metrics.jsonl and the best checkpoint (params and batch statistics; the resumable state in
-checkpoints/ stays behind, so a teacher is ~4 bytes per parameter). They are chosen by PublicTest
-accuracy, best first, while they fit `--max_mib`. The targets are computed by `training.distill` exactly
-as the student's run would compute them (same teachers, temperature, views and training images), so
-the student finds them in its cache and starts training at once; the teachers' inference on a CPU
-would otherwise take longer than the student's training. Back on the development machine:
+(`/tmp/gpu_suite_work/runs` is where `gpu_suite.sh run` trains.) A teacher travels as what
+distillation and evaluation read from a workdir: config.json, summary.json, metrics.jsonl and the best
+checkpoint (params and batch statistics; the resumable state in checkpoints/ stays behind, so a
+teacher is ~4 bytes per parameter). They are chosen by PublicTest accuracy, best first, while they fit
+`--max_mib`. The targets are computed by `training.distill` exactly as the student's run would compute
+them (same teachers, temperature, views and training images), so the student finds them in its cache
+and starts training at once; the teachers' inference on a CPU would otherwise take longer than the
+student's training. Back on the CPU machine:
 
-  cat teachers.tar.part* | tar x -C /work/runs          # /work/runs/gpu_teachers/<family>, targets/
-  mkdir -p /work/runs/.fer_flax_cache
-  cp -r /work/runs/gpu_teachers/targets/distill /work/runs/.fer_flax_cache/   # the student's cache
-  python -m fer_flax.main --config configs/distill_cpu.py:tuned --workdir /work/runs/student \
+  cat teachers.tar.part* | tar x -C workdirs          # workdirs/gpu_teachers/<family>, targets/
+  mkdir -p workdirs/.fer_flax_cache
+  cp -r workdirs/gpu_teachers/targets/distill workdirs/.fer_flax_cache/   # the student's cache
+  python -m fer_flax.main --config configs/distill_cpu.py:tuned --workdir workdirs/student \
       --config.data.path=../shared/data/fer2013/fer2013_images.tar.gz \
-      --config.distill.teachers="('/work/runs/gpu_teachers/resnet',...)"   # any of those printed here
+      --config.distill.teachers="('workdirs/gpu_teachers/resnet',...)"   # any of those printed here
 
 The student must train on the same data file (the targets are keyed by the training images).
 """
@@ -33,11 +34,8 @@ import importlib
 import json
 import os
 import shutil
-import sys
 import tarfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fer_flax import runtime
 from fer_flax.core import parallel
@@ -46,7 +44,7 @@ from fer_flax.inference import evaluate
 from fer_flax.run import checkpoint
 from fer_flax.training import distill
 
-PART_BYTES = 15 * 1024 * 1024  # under the device tool's 16 MiB a file
+PART_BYTES = 15 * 1024 * 1024  # a part's size: small enough for transfers that limit a file to 16 MiB
 
 
 def tree_bytes(path: str) -> int:

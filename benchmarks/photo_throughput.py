@@ -1,6 +1,6 @@
 """Faces in photos on the CPU: images/s and faces/s of detection + cropping + classification.
 
-  python benchmarks/photo_throughput.py [--workdir /work/runs/cpu_recipe] [--images 48] [--tta RUN]
+  python -m benchmarks.photo_throughput --workdir workdirs/cpu_recipe [--images 48] [--tta RUN]
 
 The photos are scikit-image's sample pictures (installed with the `test` extra): the astronaut
 portrait (512x512, one face) and a group picture composed from it and three faces of scikit-image's
@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import skimage
 import skimage.data
 from PIL import Image
@@ -56,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workdir", default="/work/runs/cpu_recipe")
+    parser.add_argument("--workdir", required=True, help="a finished run, e.g. the CPU recipe's")
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--tta", default=None, help="none|flip|tencrop; default: the run's eval_tta")
     args = parser.parse_args()

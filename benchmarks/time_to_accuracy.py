@@ -1,7 +1,7 @@
 """Time to accuracy on one GPU: the strongest config of each family, trained on real FER2013 in bf16
 with the device pipeline and many steps per call, each within its share of one time budget.
 
-  python benchmarks/time_to_accuracy.py --data .gpu_data/fer2013_images.tar.gz
+  python -m benchmarks.time_to_accuracy --data .gpu_data/fer2013_images.tar.gz
       [--families cnn,beefy,resnet,googlenet,vit] [--total_seconds 470] [--steps_per_call 25]
       [--epochs beefy=40,...] [--workdir_root /tmp/tta] [--cache_dir D] [--json out.json] [--dry_run]
 
@@ -16,7 +16,7 @@ first, which holds the compilation), its model FLOP utilisation (the convolution
 one train step over the device's dense bf16 peak, `benchmarks/device_peaks.py`), and PublicTest
 accuracy (the weights best/ would keep: raw or EMA) against wall time since the family started (compilation,
 evaluations and checkpoints included; a family cut by its time limit gets a last point, its final
-checkpoint scored after the cut); then one summary table against the issue's targets.
+checkpoint scored after the cut); then one summary table against each family's target (FAMILIES below).
 
 `--dry_run` runs the same path on a CPU in minutes: each family's 'smoke' config for a few calls of 2
 steps on the given data (synthetic faces when the path does not exist), with every figure printed.
@@ -36,7 +36,6 @@ import os
 import shutil
 import signal
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -44,8 +43,6 @@ from typing import Any
 
 import jax
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import device_peaks
 from fer_flax import runtime
@@ -67,7 +64,7 @@ class Family:
     arg: str  # its get_config argument
     epochs: float
     share: float  # of --total_seconds
-    target: float | None  # PublicTest accuracy the issue asks for
+    target: float | None  # the PublicTest accuracy the family should reach
 
 
 # The strongest config of each family: the CPU recipe's CNN (the best-measured CNN config), the two

@@ -5,8 +5,6 @@ and fer_flax's weight-decay rule as optimizer parameter groups."""
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from collections import OrderedDict
 
 import jax
@@ -15,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from flax import traverse_util
 from torch import nn
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fer_flax.data.splits import IMAGE_SIZE
 from fer_flax.models.layers import BATCH_NORM_MOMENTUM

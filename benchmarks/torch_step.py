@@ -6,13 +6,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fer_flax.core.augment import ERASE_RATIO, MEAN, STD
 

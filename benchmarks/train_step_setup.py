@@ -4,9 +4,8 @@ fer_flax's real `steps.train_step`, compiled with plain `jax.jit` and donated st
 XLA options come from `fer_flax.runtime.start()`, which every benchmark calls first), on a fixed random
 uint8 batch (seed 0) and a fixed step key, with the learning-rate schedule the benchmarks share (100
 steps per epoch, 1000 in all). The model is the one `model_lib.create_model(config)` builds (the CPU
-kernels on a CPU backend), unless the caller picks the seam's kernels itself (`ops`).
-train_throughput.py, compare_torch.py, cpu_speedups.py and profile_cpu_step.py all time this, so their
-figures measure the same program.
+kernels on a CPU backend).
+train_throughput.py and compare_torch.py both time this, so their figures measure the same program.
 """
 
 from __future__ import annotations
@@ -16,11 +15,9 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from configs.common import get_base_config, use_sgd_recipe
-from fer_flax import models
 from fer_flax.core import optim, parallel
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
 
@@ -60,33 +57,14 @@ class TrainStepSetup:
         return metrics
 
 
-def build_model(config, ops: dict[str, Any]):
-    """`config`'s model with the seam's kernels given explicitly (`{}`: the stock Flax ops)."""
-    options = {k: v for k, v in config.model.to_dict().items() if k != "variant"}
-    return models.create_model(
-        config.model_name,
-        variant=config.model.variant,
-        num_classes=NUM_CLASSES,
-        dtype=jnp.dtype(config.dtype),
-        **options,
-        **ops,
-    )
-
-
-def build_train_step(
-    config, mesh, *, ops: dict[str, Any] | None = None, compiler_options: dict[str, Any] | None = None
-) -> TrainStepSetup:
-    """`config.batch_size` must divide by the mesh's devices (checked, with a clear message).
-
-    `ops`: the seam's kernels (None: whatever `model_lib.create_model` picks for this backend).
-    `compiler_options`: per-program XLA options, overriding the process's XLA_FLAGS (None: those).
-    """
+def build_train_step(config, mesh) -> TrainStepSetup:
+    """`config.batch_size` must divide by the mesh's devices (checked, with a clear message)."""
     from fer_flax.core import model as model_lib
     from fer_flax.core import state as model_state  # the training library, imported when a step is built
     from fer_flax.training import steps
 
     parallel.check_batch_divisible(config.batch_size, mesh)
-    model = model_lib.create_model(config) if ops is None else build_model(config, ops)
+    model = model_lib.create_model(config)
     schedule = optim.create_learning_rate_schedule(config.optim, steps_per_epoch=100, total_steps=1000)
     state = model_state.create_train_state(
         model, optim.create_optimizer(config.optim, schedule), jax.random.key(0), mesh
@@ -94,7 +72,6 @@ def build_train_step(
     step = jax.jit(
         functools.partial(steps.train_step, config=config, schedule=schedule),
         donate_argnums=(0,),
-        compiler_options=compiler_options,
     )
     local = config.batch_size // jax.process_count()
     rng = np.random.default_rng(0)

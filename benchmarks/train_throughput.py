@@ -1,6 +1,6 @@
 """Training images/s of each model family, per compute dtype, plus the input pipeline's images/s.
 
-  python benchmarks/train_throughput.py [--families cnn,resnet] [--variants resnet=resnet18]
+  python -m benchmarks.train_throughput [--families cnn,resnet] [--variants resnet=resnet18]
       [--dtypes float32,bfloat16] [--batch 1024] [--steps 20] [--loader_seconds 3]
       [--configs configs/cpu_recipe.py:tuned,configs/cpu_teacher.py]
       [--data ../shared/data/fer2013/fer2013_images.tar.gz] [--cache_dir D] [--json out.json]
@@ -15,7 +15,7 @@ matrix FLOPs of the global step, `device_peaks.step_flops`, over the measured ti
 listed in `benchmarks/device_peaks.py`, the model FLOP utilisation against every device's dense peak
 (bfloat16, or TF32 for float32). Small settings run on a CPU:
 
-  python benchmarks/train_throughput.py --families cnn --batch 32 --steps 3
+  python -m benchmarks.train_throughput --families cnn --batch 32 --steps 3
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ import argparse
 import importlib
 import json
 import os
-import sys
 import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import device_peaks
 from benchmarks.train_step_setup import build_train_step

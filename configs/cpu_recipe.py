@@ -11,8 +11,8 @@ benchmarks/RESULTS.md ("CPU recipe").
 
 `configs/cpu_recipe.py:tuned` is the same recipe with the values its sweep found (`TUNED` below: a
 higher learning rate, less label smoothing, milder augmentation): PublicTest 0.6726 ± 0.0016 over seeds
-0-2 in the same time, and 0.6827 for the ensemble of those three runs (RESULTS.md, "The sweep's best over
-3 seeds"). The default keeps the values that configs/distill_cpu.py and configs/ferplus.py build on.
+0-2 in the same time, and 0.6827 for the ensemble of those three runs (RESULTS.md, "Seeds, TTA and
+ensembles"). The default keeps the values that configs/distill_cpu.py and configs/ferplus.py build on.
 
 Why these choices (each one is about accuracy per CPU-second):
 - cnn/cpu_fast: four conv stages at 32/64/128/256 (0.98M parameters), each pooled before its
