@@ -45,7 +45,7 @@ def smoke_config(**overrides):
 def run_cli(workdir: Path, kill_at: str | None, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # what a SIGKILLed run printed must reach the pipe
     if kill_at:
-        cmd = [sys.executable, str(REPO / "tests" / "fault_injection.py"), kill_at]
+        cmd = [sys.executable, str(REPO / "tests" / "helpers" / "fault_injection.py"), kill_at]
     else:
         cmd = [sys.executable, "-m", "fer_flax.main"]
     cmd += ["--config", "configs/simple_cnn.py:smoke"]
