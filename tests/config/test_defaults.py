@@ -1,6 +1,7 @@
 """One default per config key: every key is declared once in `fer_flax.config.defaults`, each choice key
-beside its valid values (from which `CHOICES` is derived), and a run's config.json that lacks keys is
-completed from those defaults when it is loaded."""
+beside its valid values (from which `CHOICES` is derived), a run's config.json that lacks keys is
+completed from those defaults when it is loaded, and no code elsewhere reads a config key with a
+fallback."""
 
 from __future__ import annotations
 
@@ -156,3 +157,62 @@ def test_a_run_with_model_options_keeps_them_apart_from_the_defaults(tmp_path):
         workdir_lib.config_changes(str(tmp_path), config)  # the option is not filled in or dropped
     config.model.dropout = 0.25
     assert workdir_lib.config_changes(str(tmp_path), config) == {}
+
+
+# ------------------------------------------------------------------------------- no fallbacks left
+
+# `.get("<name>")` calls outside fer_flax/config/ whose name happens to be a config key's but whose
+# receiver is another dict: (module, receiver) -> what the receiver is.
+NOT_CONFIGS = {
+    ("research/leaderboard.py", "report"): "an evaluation report read from <run>/eval/",
+    ("research/leaderboard.py", "test"): "the test report of a run",
+    ("research/sweep/study.py", "study.user_attrs"): "the Optuna study's attributes",
+    ("research/sweep/summary.py", "study.user_attrs"): "the Optuna study's attributes",
+    ("training/device_input.py", "saved"): "the device stream's position saved in a checkpoint",
+    ("training/distill.py", "record or {}"): "the teachers' record of config.json's derived values",
+}
+
+
+def _config_names() -> set[str]:
+    """Every key and section name of the config, alone and dotted ("pipeline", "data.pipeline")."""
+    names = set()
+    for key in KEYS:
+        parts = key.split(".")
+        names.update(parts)
+        names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return names
+
+
+def _config_gets(source: str) -> list[tuple[str, str, int]]:
+    """(receiver, name, line) of every `<receiver>.get("<name>", ...)` in `source` whose name is a config
+    key or section name."""
+    names, found = _config_names(), []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant) and first.value in names:
+                found.append((ast.unparse(node.func.value), first.value, node.lineno))
+    return found
+
+
+def test_the_check_finds_config_keys_read_with_a_fallback():
+    source = """
+def f(config, row):
+    return config.data.get("pipeline", "grain"), config.get("mix"), row.get("x"), row.get(1)
+"""
+    assert _config_gets(source) == [("config.data", "pipeline", 3), ("config", "mix", 3)]
+
+
+def test_no_module_reads_a_config_key_with_a_fallback():
+    modules = {path.relative_to(PACKAGE).as_posix(): path for path in sorted(PACKAGE.rglob("*.py"))}
+    calls = [
+        (module, *call)
+        for module, path in modules.items()
+        if not module.startswith("config/")
+        for call in _config_gets(path.read_text())
+    ]
+    fallbacks = [f"fer_flax/{m}:{n} {r}.get({k!r})" for m, r, k, n in calls if (m, r) not in NOT_CONFIGS]
+    message = "config keys read with .get (every config is complete: index it instead):\n"
+    assert not fallbacks, message + "\n".join(fallbacks)
+    # Every exception is still there: a stale one would hide a new fallback in its module.
+    assert {(m, r) for m, r, _, _ in calls} >= set(NOT_CONFIGS)
