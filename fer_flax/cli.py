@@ -210,7 +210,7 @@ def unknown_key_message(error: BaseException, argv: Sequence[str]) -> str:
             message = f"{name}: the config has no key {where!r}"
             if suggestion:
                 message += f" (did you mean --{flag}.{where[: -len(key)]}{suggestion}?)"
-            return message + ". Every key is declared in configs/common.py (see docs/configs.md)."
+            return message + ". Every key is declared in fer_flax/config/defaults.py (see docs/configs.md)."
     return f"the config has no key {key!r}" + (f" (did you mean {suggestion!r}?)" if suggestion else "")
 
 

@@ -1,2 +1,3 @@
-"""Configuration: the schema that validates a config (`schema`) and the allowed values of the choice
-keys (`choices`). Imports only `base`, `data` (its constants) and `models` (the family registry)."""
+"""Configuration: the default of every key with the valid values of every choice key (`defaults`), the
+value tuples of the choice keys (`choices`) and the schema that validates a config (`schema`). Imports
+only `base`, `data` (its constants) and `models` (the family registry)."""

@@ -1,11 +1,10 @@
-"""The valid values of every choice key of a config, in one table (`CHOICES`), and the tuples it is
-built from. `fer_flax.config.schema` checks configs against them (and re-exports them); consumers
-such as `tta` and `evaluate` take their choices from here, so a value is listed once."""
+"""The valid values of the config's choice keys, one tuple per kind of choice. `fer_flax.config.defaults`
+declares each choice key with its default and one of these tuples (deriving `CHOICES`, what
+`fer_flax.config.schema` checks); consumers such as `tta` and `evaluate` take their choices from here
+too, so a value is listed once. The label modes (`fer_flax.data.labels.LABEL_MODES`) and the model
+families (`fer_flax.models.FAMILIES`) are defined in those packages."""
 
 from __future__ import annotations
-
-from fer_flax import models
-from fer_flax.data.labels import LABEL_MODES
 
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16")
 NONFINITE_MODES: tuple[str, ...] = ("stop", "skip")
@@ -29,23 +28,3 @@ DATA_FORMATS: tuple[str, ...] = ("auto", "fer2013", "folder", "ferplus")
 # Knowledge distillation (training/distill.py): the teachers' probabilities computed once per training
 # image ("cached") or by their forward pass inside each train step ("on_the_fly").
 DISTILL_MODES: tuple[str, ...] = ("cached", "on_the_fly")
-
-# Dotted config key (without "config.") -> its valid values.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model_name": models.FAMILIES,
-    "dtype": DTYPE_NAMES,
-    "eval_tta": TTA_MODES,
-    "nonfinite": NONFINITE_MODES,
-    "ema.select": EMA_SELECT,
-    "optim.name": OPTIMIZERS,
-    "optim.schedule": SCHEDULES,
-    "loss.class_weighting": CLASS_WEIGHTINGS,
-    "data.sampling": SAMPLING_MODES,
-    "data.format": DATA_FORMATS,
-    "data.label_mode": LABEL_MODES,
-    "init_weights": WEIGHT_SETS,
-    "data.pipeline": PIPELINES,
-    "data.device_layout": DEVICE_LAYOUTS,
-    "wandb.mode": WANDB_MODES,
-    "distill.mode": DISTILL_MODES,
-}

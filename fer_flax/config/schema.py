@@ -1,4 +1,4 @@
-"""The configuration schema: the valid values of every choice key, and every check of a config's values.
+"""The configuration schema: every check of a config's values.
 
 `validate(config)` runs once at start-up, before any data is read or anything is compiled, and raises one
 `ConfigError` listing every bad value, each naming the key, the value and what is allowed. The modules
@@ -7,13 +7,16 @@ config and do not check it again. Library functions that take a plain value rath
 (`tta.views(images, mode)`, `losses.class_weights(counts, weighting)`, a command-line flag) check it
 with `check_choice`, so every "not one of" message has the same shape.
 
-The choice tuples live in `fer_flax.config.choices`, which the consumer modules import too. This module
-imports only them, the data constants and the model registry, so every other module can import it
-without an import circle. `model.variant` is not in `CHOICES` because its valid values
-depend on `model_name` (`fer_flax.models.variants`).
+The choice keys are checked against `fer_flax.config.defaults.CHOICES`, derived from the declarations
+that give each choice key its default and its valid values. This module imports only the config
+package, the data constants and the model registry, so every other module can import it without an
+import circle. `model.variant` is not in `CHOICES` because its valid values depend on `model_name`
+(`fer_flax.models.variants`).
 
-A key absent from the config (a config.json written before the key existed) is not checked: the code that
-reads it falls back to the default, which `configs/common.py` declares and the tests validate.
+Every config holds every declared key: the experiment configs start from `get_base_config()`, and a
+run's config.json written before some keys existed is completed from the defaults when it is loaded
+(`fer_flax.run.workdir`), so no code reads a key with a fallback. A config that lacks declared keys all
+the same (a dict built by hand) is refused, naming them; its other values are still checked.
 """
 
 from __future__ import annotations
@@ -28,23 +31,8 @@ from typing import Any
 
 from fer_flax import models
 from fer_flax.base.errors import ConfigError, check_choice, choice_problem
-from fer_flax.config.choices import (
-    CLASS_WEIGHTINGS,
-    DATA_FORMATS,
-    DEVICE_LAYOUTS,
-    DISTILL_MODES,
-    DTYPE_NAMES,
-    EMA_SELECT,
-    LABEL_MODES,
-    NONFINITE_MODES,
-    OPTIMIZERS,
-    PIPELINES,
-    SAMPLING_MODES,
-    SCHEDULES,
-    TTA_MODES,
-    WANDB_MODES,
-    WEIGHT_SETS,
-)
+from fer_flax.config.choices import TTA_MODES
+from fer_flax.config.defaults import CHOICES, KEYS
 from fer_flax.data.spec import CHANNEL_COUNTS, FERPLUS
 from fer_flax.data.splits import IMAGE_SIZE, NUM_CLASSES
 
@@ -140,9 +128,11 @@ class _Checker:
     def get(self, key: str) -> Any:
         return _lookup(self.config, key)
 
-    def choice(self, key: str, choices: Iterable[Any]) -> bool:
-        """Records a problem unless config[key] is one of `choices`; True when it is (or is absent)."""
+    def choice(self, key: str, choices: Iterable[Any] | None = None) -> bool:
+        """Records a problem unless config[key] is one of `choices` (by default its declared ones,
+        `CHOICES[key]`); True when it is (or is absent)."""
         value = self.get(key)
+        choices = CHOICES[key] if choices is None else choices
         problem = None if value is _MISSING else choice_problem(f"config.{key}", value, choices)
         if problem:
             self.problems.append(problem)
@@ -195,8 +185,8 @@ def model_options(model_name: str) -> frozenset[str]:
 
 def _check_model(c: _Checker) -> None:
     """model_name, dtype, model.variant and the model.* overrides."""
-    c.choice("dtype", DTYPE_NAMES)
-    if not c.choice("model_name", models.FAMILIES) or c.get("model_name") is _MISSING:
+    c.choice("dtype")
+    if not c.choice("model_name") or c.get("model_name") is _MISSING:
         return
     name = c.get("model_name")
     model = c.get("model")
@@ -214,7 +204,7 @@ def _check_model(c: _Checker) -> None:
 
 
 def _check_optim(c: _Checker) -> None:
-    c.choice("optim.name", OPTIMIZERS)
+    c.choice("optim.name")
     c.require("optim.lr", _positive, "a finite number > 0 (the peak learning rate)")
     c.require("optim.warmup_epochs", _non_negative, "a finite number >= 0")
     c.require("optim.weight_decay", _non_negative, "a finite number >= 0")
@@ -222,7 +212,7 @@ def _check_optim(c: _Checker) -> None:
     c.require("optim.b1", _fraction, "in [0, 1)")
     c.require("optim.b2", _fraction, "in [0, 1)")
     c.require("optim.grad_clip_norm", lambda v: v is None or _positive(v), "unset or a finite number > 0")
-    if not c.choice("optim.schedule", SCHEDULES):
+    if not c.choice("optim.schedule"):
         return
     schedule = c.get("optim.schedule")
     if schedule == "step":
@@ -243,7 +233,7 @@ def _check_optim(c: _Checker) -> None:
 def _check_loss_and_mix(c: _Checker) -> None:
     c.require("label_smoothing", _fraction, "in [0, 1)")
     c.require("aux_loss_weight", _non_negative, "a finite number >= 0")
-    c.choice("loss.class_weighting", CLASS_WEIGHTINGS)
+    c.choice("loss.class_weighting")
     c.class_weights("loss.class_weights", "loss.class_weighting")
     c.require("loss.logit_adjustment_tau", _non_negative, "a finite number >= 0 (0 disables)")
     c.require("mix.mixup_alpha", _non_negative, "a finite number >= 0 (0 disables mixup)")
@@ -281,15 +271,15 @@ def _regex(v: Any) -> bool:
 
 
 def _check_data(c: _Checker) -> None:
-    c.choice("data.sampling", SAMPLING_MODES)
-    c.choice("data.pipeline", PIPELINES)
-    c.choice("data.device_layout", DEVICE_LAYOUTS)
+    c.choice("data.sampling")
+    c.choice("data.pipeline")
+    c.choice("data.device_layout")
     c.class_weights("data.class_weights", "data.sampling")
     for key in ("synthetic_train", "synthetic_val", "synthetic_test", "num_workers"):
         c.require(f"data.{key}", _non_negative_int, "an integer >= 0")
     c.require("data.synthetic_seed", _non_negative_int, "an integer >= 0")
-    c.choice("data.format", DATA_FORMATS)
-    c.choice("data.label_mode", LABEL_MODES)
+    c.choice("data.format")
+    c.choice("data.label_mode")
     c.require("data.classes", lambda v: v is None or _names(v), "unset or 2+ distinct class names")
     c.require("data.class_folders", lambda v: v is None or _names(v), "unset or 2+ distinct folder names")
     classes, folders = c.get("data.classes"), c.get("data.class_folders")
@@ -327,7 +317,7 @@ def _check_init(c: _Checker) -> None:
     )
     c.require("init_skip", _regex, "unset or a regular expression of parameter paths")
     c.require("optim.freeze", _regex, "unset or a regular expression of parameter paths")
-    c.choice("init_weights", WEIGHT_SETS)
+    c.choice("init_weights")
     if not _unset(c.get("init_skip")) and _unset(c.get("init_from")):
         c.problems.append("config.init_skip is set but config.init_from is not: there is nothing to skip")
 
@@ -343,7 +333,7 @@ def _check_distill(c: _Checker) -> None:
     c.require("distill.teachers", _workdir_list, "distinct 'WORKDIR[:best|latest|STEP]' strings")
     c.require("distill.alpha", _probability, "in [0, 1] (the weight of the true-label loss)")
     c.require("distill.temperature", _positive, "a finite number > 0")
-    c.choice("distill.mode", DISTILL_MODES)
+    c.choice("distill.mode")
     c.require(
         "distill.tta", lambda v: v is None or v in TTA_MODES, f"unset or one of: {', '.join(TTA_MODES)}"
     )
@@ -368,11 +358,11 @@ def _check_loop(c: _Checker) -> None:
     )
     c.require("checkpoint_keep", _positive_int, "an integer >= 1 (2 recommended)")
     c.require("checkpoint_keep_best", _positive_int, "an integer >= 1")
-    c.choice("nonfinite", NONFINITE_MODES)
-    c.choice("eval_tta", TTA_MODES)
+    c.choice("nonfinite")
+    c.choice("eval_tta")
     c.require("ema.decay", _fraction, "in [0, 1) (0 disables EMA)")
-    c.choice("ema.select", EMA_SELECT)
-    c.choice("wandb.mode", WANDB_MODES)
+    c.choice("ema.select")
+    c.choice("wandb.mode")
     c.require("wandb.histogram_every_steps", _non_negative_int, "an integer >= 0 (0 disables)")
     c.require("wandb.group", _group_name, "unset or a name of 1 to 128 characters")
 
@@ -383,6 +373,12 @@ def validate(config: Any, *, for_training: bool = True) -> None:
     `for_training=False` checks only what restoring a model for inference reads (the model, its dtype,
     eval_batch_size), so evaluating an old run is not refused over a training setting."""
     c = _Checker(config)
+    missing = [key for key in KEYS if c.get(key) is _MISSING]
+    if missing:
+        c.problems.append(
+            f"config lacks the declared key(s) {', '.join(missing)}: start a config from "
+            "fer_flax.config.defaults.get_base_config()"
+        )
     _check_model(c)
     c.require("eval_batch_size", _positive_int, "an integer >= 1 (the global batch size)")
     if for_training:

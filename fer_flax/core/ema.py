@@ -42,5 +42,5 @@ def update(ema_tree: Any, new_tree: Any, decay: jax.Array | float) -> Any:
 
 
 def ema_enabled(config: ConfigDict) -> bool:
-    """Whether the run keeps an EMA (a config.json without an `ema` section: no EMA)."""
-    return "ema" in config and config.ema.decay > 0
+    """Whether the run keeps an EMA (`ema.decay` > 0)."""
+    return config.ema.decay > 0

@@ -121,7 +121,7 @@ def create_optimizer(optim: ConfigDict, schedule: optax.Schedule) -> optax.Gradi
         # Last in the chain, so the scale multiplies the whole step, exactly as a lower learning rate
         # would (including adamw's decoupled decay, which optax scales by the learning rate too).
         core = optax.chain(core, scale_by_plateau())
-    freeze = optim.get("freeze")
+    freeze = optim.freeze
     if freeze:
         # Parameters matching optim.freeze get zero updates (no momentum, no weight decay): they stay
         # exactly as initialised (or as loaded by config.init_from).

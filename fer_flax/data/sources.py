@@ -35,9 +35,8 @@ FOLDER_KEYS: tuple[str, ...] = ("classes", "class_folders", "image_size", "chann
 _PEEK_MEMBERS = 64
 
 
-def _get(data_config: Any, key: str, default: Any = None) -> Any:
-    """A data key, or `default` for a config.json written before the key existed."""
-    value = data_config.get(key, default) if hasattr(data_config, "get") else default
+def _or(value: Any, default: Any) -> Any:
+    """`value`, or `default` when the key is unset (None)."""
     return default if value is None else value
 
 
@@ -45,7 +44,7 @@ def resolve_format(data_config: Any) -> str:
     """ "synthetic", "fer2013", "folder" or "ferplus": what `data_config` reads."""
     if data_config.path is None:
         return "synthetic"
-    fmt = _get(data_config, "format", "auto")
+    fmt = data_config.format
     if fmt != "auto":
         return fmt
     path = Path(os.path.expanduser(data_config.path))
@@ -72,13 +71,13 @@ def _looks_like_ferplus(path: Path, kind: str) -> bool:
 def folder_layout(data_config: Any) -> image_folders.FolderLayout:
     """The image-folder set `data.classes` / `class_folders` / `image_size` / `channels` describe."""
     spec = DataSpec(
-        tuple(_get(data_config, "classes", CLASS_NAMES)),
-        tuple(_get(data_config, "image_size", (IMAGE_SIZE, IMAGE_SIZE))),
-        int(_get(data_config, "channels", 1)),
+        tuple(_or(data_config.classes, CLASS_NAMES)),
+        tuple(_or(data_config.image_size, (IMAGE_SIZE, IMAGE_SIZE))),
+        int(_or(data_config.channels, 1)),
     )
-    folders = _get(data_config, "class_folders")
+    folders = data_config.class_folders
     return image_folders.FolderLayout(
-        spec, tuple(folders) if folders else None, bool(_get(data_config, "convert_images", False))
+        spec, tuple(folders) if folders else None, bool(data_config.convert_images)
     )
 
 
@@ -88,7 +87,7 @@ def resolve_spec(data_config: Any, fmt: str | None = None, *, strict: bool = Tru
     fmt = fmt or resolve_format(data_config)
     if fmt == "folder":
         return folder_layout(data_config).spec
-    set_keys = [k for k in FOLDER_KEYS if _get(data_config, k) not in (None, False)]
+    set_keys = [k for k in FOLDER_KEYS if data_config[k] not in (None, False)]
     if strict and set_keys:
         raise ConfigError(
             f"config.data.{set_keys[0]} is set but config.data.path is {fmt} data, which defines its own "
@@ -121,7 +120,7 @@ def load_splits(
     "majority" only, which any source has."""
     splits = fer2013.check_splits(splits)
     fmt = resolve_format(data_config)
-    label_mode = label_mode or _get(data_config, "label_mode", "majority")
+    label_mode = label_mode or data_config.label_mode
     check_label_mode(fmt, label_mode)
     if fmt == "synthetic":
         from fer_flax.data.synthetic import generate_synthetic
@@ -139,7 +138,7 @@ def load_splits(
         return {s: generated[s] for s in splits}
 
     path = os.path.expanduser(data_config.path)
-    cache_dir = cache_dir or _get(data_config, "cache_dir")
+    cache_dir = cache_dir or data_config.cache_dir
     if cache_dir is None:
         raise ValueError("load_splits needs a cache_dir (or config.data.cache_dir) for real data")
     if fmt == "ferplus":

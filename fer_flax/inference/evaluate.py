@@ -128,9 +128,9 @@ def resolve_data_config(members: Sequence[Restored], data_path: str | None) -> C
         base["path"] = data_path
         base["format"] = "auto"  # the new source says what it is
     else:
-        ident = {k: base.get(k) for k in _DATA_IDENTITY_KEYS}
+        ident = {k: base[k] for k in _DATA_IDENTITY_KEYS}
         for m in members[1:]:
-            other = {k: m.config.data.get(k) for k in _DATA_IDENTITY_KEYS}
+            other = {k: m.config.data[k] for k in _DATA_IDENTITY_KEYS}
             if other != ident:
                 raise ValueError(
                     f"the ensemble's runs were trained on different data ({members[0].workdir}: "

@@ -218,7 +218,7 @@ def make_classifier(
     return FaceClassifier(
         members,
         tta_mode=tta_mode or config.eval_tta,
-        crop_size=crop_size or config.augment.get("crop_size", tta.DEFAULT_CROP_SIZE),
+        crop_size=crop_size or config.augment.crop_size,
         max_batch=batch_size,
     )
 

@@ -34,6 +34,7 @@ from absl import app, flags
 from fer_flax import cli
 from fer_flax.base import atomic_files
 from fer_flax.run import tracking
+from fer_flax.run import workdir as workdir_lib
 
 _SKIP_DIRS = {"checkpoints", "best", "eval", "wandb"}
 _TTA_PREFERENCE = ("none", "flip", "tencrop")
@@ -83,8 +84,8 @@ def test_report(workdir: str) -> dict | None:
 def run_record(workdir: str) -> dict:
     """Everything the leaderboard (and `fer_flax.research.multiseed`) reads about one run."""
     workdir = os.path.abspath(workdir)
-    info = _load_json(os.path.join(workdir, "config.json")) or {}
-    config, derived = info.get("config", {}), info.get("derived", {})
+    info = workdir_lib.read_run_info(workdir)  # its config completed with the defaults of absent keys
+    config, derived = info["config"], info.get("derived", {})
     summary = _load_json(os.path.join(workdir, "summary.json"))
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     records = tracking.read_metrics(metrics_path) if os.path.isfile(metrics_path) else []
@@ -103,10 +104,10 @@ def run_record(workdir: str) -> dict:
     test = test_report(workdir)
     return {
         "workdir": workdir,
-        "model_name": config.get("model_name"),
-        "variant": (config.get("model") or {}).get("variant"),
+        "model_name": config["model_name"],
+        "variant": config["model"]["variant"],
         "num_params": derived.get("num_params"),
-        "seed": config.get("seed"),
+        "seed": config["seed"],
         "finished": summary is not None,
         "best_step": best_step,
         "best_val_accuracy": best.get("val/accuracy"),

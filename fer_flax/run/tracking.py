@@ -128,7 +128,7 @@ def _start_wandb(workdir: str, config: ConfigDict):
     return wandb.init(
         project=config.wandb.project,
         entity=config.wandb.entity,
-        group=config.wandb.get("group"),  # absent from configs saved before the key existed
+        group=config.wandb.group,
         mode=config.wandb.mode,
         dir=workdir,
         id=run_id,

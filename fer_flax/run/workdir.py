@@ -25,6 +25,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from fer_flax.base.atomic_files import write_json, write_text
+from fer_flax.config import defaults
 from fer_flax.run import tracking
 
 CONFIG_FILE = "config.json"
@@ -59,24 +60,6 @@ RUN_IDENTITY_KEYS = (
     "data.pipeline",
     "distill.teachers",
 )
-
-
-# The values keys added later had, implicitly, in runs written before them (others: None), as JSON
-# stores them (a tuple as a list); a key an older config.json lacks is unchanged while it keeps that
-# value.
-IMPLICIT_VALUES = {
-    "data.format": "auto",
-    "data.label_mode": "majority",
-    "data.pipeline": "grain",
-    "data.device_layout": "auto",
-    "data.convert_images": False,
-    "steps_per_call": 1,
-    "init_weights": "raw",
-    "distill.teachers": [],
-    "distill.alpha": 0.5,
-    "distill.temperature": 4.0,
-    "distill.mode": "cached",
-}
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -115,8 +98,16 @@ def _as_tuples(value: Any) -> Any:
     return value
 
 
+def _as_json(value: Any) -> Any:
+    """`value` as config.json stores it (tuples as lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def read_run_info(workdir: str) -> dict:
-    """The `{"config": {...}, "derived": {...}}` a training run wrote to `<workdir>/config.json`."""
+    """The `{"config": {...}, "derived": {...}}` a training run wrote to `<workdir>/config.json`, its
+    config completed with the package's default of every key it lacks (a run written before the key
+    existed ran with that default), as JSON stores it. Every reader of a run's config comes here, so
+    no code needs a fallback for an absent key."""
     file_path = path(workdir, CONFIG_FILE)
     if not os.path.isfile(file_path):
         raise FileNotFoundError(
@@ -132,11 +123,12 @@ def read_run_info(workdir: str) -> dict:
         ) from e
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise ValueError(f"{file_path} is damaged: it holds no run config (no 'config' entry)")
-    return info
+    return {**info, "config": _as_json(defaults.complete(info["config"]))}
 
 
 def load_run_config(workdir: str) -> ConfigDict:
-    """The run's resolved config as a ConfigDict (lists from JSON turned back into tuples)."""
+    """The run's resolved config as a ConfigDict, completed with the defaults of the keys its config.json
+    lacks (lists from JSON turned back into tuples)."""
     return ConfigDict(_as_tuples(read_run_info(workdir)["config"]))
 
 
@@ -184,8 +176,8 @@ def _state_layout(flat_config: dict[str, Any]) -> dict[str, bool]:
     """The settings that decide which leaves the train state has (so a checkpoint can be restored
     only with the same answers), as {description: value} of a flattened config."""
     return {
-        "EMA (ema.decay > 0)": (flat_config.get("ema.decay") or 0) > 0,
-        "reduce-on-plateau (optim.schedule == 'plateau')": flat_config.get("optim.schedule") == "plateau",
+        "EMA (ema.decay > 0)": flat_config["ema.decay"] > 0,
+        "reduce-on-plateau (optim.schedule == 'plateau')": flat_config["optim.schedule"] == "plateau",
     }
 
 
@@ -194,19 +186,21 @@ def _defines_run(key: str) -> bool:
 
 
 def config_changes(workdir: str, config: ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (value in the workdir's config.json, value now)} for every differing key; raises
-    `IncompatibleWorkdirError` when a key of `RUN_IDENTITY_KEYS` differs. Empty for a new workdir."""
+    """{dotted key: (the workdir's run's value, value now)} for every differing key, the run's value of a
+    key its config.json lacks being the key's default; raises `IncompatibleWorkdirError` when a key of
+    `RUN_IDENTITY_KEYS` differs. Empty for a new workdir."""
     if not os.path.exists(path(workdir, CONFIG_FILE)):
         return {}
+    # Both as config.json stores them. A key that an older config.json lacks reads as its default (what
+    # that run used), so it is unchanged while it keeps the default; one on a side only (a model
+    # option, a key no longer declared) is compared with absent.
     old = _flatten(read_run_info(workdir)["config"])
-    new = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))  # as config.json stores it
+    new = _flatten(_as_json(config.to_dict()))
     missing = object()
-    # A key that an older config.json lacks had its implicit value then (None, or the default of
-    # IMPLICIT_VALUES): unchanged if it still has it.
     changes = {
-        k: (old.get(k, IMPLICIT_VALUES.get(k)), new.get(k, missing))
+        k: (old.get(k, missing), new.get(k, missing))
         for k in sorted(set(old) | set(new))
-        if old.get(k, IMPLICIT_VALUES.get(k)) != new.get(k, missing)
+        if old.get(k, missing) != new.get(k, missing)
     }
     refused = {k: (a, b) for k, (a, b) in changes.items() if _defines_run(k)}
     # Switching EMA or reduce-on-plateau on or off adds or removes train-state leaves: refused too,

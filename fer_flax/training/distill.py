@@ -59,7 +59,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from fer_flax.base import atomic_files
-from fer_flax.core import metrics, tta
+from fer_flax.core import metrics
 from fer_flax.data import ArraySplit
 from fer_flax.data.spec import DataSpec
 from fer_flax.inference import engine as inference
@@ -153,8 +153,8 @@ def _load_teacher(
             f"classes {list(ours[0])} on images {ours[1]}"
         )
     config = restored.config
-    tta_mode = views or config.get("eval_tta") or "none"  # a run's own views unless distill.tta says
-    crop_size = (config.get("augment") or {}).get("crop_size") or tta.DEFAULT_CROP_SIZE
+    tta_mode = views or config.eval_tta  # a run's own views unless distill.tta says
+    crop_size = config.augment.crop_size
     return Teacher(given, checkpoint, restored, tta_mode, int(crop_size))
 
 
@@ -252,7 +252,7 @@ def _digest(teacher: Teacher, temperature: float, split: ArraySplit) -> str:
             {
                 "model": teacher.restored.config.model.to_dict(),
                 "family": teacher.restored.config.model_name,
-                "dtype": teacher.restored.config.get("dtype"),
+                "dtype": teacher.restored.config.dtype,
                 "tta": teacher.tta_mode,
                 "crop_size": teacher.crop_size,
             }

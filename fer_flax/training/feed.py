@@ -31,15 +31,6 @@ from fer_flax.data import ArraySplit
 from fer_flax.training import device_input, multi_step, steps
 
 
-def pipeline_of(config: ConfigDict) -> str:
-    """config.data.pipeline, 'grain' for a config written before the key existed."""
-    return config.data.get("pipeline", "grain")
-
-
-def steps_per_call_of(config: ConfigDict) -> int:
-    return int(config.get("steps_per_call", 1))
-
-
 def _scalar(value: int, mesh: jax.sharding.Mesh) -> jax.Array:
     array = np.asarray(value, np.int32)
     return jax.make_array_from_callback((), parallel.replicated_sharding(mesh), lambda _: array)
@@ -78,14 +69,14 @@ class DeviceFeed:
     """The split on the devices; the host passes the epoch orders and the call's length."""
 
     def __init__(self, config: ConfigDict, split: ArraySplit, mesh: jax.sharding.Mesh):
-        self.k, self.batch_size = steps_per_call_of(config), config.batch_size
+        self.k, self.batch_size = config.steps_per_call, config.batch_size
         self.split = device_input.place_split(
             split,
             mesh,
             seed=config.seed,
             sampling=config.data.sampling,
             class_weights=config.data.class_weights,
-            layout=config.data.get("device_layout", "auto"),
+            layout=config.data.device_layout,
             global_batch_size=config.batch_size,
         )
         self.iterator = device_input.DeviceStream(
@@ -119,7 +110,7 @@ class DeviceFeed:
 
 
 def make_feed(config: ConfigDict, split: ArraySplit, mesh: jax.sharding.Mesh) -> GrainFeed | DeviceFeed:
-    return (DeviceFeed if pipeline_of(config) == "device" else GrainFeed)(config, split, mesh)
+    return (DeviceFeed if config.data.pipeline == "device" else GrainFeed)(config, split, mesh)
 
 
 def _stacked_batch(
@@ -161,8 +152,8 @@ def compile_train(
         num_classes=len(class_counts),
         teachers=teachers,
     )
-    k = steps_per_call_of(config)
-    if pipeline_of(config) == "grain":
+    k = config.steps_per_call
+    if config.data.pipeline == "grain":
         batch_fn = functools.partial(_stacked_batch, mesh=mesh)
         single = jax.jit(step_fn, donate_argnums=(0,))
         if k == 1 and teachers is None:

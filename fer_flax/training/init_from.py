@@ -114,7 +114,7 @@ def _abstract(model: nn.Module, spec: DataSpec) -> dict:
 
 def check_freeze(config: ConfigDict, model: nn.Module, spec: DataSpec) -> tuple[str, ...]:
     """The parameter paths `config.optim.freeze` keeps fixed (InitFromError when it matches none)."""
-    pattern = config.optim.get("freeze")
+    pattern = config.optim.freeze
     if not pattern:
         return ()
     paths = list(_flat({"params": _abstract(model, spec)["params"]}))
@@ -135,7 +135,7 @@ def _is_head(new: tuple[int, ...], old: tuple[int, ...], k_new: int, k_old: int)
 
 def prepare(config: ConfigDict, model: nn.Module, spec: DataSpec, mesh: jax.sharding.Mesh) -> InitPlan | None:
     """Reads `config.init_from`'s weights and checks them against `model`; None without init_from."""
-    text = config.get("init_from")
+    text = config.init_from
     if not text:
         return None
     workdir, which = parse_init_from(text)
@@ -144,11 +144,11 @@ def prepare(config: ConfigDict, model: nn.Module, spec: DataSpec, mesh: jax.shar
             f"config.init_from={text!r}: {workdir} is not a fer_flax training workdir (no config.json)"
         )
     try:
-        source = trained.restore(workdir, which, mesh=mesh, weights=config.get("init_weights", "raw"))
+        source = trained.restore(workdir, which, mesh=mesh, weights=config.init_weights)
     except (FileNotFoundError, ValueError) as e:
         raise InitFromError(f"config.init_from={text!r}: {e}") from e
     new, old = _flat(_abstract(model, spec)), _flat(source.variables)
-    skip = config.get("init_skip")
+    skip = config.init_skip
     loaded, head, skipped, missing, mismatched = [], [], [], [], []
     for path, leaf in new.items():
         if skip and re.search(skip, path):

@@ -279,7 +279,7 @@ def _loop(
         return at or (histogram_every > 0 and (s + 1) % histogram_every == 0)
 
     with StopRequest() as stop:
-        for step, n in multi_step.call_plan(run.start_step, total, config.get("steps_per_call", 1), must_end):
+        for step, n in multi_step.call_plan(run.start_step, total, config.steps_per_call, must_end):
             inputs = run.feed.inputs(step - n + 1, n)  # one call runs steps step - n + 1 .. step
             if histogram_every and (step - n + 1) % histogram_every == 0:
                 grads = compiled.gradients(state, run.feed.batch(inputs, state), run.train_rng)

@@ -59,15 +59,10 @@ class TeacherModels(NamedTuple):
 
 def distill_settings(config: ConfigDict) -> tuple[float, float] | None:
     """(alpha, temperature) of `config.distill`, or None when the run distils from no teacher."""
-    distill = config.get("distill")
-    if not distill or not distill.teachers:
+    distill = config.distill
+    if not distill.teachers:
         return None
     return float(distill.alpha), float(distill.temperature)
-
-
-def label_mode(config: ConfigDict) -> str:
-    """`config.data.label_mode` ("majority" for a config written before the key existed)."""
-    return config.data.get("label_mode", "majority") or "majority"
 
 
 def training_targets(batch: dict, mode: str, num_classes: int, rng: jax.Array) -> jax.Array:
@@ -97,7 +92,7 @@ def _loss_and_grads(
     # Class weights and prior are constants of the training split, computed here at trace time.
     terms = losses.training_loss_terms(config.loss, class_counts)
     images = preprocess(batch["image"])
-    mode = label_mode(config)
+    mode = config.data.label_mode
     # The label draw has its own key folded out of the augmentation's (mixing uses 1), so the other
     # draws are those of a run without it.
     labels = training_targets(batch, mode, num_classes, jax.random.fold_in(aug_rng, 2))
@@ -195,7 +190,7 @@ def train_step(
     )
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    batch_stats = optim.keep_frozen(batch_stats, state.batch_stats, config.optim.get("freeze"))
+    batch_stats = optim.keep_frozen(batch_stats, state.batch_stats, config.optim.freeze)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if model_state.has_ema(state):
         # Averages what this step produced: the updated weights and the statistics of this batch.

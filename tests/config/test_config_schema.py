@@ -12,7 +12,8 @@ from ml_collections import ConfigDict
 from configs.common import get_base_config
 from fer_flax import models
 from fer_flax.config import schema as config_schema
-from fer_flax.config.choices import CHOICES, TTA_MODES
+from fer_flax.config.choices import TTA_MODES
+from fer_flax.config.defaults import CHOICES
 from fer_flax.config.schema import ConfigError, check_choice, validate
 from tests.helpers import REPO
 
@@ -236,17 +237,20 @@ def test_every_problem_is_listed_in_one_error():
         assert key in message
 
 
-def test_config_without_newer_sections_validates():
-    """A config.json written before `ema`, `mix` (and other keys) existed."""
+def test_a_config_lacking_declared_keys_is_refused_naming_them():
+    """The code reads every key without a fallback: a config.json is completed when it is loaded
+    (tests/config/test_defaults.py), and a config built by hand must hold every key too."""
     old = get_base_config().to_dict()
-    for section in ("ema", "mix"):
-        del old[section]
-    del old["nonfinite"], old["loss"]["logit_adjustment_tau"]
+    del old["mix"], old["nonfinite"], old["loss"]["logit_adjustment_tau"]
     config = ConfigDict(json.loads(json.dumps(old)))  # tuples come back as lists, as from a file
-    validate(config)
-    validate(config, for_training=False)
+    for for_training in (True, False):
+        with pytest.raises(ConfigError) as info:
+            validate(config, for_training=for_training)
+        missing = "loss.logit_adjustment_tau, mix.cutmix_alpha, mix.mixup_alpha, mix.prob, mix.switch_prob"
+        missing += ", nonfinite"
+        assert f"config lacks the declared key(s) {missing}: " in str(info.value)
     config.optim.name = "adam"
-    assert "config.optim.name='adam'" in rejected(config)
+    assert "config.optim.name='adam'" in rejected(config)  # the other values are still checked
 
 
 def test_a_plain_dict_validates_like_a_config_dict():

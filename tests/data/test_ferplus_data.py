@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
+from fer_flax.config.defaults import get_base_config
 from fer_flax.core import losses
 from fer_flax.data import FERDataError, labels, load_splits, resolve_spec, sources
 from fer_flax.data.ferplus import VoteSplit, read_ferplus
@@ -114,7 +114,8 @@ def test_reader_folder_and_tar_and_the_spec(tmp_path):
     root = _source(tmp_path)
     tar = make_tar(root, tmp_path / "fp.tar.gz")
     for source in (root, tar):
-        data = ConfigDict({"path": str(source), "format": "auto", "cache_dir": str(tmp_path / "cache")})
+        data = get_base_config().data
+        data.update(path=str(source), format="auto", cache_dir=str(tmp_path / "cache"))
         assert sources.resolve_format(data) == "ferplus" and resolve_spec(data) == FERPLUS
         out = load_splits(data, ("train", "val"), label_mode="crossentropy")
         np.testing.assert_array_equal(out["train"].images, [face(0), face(1)])

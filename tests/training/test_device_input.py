@@ -139,10 +139,10 @@ def test_a_workdir_keeps_its_pipeline_and_older_workdirs_read_as_grain(tmp_path)
     old = grain.to_dict()
     del old["data"]["pipeline"], old["data"]["device_layout"], old["steps_per_call"]
     workdir_lib.write_json(str(tmp_path / workdir_lib.CONFIG_FILE), {"config": old, "derived": {}})
-    # Absent keys that keep their implicit value (or None) are not changes.
+    # Absent keys read as their defaults: no change while the config keeps them.
     assert workdir_lib.config_changes(str(tmp_path), grain) == {}
     grain.steps_per_call = 2
-    assert workdir_lib.config_changes(str(tmp_path), grain) == {"steps_per_call": (1, 2)}  # implicit 1
+    assert workdir_lib.config_changes(str(tmp_path), grain) == {"steps_per_call": (1, 2)}  # the default 1
     device = simple_cnn.get_config("smoke")
     device.data.pipeline = "device"
     with pytest.raises(workdir_lib.IncompatibleWorkdirError, match=r"data.pipeline: 'grain' in the workdir"):
@@ -185,7 +185,7 @@ def tiny():
 def _run(tiny, config, mesh, lengths):
     """The parameters after calls of `lengths` steps from the initial state, and the first batch."""
     split, model, schedule, compiled = tiny
-    key = (train_feed.pipeline_of(config), config.steps_per_call, mesh.devices.size)
+    key = (config.data.pipeline, config.steps_per_call, mesh.devices.size)
     if key not in compiled:
         compiled[key] = train_feed.compile_train(config, schedule, split.class_counts(), mesh)
     tx = optim.create_optimizer(config.optim, schedule)

@@ -218,7 +218,9 @@ def with_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigDi
     config.lock()  # no new keys: a misspelt one must not pass silently
     for key, value in overrides.items():
         if not _has_key(config, key):
-            raise ValueError(f"the config has no key {key!r} (every key is declared in configs/common.py)")
+            raise ValueError(
+                f"the config has no key {key!r} (every key is declared in fer_flax/config/defaults.py)"
+            )
         *parents, leaf = key.split(".")
         node = config
         for part in parents:
