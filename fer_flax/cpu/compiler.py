@@ -7,7 +7,7 @@ statistics being the large ones:
 - reductions: without YNNPACK, XLA rewrites every reduction over more than 32 elements into a tree of
   `reduce-window`s for accuracy, and XLA:CPU runs those element by element on one thread. YNNPACK's
   reductions are faster and also the more accurate ones (closer to a float64 reference).
-The measured effect per model is in benchmarks/RESULTS.md (benchmarks/xla_cpu_options.py).
+The measured effect per model is in benchmarks/RESULTS.md ("XLA:CPU compiler option").
 
 Why XLA_FLAGS rather than `jax.jit(..., compiler_options=...)`: the option is a process-wide choice
 (every program on the CPU backend wants it), so setting it once lets every `jax.jit` in the product

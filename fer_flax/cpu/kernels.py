@@ -4,7 +4,7 @@ Both compute what the stock ops compute (`lax.conv_general_dilated`, `flax.linen
 in forms XLA:CPU runs faster; `fer_flax.cpu.model_ops()` hands them to the model families when the
 backend is the CPU. Off the CPU the families use the stock ops. tests/cpu/test_performance_paths.py and
 tests/cpu/test_cpu_corner.py check values and gradients against the stock ops; the measured speed-ups are
-in benchmarks/RESULTS.md (benchmarks/conv_kernels.py, benchmarks/cpu_speedups.py).
+in benchmarks/RESULTS.md ("CPU speed").
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ Modes:
               and mixed batch inside the jitted train step: the teachers' apply functions are bound
               into the step, their variables are an argument of it, and no gradient reaches them.
               Each step pays one teacher forward pass per teacher and view.
-benchmarks/distill_modes.py measures both (benchmarks/RESULTS.md).
+Both are measured in benchmarks/RESULTS.md ("Distillation modes").
 
 The run records its teachers (config.json's `derived.distill`, summary.json's `distill`).
 `distill.teachers` defines a run (`fer_flax.run.workdir.RUN_IDENTITY_KEYS`): a resume with another set is

@@ -2,8 +2,8 @@
 
 FER2013's 48x48 faces are square, grayscale and show the whole face with a little room around it:
 the Haar detector's box on FER2013's own faces is centred and covers about four fifths of the image
-side (`benchmarks/fer2013_framing.py`; the figures are in benchmarks/RESULTS.md). So the crop is the
-square centred on the detected box with `margin` of the box side added on each side:
+side (benchmarks/RESULTS.md, "Faces in photos"). So the crop is the square centred on the detected box
+with `margin` of the box side added on each side:
 1 / (1 + 2 * 0.125) = 0.8 of the crop is the box.
 Parts of the square outside the picture (a face at the edge) repeat the edge pixels rather than
 adding black bars the models never saw. The square is resized like `fer_flax.inference.predict` resizes
