@@ -39,6 +39,8 @@ def format_gflops(value: float | None) -> str:
 
 
 def _time_to(run: dict, key: str) -> str:
+    if not run["curve"]:  # no evaluation logged: not known, rather than not reached
+        return UNKNOWN
     reached = run["time_to_accuracy"].get(key)
     return NOT_REACHED if reached is None else format_seconds(reached["train_seconds"])
 
