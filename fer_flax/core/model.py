@@ -21,16 +21,17 @@ from fer_flax.data.spec import FER2013, DataSpec
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def create_model(config: ConfigDict, spec: DataSpec = FER2013) -> nn.Module:
+def create_model(config: ConfigDict, spec: DataSpec = FER2013, *, cpu_kernels: bool = True) -> nn.Module:
     """`config.model_name`'s `config.model.variant` for `spec`'s class count, with `config.model`'s
-    other keys as overrides."""
+    other keys as overrides. `cpu_kernels=False` builds it with the stock ops on every backend (the
+    same function; what `core.flops.forward_flops` counts)."""
     overrides = {k: v for k, v in config.model.to_dict().items() if k != "variant"}
     return models.create_model(
         config.model_name,
         variant=config.model.variant,
         num_classes=spec.num_classes,
         dtype=DTYPES[config.dtype],
-        **cpu.model_ops(),
+        **(cpu.model_ops() if cpu_kernels else {}),
         **overrides,
     )
 

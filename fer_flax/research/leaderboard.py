@@ -127,20 +127,22 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _fmt_params(n: int | None) -> str:
+def format_params(n: int | None) -> str:
+    """A parameter count as "1.23M" or "45.0k" ("—" when unknown)."""
     if n is None:
         return "—"
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
-def _fmt_seconds(s: float | None) -> str:
+def format_seconds(s: float | None) -> str:
+    """Seconds as H:MM:SS ("—" when unknown)."""
     if s is None:
         return "—"
     s = round(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _display_names(workdirs: list[str]) -> list[str]:
+def display_names(workdirs: list[str]) -> list[str]:
     """Paths relative to the runs' common folder (a lone run, or the common folder itself, by name)."""
     common = os.path.commonpath(workdirs)
     names = [os.path.relpath(w, common) for w in workdirs]
@@ -157,7 +159,7 @@ def rank(records: list[dict]) -> list[dict]:
 
 def markdown_table(records: list[dict]) -> str:
     records = rank(records)
-    names = _display_names([r["workdir"] for r in records]) if records else []
+    names = display_names([r["workdir"] for r in records]) if records else []
     header = [
         "#", "run", "model", "variant", "params", "best val acc", "val macro-F1", "val bal. acc",
         "test acc", "test macro-F1", "test bal. acc", "train time (last run)", "img/s",
@@ -171,14 +173,14 @@ def markdown_table(records: list[dict]) -> str:
             name + ("" if r["finished"] else " (running)"),
             r["model_name"] or "—",
             r["variant"] or "—",
-            _fmt_params(r["num_params"]),
+            format_params(r["num_params"]),
             _fmt(r["best_val_accuracy"]),
             _fmt(r["val_macro_f1"]),
             _fmt(r["val_balanced_accuracy"]),
             _fmt(test.get("accuracy")) + tta if test else "—",
             _fmt(test.get("macro_f1")) + tta if test else "—",
             _fmt(test.get("balanced_accuracy")) + tta if test else "—",
-            _fmt_seconds(r["train_seconds"]),
+            format_seconds(r["train_seconds"]),
             _fmt(r["images_per_sec"], ".0f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
