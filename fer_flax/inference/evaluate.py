@@ -39,6 +39,7 @@ from absl import flags
 from ml_collections import ConfigDict
 
 from fer_flax import cli
+from fer_flax.base import output_paths
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import class_mapping, metrics, parallel, tta
@@ -280,6 +281,15 @@ def evaluate_workdirs(
     Returns the report (as written to JSON, with a `files` entry)."""
     config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)
     which = trained.parse_checkpoint(checkpoint)
+    # The report's path is checked before any model or data is read; the default one too, so that a
+    # workdir one may only read fails at once, naming --out (a workdir that is not there is
+    # load_members' to report).
+    flag = "--out" if out else "--out (not given: the default in the workdir)"
+    if out or (workdirs and os.path.isdir(workdirs[0])):
+        mapped = class_map is not None
+        out = output_paths.check_file(
+            flag, out or default_report_path(workdirs, split, which, tta_mode, weights, mapped=mapped)
+        )
     mesh = parallel.make_mesh()
     members = inference.load_members(workdirs, which, mesh=mesh, weights=weights)
     split_data, data_config = load_eval_split(members, split, data_path, announce=announce)
@@ -303,7 +313,6 @@ def evaluate_workdirs(
         "workdirs": [m.workdir for m in members],
         **report,
     }
-    out = out or default_report_path(workdirs, split, which, tta_mode, weights, mapped=class_map is not None)
     if jax.process_index() == 0:
         report["files"] = write_report(report, out, figures=figures)
     return report

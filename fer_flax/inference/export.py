@@ -334,6 +334,7 @@ def main(argv: list[str]) -> None:
     del argv  # the program name only: the preamble refuses positional arguments
     f = flags.FLAGS
     # Expected errors (a missing workdir, damaged checkpoints, a refused --out): one line, via cli.
+    check_replaceable(f.out, MARKER, "fer_flax.export")  # before the model is restored
     mesh = parallel.make_mesh(jax.local_devices()[:1])
     restored = trained.restore(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
     info = export_run(

@@ -40,6 +40,7 @@ import numpy as np
 from absl import app, flags
 
 from fer_flax import cli
+from fer_flax.base import output_paths
 from fer_flax.base.errors import check_choice
 from fer_flax.core import tta
 from fer_flax.data.spec import FER2013, DataSpec
@@ -281,6 +282,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give at least one image file, folder or video, or --webcam INDEX")
     # Expected errors (an unreadable input, a missing detector or camera): one line, via cli.
     file_format = output_format(f.out, None) if f.out else None
+    # The outputs, before any model or input is read: a path that cannot be written fails now.
+    if f.out:
+        output_paths.check_file("--out", f.out)
+    if f.out_dir:
+        output_paths.check_folder("--out_dir", f.out_dir, staged=True)
     camera = webcam.check_available(f.webcam) if f.webcam is not None else None
     members = inference.load_members(f.workdir, f.checkpoint)
     classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)

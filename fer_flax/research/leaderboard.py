@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from fer_flax import cli
-from fer_flax.base import atomic_files
+from fer_flax.base import atomic_files, output_paths
 from fer_flax.run import tracking
 from fer_flax.run import workdir as workdir_lib
 
@@ -212,6 +212,8 @@ def main(argv: list[str]) -> None:
     roots = argv[1:]
     if not roots:
         raise app.UsageError("give one or more workdirs or folders of workdirs")
+    if flags.FLAGS.out:
+        output_paths.check_file("--out", flags.FLAGS.out)  # before the runs are read
     table = leaderboard(roots)  # a missing folder or a damaged file: one line, via cli
     print(table, end="")
     if flags.FLAGS.out:

@@ -30,6 +30,7 @@ from absl import flags
 from ml_collections import ConfigDict, config_flags
 
 from fer_flax import cli
+from fer_flax.base import output_paths
 from fer_flax.config import schema as config_schema
 from fer_flax.core import tta
 from fer_flax.data.splits import SPLITS
@@ -138,7 +139,9 @@ def run(
     checkpoint = trained.parse_checkpoint(checkpoint)
     config_schema.check_choice("--tta", tta_mode, tta.TTA_MODES)
     config_schema.validate(config)
-    os.makedirs(root, exist_ok=True)
+    # Made by the first seed's training start (which takes it back if that start fails), so that a
+    # bad data row leaves no empty root behind.
+    output_paths.check_folder("--workdir", root)
     training, evaluations = [], {split: [] for split in eval_splits}
     for seed in seeds:
         cfg = config.copy_and_resolve_references()

@@ -3,13 +3,14 @@
 The lock is `fcntl.flock` on an open file, so the kernel releases it when the process ends however it
 ends (SIGKILL, OOM kill, a machine lost from a network filesystem once its locks expire): a killed run
 never blocks its own rerun, and nobody has to delete a stale lock file. The file stays in the workdir
-between runs; its content (PID, host, start time of the holder) only names who holds the lock for the
-message a second run prints, and its presence alone means nothing.
+between runs (only a start that fails before its run has begun deletes the one it created,
+`fer_flax.run.start`); its content (PID, host, start time of the holder) only names who holds the
+lock for the message a second run prints, and its presence alone means nothing.
 
 `is_held(workdir)` asks without taking the lock: `research.sweep.study` uses it to tell a trial whose run is
 still alive from one whose process died.
 
-Multi-process runs lock once, from process 0 (`fer_flax.training.loop.train_and_evaluate`). Evaluation
+Multi-process runs lock once, from process 0 (`fer_flax.run.start`, which training starts with). Evaluation
 and prediction do not lock: they read only finished checkpoints, which a running training commits
 atomically.
 
@@ -27,9 +28,10 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterator
 
 LOCK_FILE = "train.lock"
+# Tries to lock a file that failed starts keep deleting under the locker (each one takes one).
+_ATTEMPTS = 20
 
 
 class WorkdirLockedError(RuntimeError):
@@ -54,32 +56,55 @@ def acquire(workdir: str, lock_file: str = LOCK_FILE) -> int | None:
     """Takes the lock of `workdir` (created if needed) without waiting and returns its file
     descriptor (None where the filesystem has no locks). Raises `WorkdirLockedError`, naming the
     holder, when another process holds it. `lock_file` names another lock of the same folder (a sweep
-    holds `sweep.lock` of each trial it runs, besides the trial run's own `train.lock`)."""
-    os.makedirs(workdir, exist_ok=True)
+    holds `sweep.lock` of each trial it runs, besides the trial run's own `train.lock`).
+
+    A start that fails deletes the lock file it created while it still holds it
+    (`fer_flax.run.start`); a process that opened that file just before is told so after locking it,
+    by the path no longer naming the file it locked, and locks the file at the path instead."""
     file_path = os.path.join(workdir, lock_file)
-    fd = os.open(file_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise WorkdirLockedError(
-                f"workdir {workdir} is in use by another training run ({_describe_holder(file_path)}). "
-                "Wait for it to finish or stop it; rerunning the same command afterwards resumes from "
-                "its last checkpoint. For a separate run, choose another --workdir."
-            ) from None
-        warnings.warn(
-            f"cannot lock {file_path} ({os.strerror(e.errno)}): nothing stops a second run from using "
-            "this workdir at the same time",
-            WorkdirLockWarning,
-            stacklevel=2,
-        )
-        return None
+    for _ in range(_ATTEMPTS):
+        os.makedirs(workdir, exist_ok=True)
+        try:
+            fd = os.open(file_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed by a failed start meanwhile: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise WorkdirLockedError(
+                    f"workdir {workdir} is in use by another training run ({_describe_holder(file_path)}). "
+                    "Wait for it to finish or stop it; rerunning the same command afterwards resumes "
+                    "from its last checkpoint. For a separate run, choose another --workdir."
+                ) from None
+            warnings.warn(
+                f"cannot lock {file_path} ({os.strerror(e.errno)}): nothing stops a second run from using "
+                "this workdir at the same time",
+                WorkdirLockWarning,
+                stacklevel=2,
+            )
+            return None
+        if _names(file_path, fd):
+            break
+        os.close(fd)  # locked a file that was deleted meanwhile: try the one at the path now
+    else:
+        raise OSError(f"cannot lock {file_path}: it is deleted and made again by other processes")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
     with contextlib.suppress(OSError):  # only names the holder; a full disk is reported by the run
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
     return fd
+
+
+def _names(file_path: str, fd: int) -> bool:
+    """Whether `file_path` is (still) the file open as `fd`."""
+    try:
+        at_path = os.stat(file_path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
 
 def is_held(workdir: str, lock_file: str = LOCK_FILE) -> bool:
@@ -101,13 +126,3 @@ def is_held(workdir: str, lock_file: str = LOCK_FILE) -> bool:
 def release(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)  # closing the only descriptor of the open file releases the flock
-
-
-@contextlib.contextmanager
-def hold(workdir: str, *, enabled: bool = True) -> Iterator[None]:
-    """The lock of `workdir` for the duration of the block (nothing when not `enabled`)."""
-    fd = acquire(workdir) if enabled else None
-    try:
-        yield
-    finally:
-        release(fd)

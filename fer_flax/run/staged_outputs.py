@@ -18,16 +18,17 @@ import os
 import shutil
 import tempfile
 
+from fer_flax.base import output_paths
 
-def check_replaceable(out_dir: str | os.PathLike, marker: str, command: str) -> str:
+
+def check_replaceable(out_dir: str | os.PathLike, marker: str, command: str, flag: str = "--out") -> str:
     """The absolute `out_dir` if it is absent, an empty folder or an earlier output of `command` (it
-    holds `marker`); else ValueError naming it."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--out {path} is a file; give a folder")
+    holds `marker`), and can be written (`output_paths.check_folder`); else ValueError naming `flag`
+    and the folder."""
+    path = output_paths.check_folder(flag, out_dir, staged=True)
     if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, marker)):
         raise ValueError(
-            f"--out {path} is a non-empty folder that is not an earlier output of {command} (it has no "
+            f"{flag} {path} is a non-empty folder that is not an earlier output of {command} (it has no "
             f"{marker}); choose a new or empty folder"
         )
     return path

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from fer_flax.base.atomic_files import write_json, write_text
@@ -84,6 +85,15 @@ def check_writable(workdir: str, process_index: int = 0) -> None:
             f"workdir {workdir!r} is not writable ({type(e).__name__}: {e}); choose a --workdir in a "
             "folder you can write to."
         ) from e
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether `<workdir>/checkpoints` holds a finished checkpoint, so that a run there resumes. Orbax's
+    own listing (that of the `fer_flax.run.checkpoint` managers), read without opening a manager: a
+    manager creates its folder and starts background work, which training defers until its data is
+    read."""
+    steps = ocp.step.standard_name_format().find_all(path(workdir, "checkpoints"))
+    return next(iter(steps), None) is not None
 
 
 # ----------------------------------------------------------------------------- the run's config

@@ -9,6 +9,7 @@ and evaluation steps. Evaluations go through `inference.engine`, the same path a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -27,7 +28,7 @@ from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
 from fer_flax.data import ArraySplit, DataSpec, default_cache_dir, load_splits, resolve_spec
 from fer_flax.run import checkpoint as checkpoint_lib
-from fer_flax.run import lock as workdir_lock
+from fer_flax.run import start as run_start
 from fer_flax.run import tracking
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.interrupts import NonFiniteError, StopRequest, TrainingInterrupted
@@ -96,11 +97,12 @@ class CompiledSteps:
 # ------------------------------------------------------------------------------------- phases
 
 
-def _prepare(config: ConfigDict, workdir: str) -> _Run:
+def _prepare(config: ConfigDict, workdir: str, opened: contextlib.ExitStack) -> _Run:
     """Checks what else can be checked before data is read (the data spec, init_from, the distillation
     teachers; the config and the workdir are checked and locked by the caller), then reads the data,
     builds the state (from init_from's weights in a new run) and resumes it from the workdir's latest
-    checkpoint if there is one."""
+    checkpoint if there is one. The checkpoint managers are opened only once the data is read, and
+    they and the input pipeline are closed by `opened` however the run ends."""
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
     spec = resolve_spec(config.data)
@@ -109,10 +111,7 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
     parallel.check_batch_divisible(config.batch_size, mesh, name="batch_size")
     parallel.check_batch_divisible(config.eval_batch_size, mesh, name="eval_batch_size")
     changes = workdir_lib.config_changes(workdir, config)
-    ckpt = checkpoint_lib.Checkpointer(
-        workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
-    )
-    resuming = ckpt.latest_step() is not None
+    resuming = workdir_lib.has_checkpoint(workdir)
     init_from.check_freeze(config, model, spec)
     init_plan = None if resuming else init_from.prepare(config, model, spec, mesh)
     record = workdir_lib.derived_value(workdir, "distill") if resuming else None
@@ -136,6 +135,13 @@ def _prepare(config: ConfigDict, workdir: str) -> _Run:
         say(init_plan.describe())
     feed = train_feed.make_feed(config, data["train"], mesh)
     train_iter = feed.iterator
+    opened.callback(train_iter.close)  # stops Grain's worker processes, if any
+    # Opened last, so that what can fail before (data, sizes, the state) fails with no Orbax manager
+    # open: a manager starts a background clean-up of its folder that races a quick exit.
+    ckpt = checkpoint_lib.Checkpointer(
+        workdir, keep=config.checkpoint_keep, keep_best=config.checkpoint_keep_best
+    )
+    opened.callback(ckpt.close)
     run = _Run(
         config=config,
         workdir=workdir,
@@ -361,18 +367,23 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     Returns the final summary (also written to `<workdir>/summary.json`). Raises `TrainingInterrupted`
     after SIGTERM/SIGINT (once the last finished step is checkpointed), `NonFiniteError` (non-finite
     loss or gradient, `config.nonfinite == "stop"`), `CheckpointSaveError` and `WorkdirLockedError`
-    (process 0 locks the workdir for the whole run, before any data is read).
+    (process 0 locks the workdir for the whole run, before any data is read). A start that fails
+    before the run has recorded itself (a bad data row, say) leaves the workdir as it found it
+    (`fer_flax.run.start`).
     """
     workdir = os.path.abspath(workdir)
     config_schema.validate(config)
-    workdir_lib.check_writable(workdir, jax.process_index())
-    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-        return _train(config, workdir)
+    # Exits in reverse: what _prepare opened (the checkpoint managers, the input pipeline) is closed
+    # before a failed start takes back the folders it made.
+    with run_start.begin(workdir, jax.process_index()) as started, contextlib.ExitStack() as opened:
+        run = _prepare(config, workdir, opened)
+        started.recorded()
+        return _train(run)
 
 
-def _train(config: ConfigDict, workdir: str) -> dict[str, Any]:
-    """The run itself, from `_prepare` to `_finish`, with the workdir locked."""
-    run = _prepare(config, workdir)
+def _train(run: _Run) -> dict[str, Any]:
+    """The run itself, from `_compile` to `_finish`, with the workdir locked."""
+    config = run.config
     compiled = compile_steps(config, run.schedule, run.train_split.class_counts(), run.mesh, run.distillation)
     writer = tracking.MetricWriter(run.workdir, config)
     progress = tracking.ProgressBar(run.plan["total_steps"], config.batch_size, enabled=config.progress_bar)
@@ -384,6 +395,4 @@ def _train(config: ConfigDict, workdir: str) -> dict[str, Any]:
         state, evaluation = _loop(run, compiled, writer, window)
         return _finish(run, state, evaluation, window)
     finally:
-        run.train_iter.close()  # stops Grain's worker processes, if any
         writer.close()
-        run.ckpt.close()
