@@ -31,17 +31,11 @@ from fer_flax.run import lock as workdir_lock
 from fer_flax.run import trained
 from fer_flax.training import loop as train
 from tests.helpers import REPO
-from tests.helpers.trained_runs import tiny_config
+from tests.helpers.fault_injection import flip_a_bit, largest_file
+from tests.helpers.trained_runs import TINY_FLAGS, tiny_config
 
 # One worker trains the tiny run (conftest's `trained_run`) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
-
-# The command line of tiny_config(0), the config of the shared trained run.
-TINY_FLAGS = [
-    "--config=configs/simple_cnn.py:smoke", "--config.data.synthetic_train=128",
-    "--config.data.synthetic_val=64", "--config.data.synthetic_test=70", "--config.batch_size=64",
-    "--config.eval_batch_size=32", "--config.num_epochs=2",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -54,16 +48,6 @@ def copy(trained_run, tmp_path) -> Path:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-
-
-def _largest_file(folder: Path) -> Path:
-    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-
-
-def _flip_a_bit(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    path.write_bytes(bytes(data))
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -127,7 +111,7 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
     ckpt = checkpoint_lib.Checkpointer(str(copy), read_only=True)
     best, next_best = ckpt.best_first()
     ckpt.close()
-    truncated = _largest_file(copy / "best" / str(best))
+    truncated = largest_file(copy / "best" / str(best))
     truncated.write_bytes(truncated.read_bytes()[:100])
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning) as record:
         report = evaluate.evaluate_workdirs([str(copy)], out=str(tmp_path / "r.json"), figures=False)
@@ -136,13 +120,13 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
     assert f"Using the best intact one, step {next_best}" in message
     assert report["checkpoint_step"] == next_best
 
-    flipped = _largest_file(copy / "checkpoints" / "4")  # same size, different content
-    _flip_a_bit(flipped)
+    flipped = largest_file(copy / "checkpoints" / "4")  # same size, different content
+    flip_a_bit(flipped)
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning, match="does not match its checksum") as record:
         (member,) = inference.load_members([str(copy)], "latest")  # what fer_flax.inference.predict loads
     assert member.step == 2 and "the newest intact one, step 2" in str(record[0].message)
 
-    _flip_a_bit(_largest_file(copy / "best" / str(next_best)))
+    flip_a_bit(largest_file(copy / "best" / str(next_best)))
     with pytest.raises(checkpoint_lib.NoRestorableCheckpointError) as info:
         trained.restore(str(copy), "best")
     text = str(info.value)
@@ -150,7 +134,7 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
 
 
 def test_training_detects_same_size_corruption_and_resumes_identically(trained_run, copy):
-    _flip_a_bit(_largest_file(copy / "checkpoints" / "4" / "state"))
+    flip_a_bit(largest_file(copy / "checkpoints" / "4" / "state"))
     pattern = r"step 4 \(damaged: .* does not match its checksum.*previous good checkpoint, step 2"
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning, match=pattern):
         summary = train.train_and_evaluate(tiny_config(0), str(copy))  # steps 3 and 4 recomputed
