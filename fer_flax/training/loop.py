@@ -365,7 +365,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
     """
     workdir = os.path.abspath(workdir)
     config_schema.validate(config)
-    workdir_lib.check_writable(workdir, jax.process_index())
+    workdir_lib.check_writable(workdir)
     with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
         return _train(config, workdir)
 

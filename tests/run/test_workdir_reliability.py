@@ -188,3 +188,28 @@ def test_an_unknown_config_key_is_named_with_its_flag():
     message = cli.unknown_key_message(info.value, ["prog", "--config.optim.lrr=0.1"])
     assert message.startswith("--config.optim.lrr: the config has no key 'optim.lrr' (did you mean")
     assert "--config.optim.lr?" in message and "\\n" not in message and "\n" not in message
+
+
+def test_the_writability_probe_leaves_nothing_behind_on_a_full_disk(tmp_path):
+    # A file-size limit of 0 makes every write fail (EFBIG) while files can still be created, as on a
+    # nearly full disk; the probe then must not leave an empty file behind.
+    script = (
+        "import resource, signal, sys\n"
+        "from fer_flax.run import workdir\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "try:\n"
+        "    with open(sys.argv[2], 'w') as f:\n"
+        "        f.write('x')\n"
+        "except OSError as e:\n"
+        "    print('write failed:', e.strerror)\n"
+        "workdir.check_writable(sys.argv[1])\n"
+    )
+    workdir, outside = tmp_path / "run", tmp_path / "outside.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(workdir), str(outside)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "write failed: File too large" in done.stdout, done.stdout + done.stderr  # writes do fail
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert os.listdir(workdir) == []
