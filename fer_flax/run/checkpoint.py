@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import time
 import warnings
 from typing import Any
 
@@ -40,7 +38,8 @@ import orbax.checkpoint as ocp
 
 from fer_flax.base.errors import check_choice
 from fer_flax.config.choices import WEIGHT_SETS
-from fer_flax.run import integrity
+from fer_flax.run import best_checkpoints, integrity
+from fer_flax.run.best_checkpoints import BEST_METRIC
 from fer_flax.run.checkpoint_errors import (
     CheckpointSaveError,
     CorruptCheckpointWarning,
@@ -51,9 +50,13 @@ from fer_flax.run.checkpoint_errors import (
     save_failure,
 )
 
-__all__ = ["CheckpointSaveError", "Checkpointer", "CorruptCheckpointWarning", "NoRestorableCheckpointError"]
-
-BEST_METRIC = "val_accuracy"
+__all__ = [
+    "BEST_METRIC",
+    "CheckpointSaveError",
+    "Checkpointer",
+    "CorruptCheckpointWarning",
+    "NoRestorableCheckpointError",
+]
 
 
 def _write_arrays_whole() -> None:
@@ -95,10 +98,10 @@ class Checkpointer:
             Failure(step, why, damaged=True) for step, why in integrity.unreadable_metrics(best_dir).items()
         ]
         if self._hidden_best and not read_only:
-            self._set_aside(best_dir, [f.step for f in self._hidden_best], "best-")
+            integrity.set_aside(workdir, best_dir, [f.step for f in self._hidden_best], "best-")
             warnings.warn(
                 f"Best checkpoint(s) in {best_dir} are damaged: {failures_text(self._hidden_best)}; they "
-                f"were moved to {self._corrupt_dir()}.",
+                f"were moved to {integrity.corrupt_dir(workdir)}.",
                 CorruptCheckpointWarning,
                 stacklevel=2,
             )
@@ -221,62 +224,28 @@ class Checkpointer:
             str(self.latest.directory), steps, restore, "this run's state"
         )
         if failures:
-            self._set_aside(str(self.latest.directory), [f.step for f in failures])
+            integrity.set_aside(self.workdir, str(self.latest.directory), [f.step for f in failures])
             self.latest.reload()
             warnings.warn(
                 f"Checkpoint(s) in {self.latest.directory} could not be restored: {failures_text(failures)}. "
                 f"Falling back to the previous good checkpoint, step {step}; the bad one(s) were "
-                f"moved to {self._corrupt_dir()}.",
+                f"moved to {integrity.corrupt_dir(self.workdir)}.",
                 CorruptCheckpointWarning,
                 stacklevel=2,
             )
         return restored["state"]
 
-    def _corrupt_dir(self) -> str:
-        return os.path.join(self.workdir, "corrupt_checkpoints")
-
-    def _set_aside(self, directory: str, steps: list[int], prefix: str = "") -> None:
-        """Moves checkpoints `steps` of `directory` to corrupt_checkpoints/<prefix><step>-<time>."""
-        if jax.process_index() == 0:
-            os.makedirs(self._corrupt_dir(), exist_ok=True)
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            for step in steps:
-                target = os.path.join(self._corrupt_dir(), f"{prefix}{step}-{stamp}")
-                os.replace(os.path.join(directory, str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("fer_flax_corrupt_checkpoints_moved")
-
     def best_step(self) -> int | None:
         return self.best.best_step()
 
-    def _best_metric(self, step: int) -> float:
-        try:
-            return float(self.best.metrics(step)[BEST_METRIC])
-        except Exception:  # unreadable metrics: a damaged checkpoint, tried last
-            return -math.inf
-
     def best_first(self) -> list[int]:
-        """The steps in best/, best first: Orbax's best step, then by validation accuracy (the
-        earlier step on a tie)."""
-        best = self.best.best_step()
-        rest = sorted(
-            (s for s in self.best.all_steps() if s != best), key=lambda s: (-self._best_metric(s), s)
-        )
-        return ([best] if best is not None else []) + rest
+        """The steps in best/, best first (`best_checkpoints.best_first`)."""
+        return best_checkpoints.best_first(self.best)
 
     def best_selection(self, step: int | None = None) -> dict | None:
         """`{"weights": "raw" | "ema", "val_accuracy": ...}` of best checkpoint `step` (default: the
         best); None for a best checkpoint written before this record existed (raw weights)."""
-        step = self.best.best_step() if step is None else step
-        if step is None:
-            return None
-        try:
-            restored = self.best.restore(step, args=ocp.args.Composite(selection=ocp.args.JsonRestore()))
-        except Exception:  # no such item: an older best checkpoint
-            return None
-        return dict(restored["selection"])
+        return best_checkpoints.selection(self.best, step)
 
     def restore_model(
         self,
@@ -357,7 +326,8 @@ class Checkpointer:
             raise
         if failures:
             instead = (
-                f"the best intact one, step {step} (val accuracy {self._best_metric(step):.4f})"
+                f"the best intact one, step {step} "
+                f"(val accuracy {best_checkpoints.metric(self.best, step):.4f})"
                 if which == "best"
                 else f"the newest intact one, step {step}"
             )
