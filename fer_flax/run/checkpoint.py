@@ -10,7 +10,8 @@ a resume would then silently go back in time.
 
 Saves are atomic (Orbax writes to a temporary directory and renames it), so a kill mid-save leaves the
 previous checkpoint restorable; the temporary directories such a kill leaves behind are deleted when the next
-run opens the workdir. Each save is finished before training goes on, and then gets a checksum manifest
+run opens the workdir. Each save is finished before training goes on, then synced to disk, files, folders
+and the rename alike (so it survives a power cut), and then gets a checksum manifest
 (`fer_flax.run.integrity`); a save that fails raises `CheckpointSaveError`, one line naming the cause, the
 last good checkpoint and how to resume.
 
@@ -36,6 +37,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from fer_flax.base.atomic_files import fsync_dir, fsync_tree
 from fer_flax.base.errors import check_choice
 from fer_flax.config.choices import WEIGHT_SETS
 from fer_flax.run import best_checkpoints, integrity
@@ -136,6 +138,8 @@ class Checkpointer:
                 step_name_format=best_names,
             ),
         )
+        if not read_only and jax.process_index() == 0:
+            fsync_dir(workdir)  # the entries of checkpoints/ and best/, which hold every commit
 
     @staticmethod
     def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
@@ -156,10 +160,10 @@ class Checkpointer:
         the raw weights, or with `best_weights="ema"` the EMA ones (`val_metrics` are then the EMA
         weights' metrics), stored under the same names so inference needs no EMA knowledge.
 
-        Each save is finished, then given its checksum manifest, before this returns; a failure
-        raises `CheckpointSaveError`. A step already on disk is not written again: a run resumed
-        from an earlier checkpoint recomputes exactly the same state, and Orbax refuses to overwrite
-        a step."""
+        Each save is finished, synced to disk, then given its checksum manifest, before this returns;
+        a failure raises `CheckpointSaveError`. A step already on disk is not written again: a run
+        resumed from an earlier checkpoint recomputes exactly the same state, and Orbax refuses to
+        overwrite a step."""
         check_choice("best_weights", best_weights, WEIGHT_SETS)
         manager = self.best
         try:
@@ -193,8 +197,12 @@ class Checkpointer:
         manager.save(step, args=args, **kwargs)
         manager.wait_until_finished()
         # A best candidate worse than the kept ones is deleted as soon as it is finished.
-        if jax.process_index() == 0 and os.path.isdir(self._step_dir(manager, step)):
-            integrity.write_manifest(self._step_dir(manager, step))
+        step_dir = self._step_dir(manager, step)
+        if jax.process_index() == 0 and os.path.isdir(step_dir):
+            # Orbax's commit renames the folder without syncing it: sync every file and folder and the
+            # rename, so the manifest, written last, only ever describes a checkpoint on disk.
+            fsync_tree(step_dir)
+            integrity.write_manifest(step_dir)
 
     # ---------------------------------------------------------------------------------- restoring
 

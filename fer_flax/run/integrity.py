@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 
+from fer_flax.base.atomic_files import fsync_dir
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.checkpoint_errors import Failure, describe, nothing_usable, quiet_orbax_leftovers
 
@@ -165,7 +166,7 @@ def corrupt_dir(workdir: str) -> str:
 
 def set_aside(workdir: str, directory: str, steps: Sequence[int], prefix: str = "") -> None:
     """Moves checkpoints `steps` of `directory` to `<workdir>/corrupt_checkpoints/<prefix><step>-<time>`
-    (process 0; every process waits for it)."""
+    (process 0; every process waits for it), and syncs both folders: the move holds after a power cut."""
     if jax.process_index() == 0:
         target_dir = corrupt_dir(workdir)
         os.makedirs(target_dir, exist_ok=True)
@@ -174,6 +175,8 @@ def set_aside(workdir: str, directory: str, steps: Sequence[int], prefix: str = 
             os.replace(
                 os.path.join(directory, str(step)), os.path.join(target_dir, f"{prefix}{step}-{stamp}")
             )
+        fsync_dir(target_dir)
+        fsync_dir(directory)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
