@@ -20,7 +20,10 @@ are tried in order of preference, each verified against its manifest first. A da
 resized or changed) is named and skipped for the next: training's resume falls back to the newest intact
 checkpoint, moving the bad ones to `<workdir>/corrupt_checkpoints/` (`CorruptCheckpointWarning`); evaluation
 takes the newest intact (`latest`) or the best intact (`best`) one and moves nothing. When none is usable,
-`NoRestorableCheckpointError` says whether they are damaged or do not fit the model.
+`NoRestorableCheckpointError` says whether they are damaged or do not fit the model. A resume checks best/
+as well (`fer_flax.run.best_checkpoints`): a damaged best checkpoint is set aside and written again when
+its step is recomputed, and one that cannot be recomputed, or is missing, is named with the step that
+now takes its place.
 
 The best checkpoint of a step is written (and finished) before the full state of the same step, so a kill
 between the two never leaves a resumable step whose best-model candidate is missing."""
@@ -99,8 +102,11 @@ class Checkpointer:
         self._hidden_best = [
             Failure(step, why, damaged=True) for step, why in integrity.unreadable_metrics(best_dir).items()
         ]
+        # What earlier runs reported lost of best/, and what this one sets aside (for the resume's check).
+        self._best_lost_earlier = best_checkpoints.lost_earlier(workdir)
+        self._best_moved = [f.step for f in self._hidden_best] if not read_only else []
         if self._hidden_best and not read_only:
-            integrity.set_aside(workdir, best_dir, [f.step for f in self._hidden_best], "best-")
+            integrity.set_aside(workdir, best_dir, self._best_moved, "best-")
             warnings.warn(
                 f"Best checkpoint(s) in {best_dir} are damaged: {failures_text(self._hidden_best)}; they "
                 f"were moved to {integrity.corrupt_dir(workdir)}.",
@@ -163,12 +169,13 @@ class Checkpointer:
         Each save is finished, synced to disk, then given its checksum manifest, before this returns;
         a failure raises `CheckpointSaveError`. A step already on disk is not written again: a run
         resumed from an earlier checkpoint recomputes exactly the same state, and Orbax refuses to
-        overwrite a step."""
+        overwrite a step. A best checkpoint on disk that is damaged or unverified (no manifest) is
+        set aside and written again instead (`best_checkpoints.kept`)."""
         check_choice("best_weights", best_weights, WEIGHT_SETS)
         manager = self.best
         try:
             with orbax_errors_held():
-                if val_metrics is not None and step not in self.best.all_steps():
+                if val_metrics is not None and not best_checkpoints.kept(self.best, self.workdir, step):
                     if best_weights == "ema":
                         model = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
                     else:
@@ -216,7 +223,9 @@ class Checkpointer:
         A damaged or unrestorable checkpoint is skipped for the next older one, with a
         `CorruptCheckpointWarning` naming both, and moved to `<workdir>/corrupt_checkpoints/` so later
         saves of that step can proceed. When none can be restored, raises
-        `NoRestorableCheckpointError` (damaged, or e.g. a model that changed shape) and moves nothing."""
+        `NoRestorableCheckpointError` (damaged, or e.g. a model that changed shape) and moves nothing.
+        Then best/ is checked against the resumed step (`best_checkpoints.check_at_resume`), each
+        finding a `CorruptCheckpointWarning`."""
 
         def restore(step: int) -> Any:
             return self.latest.restore(
@@ -241,6 +250,10 @@ class Checkpointer:
                 CorruptCheckpointWarning,
                 stacklevel=2,
             )
+        for message in best_checkpoints.check_at_resume(
+            self.best, self.workdir, step, self._best_lost_earlier, self._best_moved
+        ):
+            warnings.warn(message, CorruptCheckpointWarning, stacklevel=2)
         return restored["state"]
 
     def best_step(self) -> int | None:

@@ -172,9 +172,11 @@ def set_aside(workdir: str, directory: str, steps: Sequence[int], prefix: str = 
         os.makedirs(target_dir, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for step in steps:
-            os.replace(
-                os.path.join(directory, str(step)), os.path.join(target_dir, f"{prefix}{step}-{stamp}")
-            )
+            target = os.path.join(target_dir, f"{prefix}{step}-{stamp}")
+            n = 1
+            while os.path.exists(target):  # the same step set aside twice within a second
+                target, n = os.path.join(target_dir, f"{prefix}{step}-{stamp}.{n}"), n + 1
+            os.replace(os.path.join(directory, str(step)), target)
         fsync_dir(target_dir)
         fsync_dir(directory)
     if jax.process_count() > 1:
