@@ -119,6 +119,8 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
     assert f"step {best} (damaged: {truncated} has 100 bytes" in message
     assert f"Using the best intact one, step {next_best}" in message
     assert report["checkpoint_step"] == next_best
+    # The command's output names the step it used instead, and its weights.
+    assert f"(checkpoint 'best': step {next_best}, raw weights)" in evaluate.format_report(report)
 
     flipped = largest_file(copy / "checkpoints" / "4")  # same size, different content
     flip_a_bit(flipped)
