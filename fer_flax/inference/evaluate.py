@@ -197,13 +197,9 @@ def figure_paths(report_path: str) -> dict[str, str]:
 
 def format_report(report: dict) -> str:
     """A readable summary: what was evaluated, the headline numbers, per-class table, confusion."""
-    models = report["models"]
-    if len(models) == 1:
-        who = f"{models[0]['model_name']}/{models[0]['variant']} (step {models[0]['checkpoint_step']})"
-    else:
-        who = f"ensemble of {len(models)}: " + ", ".join(
-            f"{m['model_name']}/{m['variant']}@{m['checkpoint_step']}" for m in models
-        )
+    models, which = report["models"], report.get("checkpoint", "best")
+    named = [f"{m['model_name']}/{m['variant']} ({trained.checkpoint_used(m, which)})" for m in models]
+    who = named[0] if len(models) == 1 else f"ensemble of {len(models)}: " + ", ".join(named)
     tta_text = report["tta"] + (f" (crop {report['crop_size']})" if report["crop_size"] else "")
     lines = [
         f"Evaluated {who} on split '{report['split']}' of {report['data_path'] or 'synthetic faces'}: "

@@ -56,7 +56,7 @@ from fer_flax.inference.image_io import (
     fit_whole,
     open_image,
 )
-from fer_flax.run import workdir
+from fer_flax.run import trained, workdir
 from fer_flax.run.trained import Restored
 
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
@@ -289,6 +289,11 @@ def main(argv: list[str]) -> None:
         output_paths.check_folder("--out_dir", f.out_dir, staged=True)
     camera = webcam.check_available(f.webcam) if f.webcam is not None else None
     members = inference.load_members(f.workdir, f.checkpoint)
+    which = trained.parse_checkpoint(f.checkpoint)
+    for m in members:  # on stderr: stdout holds the predictions, as JSON or CSV if asked
+        model = f"{m.config.model_name}/{m.config.model.variant}"
+        used = trained.checkpoint_used(m.describe(), which)
+        print(f"Predicting with {m.workdir} ({model}, {used})", file=sys.stderr)
     classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
     if camera is not None:
         webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)

@@ -10,7 +10,8 @@ a resume would then silently go back in time.
 
 Saves are atomic (Orbax writes to a temporary directory and renames it), so a kill mid-save leaves the
 previous checkpoint restorable; the temporary directories such a kill leaves behind are deleted when the next
-run opens the workdir. Each save is finished before training goes on, and then gets a checksum manifest
+run opens the workdir. Each save is finished before training goes on, then synced to disk, files, folders
+and the rename alike (so it survives a power cut), and then gets a checksum manifest
 (`fer_flax.run.integrity`); a save that fails raises `CheckpointSaveError`, one line naming the cause, the
 last good checkpoint and how to resume.
 
@@ -19,7 +20,10 @@ are tried in order of preference, each verified against its manifest first. A da
 resized or changed) is named and skipped for the next: training's resume falls back to the newest intact
 checkpoint, moving the bad ones to `<workdir>/corrupt_checkpoints/` (`CorruptCheckpointWarning`); evaluation
 takes the newest intact (`latest`) or the best intact (`best`) one and moves nothing. When none is usable,
-`NoRestorableCheckpointError` says whether they are damaged or do not fit the model.
+`NoRestorableCheckpointError` says whether they are damaged or do not fit the model. A resume checks best/
+as well (`fer_flax.run.best_checkpoints`): a damaged best checkpoint is set aside and written again when
+its step is recomputed, and one that cannot be recomputed, or is missing, is named with the step that
+now takes its place.
 
 The best checkpoint of a step is written (and finished) before the full state of the same step, so a kill
 between the two never leaves a resumable step whose best-model candidate is missing."""
@@ -28,9 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import time
 import warnings
 from typing import Any
 
@@ -38,9 +40,11 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from fer_flax.base.atomic_files import fsync_dir, fsync_tree
 from fer_flax.base.errors import check_choice
 from fer_flax.config.choices import WEIGHT_SETS
-from fer_flax.run import integrity
+from fer_flax.run import best_checkpoints, integrity
+from fer_flax.run.best_checkpoints import BEST_METRIC
 from fer_flax.run.checkpoint_errors import (
     CheckpointSaveError,
     CorruptCheckpointWarning,
@@ -51,9 +55,13 @@ from fer_flax.run.checkpoint_errors import (
     save_failure,
 )
 
-__all__ = ["CheckpointSaveError", "Checkpointer", "CorruptCheckpointWarning", "NoRestorableCheckpointError"]
-
-BEST_METRIC = "val_accuracy"
+__all__ = [
+    "BEST_METRIC",
+    "CheckpointSaveError",
+    "Checkpointer",
+    "CorruptCheckpointWarning",
+    "NoRestorableCheckpointError",
+]
 
 
 def _write_arrays_whole() -> None:
@@ -94,11 +102,14 @@ class Checkpointer:
         self._hidden_best = [
             Failure(step, why, damaged=True) for step, why in integrity.unreadable_metrics(best_dir).items()
         ]
+        # What earlier runs reported lost of best/, and what this one sets aside (for the resume's check).
+        self._best_lost_earlier = best_checkpoints.lost_earlier(workdir)
+        self._best_moved = [f.step for f in self._hidden_best] if not read_only else []
         if self._hidden_best and not read_only:
-            self._set_aside(best_dir, [f.step for f in self._hidden_best], "best-")
+            integrity.set_aside(workdir, best_dir, self._best_moved, "best-")
             warnings.warn(
                 f"Best checkpoint(s) in {best_dir} are damaged: {failures_text(self._hidden_best)}; they "
-                f"were moved to {self._corrupt_dir()}.",
+                f"were moved to {integrity.corrupt_dir(workdir)}.",
                 CorruptCheckpointWarning,
                 stacklevel=2,
             )
@@ -133,6 +144,8 @@ class Checkpointer:
                 step_name_format=best_names,
             ),
         )
+        if not read_only and jax.process_index() == 0:
+            fsync_dir(workdir)  # the entries of checkpoints/ and best/, which hold every commit
 
     @staticmethod
     def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
@@ -153,15 +166,16 @@ class Checkpointer:
         the raw weights, or with `best_weights="ema"` the EMA ones (`val_metrics` are then the EMA
         weights' metrics), stored under the same names so inference needs no EMA knowledge.
 
-        Each save is finished, then given its checksum manifest, before this returns; a failure
-        raises `CheckpointSaveError`. A step already on disk is not written again: a run resumed
-        from an earlier checkpoint recomputes exactly the same state, and Orbax refuses to overwrite
-        a step."""
+        Each save is finished, synced to disk, then given its checksum manifest, before this returns;
+        a failure raises `CheckpointSaveError`. A step already on disk is not written again: a run
+        resumed from an earlier checkpoint recomputes exactly the same state, and Orbax refuses to
+        overwrite a step. A best checkpoint on disk that is damaged or unverified (no manifest) is
+        set aside and written again instead (`best_checkpoints.kept`)."""
         check_choice("best_weights", best_weights, WEIGHT_SETS)
         manager = self.best
         try:
             with orbax_errors_held():
-                if val_metrics is not None and step not in self.best.all_steps():
+                if val_metrics is not None and not best_checkpoints.kept(self.best, self.workdir, step):
                     if best_weights == "ema":
                         model = {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
                     else:
@@ -190,8 +204,12 @@ class Checkpointer:
         manager.save(step, args=args, **kwargs)
         manager.wait_until_finished()
         # A best candidate worse than the kept ones is deleted as soon as it is finished.
-        if jax.process_index() == 0 and os.path.isdir(self._step_dir(manager, step)):
-            integrity.write_manifest(self._step_dir(manager, step))
+        step_dir = self._step_dir(manager, step)
+        if jax.process_index() == 0 and os.path.isdir(step_dir):
+            # Orbax's commit renames the folder without syncing it: sync every file and folder and the
+            # rename, so the manifest, written last, only ever describes a checkpoint on disk.
+            fsync_tree(step_dir)
+            integrity.write_manifest(step_dir)
 
     # ---------------------------------------------------------------------------------- restoring
 
@@ -205,7 +223,9 @@ class Checkpointer:
         A damaged or unrestorable checkpoint is skipped for the next older one, with a
         `CorruptCheckpointWarning` naming both, and moved to `<workdir>/corrupt_checkpoints/` so later
         saves of that step can proceed. When none can be restored, raises
-        `NoRestorableCheckpointError` (damaged, or e.g. a model that changed shape) and moves nothing."""
+        `NoRestorableCheckpointError` (damaged, or e.g. a model that changed shape) and moves nothing.
+        Then best/ is checked against the resumed step (`best_checkpoints.check_at_resume`), each
+        finding a `CorruptCheckpointWarning`."""
 
         def restore(step: int) -> Any:
             return self.latest.restore(
@@ -221,62 +241,32 @@ class Checkpointer:
             str(self.latest.directory), steps, restore, "this run's state"
         )
         if failures:
-            self._set_aside(str(self.latest.directory), [f.step for f in failures])
+            integrity.set_aside(self.workdir, str(self.latest.directory), [f.step for f in failures])
             self.latest.reload()
             warnings.warn(
                 f"Checkpoint(s) in {self.latest.directory} could not be restored: {failures_text(failures)}. "
                 f"Falling back to the previous good checkpoint, step {step}; the bad one(s) were "
-                f"moved to {self._corrupt_dir()}.",
+                f"moved to {integrity.corrupt_dir(self.workdir)}.",
                 CorruptCheckpointWarning,
                 stacklevel=2,
             )
+        for message in best_checkpoints.check_at_resume(
+            self.best, self.workdir, step, self._best_lost_earlier, self._best_moved
+        ):
+            warnings.warn(message, CorruptCheckpointWarning, stacklevel=2)
         return restored["state"]
-
-    def _corrupt_dir(self) -> str:
-        return os.path.join(self.workdir, "corrupt_checkpoints")
-
-    def _set_aside(self, directory: str, steps: list[int], prefix: str = "") -> None:
-        """Moves checkpoints `steps` of `directory` to corrupt_checkpoints/<prefix><step>-<time>."""
-        if jax.process_index() == 0:
-            os.makedirs(self._corrupt_dir(), exist_ok=True)
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            for step in steps:
-                target = os.path.join(self._corrupt_dir(), f"{prefix}{step}-{stamp}")
-                os.replace(os.path.join(directory, str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("fer_flax_corrupt_checkpoints_moved")
 
     def best_step(self) -> int | None:
         return self.best.best_step()
 
-    def _best_metric(self, step: int) -> float:
-        try:
-            return float(self.best.metrics(step)[BEST_METRIC])
-        except Exception:  # unreadable metrics: a damaged checkpoint, tried last
-            return -math.inf
-
     def best_first(self) -> list[int]:
-        """The steps in best/, best first: Orbax's best step, then by validation accuracy (the
-        earlier step on a tie)."""
-        best = self.best.best_step()
-        rest = sorted(
-            (s for s in self.best.all_steps() if s != best), key=lambda s: (-self._best_metric(s), s)
-        )
-        return ([best] if best is not None else []) + rest
+        """The steps in best/, best first (`best_checkpoints.best_first`)."""
+        return best_checkpoints.best_first(self.best)
 
     def best_selection(self, step: int | None = None) -> dict | None:
         """`{"weights": "raw" | "ema", "val_accuracy": ...}` of best checkpoint `step` (default: the
         best); None for a best checkpoint written before this record existed (raw weights)."""
-        step = self.best.best_step() if step is None else step
-        if step is None:
-            return None
-        try:
-            restored = self.best.restore(step, args=ocp.args.Composite(selection=ocp.args.JsonRestore()))
-        except Exception:  # no such item: an older best checkpoint
-            return None
-        return dict(restored["selection"])
+        return best_checkpoints.selection(self.best, step)
 
     def restore_model(
         self,
@@ -357,7 +347,8 @@ class Checkpointer:
             raise
         if failures:
             instead = (
-                f"the best intact one, step {step} (val accuracy {self._best_metric(step):.4f})"
+                f"the best intact one, step {step} "
+                f"(val accuracy {best_checkpoints.metric(self.best, step):.4f})"
                 if which == "best"
                 else f"the newest intact one, step {step}"
             )

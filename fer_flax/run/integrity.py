@@ -11,6 +11,9 @@ of it.
 A checkpoint without a manifest (written before manifests existed, or by a run killed between
 Orbax's commit and the manifest) is not verified: it is restored as it is, and a failing restore
 cannot then tell damage from a checkpoint that does not fit the model.
+
+Training moves the checkpoints it cannot use out of Orbax's sight, to `<workdir>/corrupt_checkpoints/`
+(`set_aside`): nothing is deleted, and a step set aside can be written again.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import jax
+
+from fer_flax.base.atomic_files import fsync_dir
 from fer_flax.run import workdir as workdir_lib
 from fer_flax.run.checkpoint_errors import Failure, describe, nothing_usable, quiet_orbax_leftovers
 
 MANIFEST = "fer_flax_manifest.json"
+CORRUPT_DIR = "corrupt_checkpoints"
 _CHUNK = 1 << 22
 
 
@@ -150,3 +158,28 @@ def first_usable(
         except Exception as e:  # Orbax/TensorStore raise many types for damaged or unfitting files
             failures.append(Failure(step, describe(e), damaged=False if has_manifest(step_dir) else None))
     raise nothing_usable(directory, failures, target)
+
+
+def corrupt_dir(workdir: str) -> str:
+    return os.path.join(workdir, CORRUPT_DIR)
+
+
+def set_aside(workdir: str, directory: str, steps: Sequence[int], prefix: str = "") -> None:
+    """Moves checkpoints `steps` of `directory` to `<workdir>/corrupt_checkpoints/<prefix><step>-<time>`
+    (process 0; every process waits for it), and syncs both folders: the move holds after a power cut."""
+    if jax.process_index() == 0:
+        target_dir = corrupt_dir(workdir)
+        os.makedirs(target_dir, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for step in steps:
+            target = os.path.join(target_dir, f"{prefix}{step}-{stamp}")
+            n = 1
+            while os.path.exists(target):  # the same step set aside twice within a second
+                target, n = os.path.join(target_dir, f"{prefix}{step}-{stamp}.{n}"), n + 1
+            os.replace(os.path.join(directory, str(step)), target)
+        fsync_dir(target_dir)
+        fsync_dir(directory)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("fer_flax_corrupt_checkpoints_moved")

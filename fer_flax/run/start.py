@@ -115,7 +115,7 @@ def begin(workdir: str, process_index: int = 0) -> Iterator[Start]:
     cannot be written; both leave it as found."""
     started = Start(workdir, tidy=process_index == 0)
     try:
-        workdir_lib.check_writable(workdir, process_index)
+        workdir_lib.check_writable(workdir)
         if started.tidy:
             started.lock_fd = lock.acquire(workdir)
             started.locked = True

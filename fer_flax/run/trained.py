@@ -45,6 +45,14 @@ class Restored:
         }
 
 
+def checkpoint_used(model: dict, which: str | int) -> str:
+    """How a command names what it used, from a member's `Restored.describe()` and the checkpoint
+    asked for: "checkpoint 'best': step 4, raw weights" (or "checkpoint step 4, ema weights"). The
+    step said, since 'best' and 'latest' fall back past damaged checkpoints to another one."""
+    asked = f"checkpoint {which!r}:" if isinstance(which, str) else "checkpoint"
+    return f"{asked} step {model['checkpoint_step']}, {model.get('weights', 'raw')} weights"
+
+
 def run_spec(workdir: str) -> DataSpec:
     """The data spec a run recorded in its config.json (FER2013's for runs that predate the record)."""
     recorded = workdir_lib.read_run_info(workdir).get("derived", {}).get("data_spec")

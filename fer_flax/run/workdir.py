@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,15 +72,17 @@ def path(workdir: str, name: str) -> str:
     return os.path.join(workdir, name)
 
 
-def check_writable(workdir: str, process_index: int = 0) -> None:
-    """Creates `workdir` and proves it writable, or raises PermissionError saying what to do."""
+def check_writable(workdir: str) -> None:
+    """Creates `workdir` and proves it writable, or raises PermissionError saying what to do.
+
+    The probe is a file without a name (`tempfile.TemporaryFile`: O_TMPFILE where the filesystem has
+    it, else a unique name removed at once), and nothing is written into it: a nearly full disk or
+    processes sharing the workdir leave nothing behind. A full disk is reported by the first write
+    that fails, naming its file."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        # One probe per process: processes sharing a workdir would delete each other's file.
-        probe = os.path.join(workdir, f".write_test.{process_index}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
     except OSError as e:
         raise PermissionError(
             f"workdir {workdir!r} is not writable ({type(e).__name__}: {e}); choose a --workdir in a "

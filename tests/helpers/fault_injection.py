@@ -1,5 +1,8 @@
 """Fault injection for the reliability tests, done from outside the product.
 
+`flip_a_bit` and `largest_file` damage a checkpoint's files as bit rot would (same size, different
+content).
+
 `install(spec)` wraps public fer_flax functions (`training.loop.compile_steps`,
 `inference.engine.logits_fn`) and Orbax's atomic commit (`AtomicRenameTemporaryPath.finalize`, as
 Orbax's own tests patch it) in this process, so that it signals itself at one exact moment. Run as a
@@ -23,6 +26,18 @@ import sys
 from pathlib import Path
 
 WHERE = ("step", "eval", "save", "nospace")
+
+
+def largest_file(folder: Path) -> Path:
+    """The largest file under `folder` (in a checkpoint: array data)."""
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def flip_a_bit(path: Path) -> None:
+    """Flips one bit in the middle of `path`: same size, different content."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
 
 
 def parse(spec: str) -> tuple[str, int, signal.Signals]:

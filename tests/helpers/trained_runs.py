@@ -29,6 +29,14 @@ def tiny_config(seed: int = 0):
     return c
 
 
+# The command line of tiny_config(0), for the tests that run the training command.
+TINY_FLAGS = [
+    "--config=configs/simple_cnn.py:smoke", "--config.data.synthetic_train=128",
+    "--config.data.synthetic_val=64", f"--config.data.synthetic_test={NUM_TEST}", "--config.batch_size=64",
+    f"--config.eval_batch_size={EVAL_BATCH}", "--config.num_epochs=2",
+]  # fmt: skip
+
+
 def synthetic_split(split: str):
     """The exact images and labels the tiny run's config gives for `split`."""
     c = tiny_config()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -111,6 +112,9 @@ def test_command_line_json_and_csv(trained_run, images, tmp_path):
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "a_rgb.png: no face found" in done.stderr and "3/3 images, 2 faces" in done.stderr
+    best = json.loads((Path(trained_run) / "summary.json").read_text())["best_step"]
+    used = f"Predicting with {trained_run} (cnn/tiny, checkpoint 'best': step {best}, raw weights)"
+    assert used in done.stderr
     printed = json.loads(done.stdout)
     assert [os.path.basename(r["path"]) for r in printed] == ["astronaut.png", "d_48.png", "a_rgb.png"]
     assert [len(r["faces"]) for r in printed] == [1, 1, 0]

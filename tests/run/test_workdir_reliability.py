@@ -31,17 +31,11 @@ from fer_flax.run import lock as workdir_lock
 from fer_flax.run import trained
 from fer_flax.training import loop as train
 from tests.helpers import REPO
-from tests.helpers.trained_runs import tiny_config
+from tests.helpers.fault_injection import flip_a_bit, largest_file
+from tests.helpers.trained_runs import TINY_FLAGS, tiny_config
 
 # One worker trains the tiny run (conftest's `trained_run`) that several test files share.
 pytestmark = pytest.mark.xdist_group("trained_run")
-
-# The command line of tiny_config(0), the config of the shared trained run.
-TINY_FLAGS = [
-    "--config=configs/simple_cnn.py:smoke", "--config.data.synthetic_train=128",
-    "--config.data.synthetic_val=64", "--config.data.synthetic_test=70", "--config.batch_size=64",
-    "--config.eval_batch_size=32", "--config.num_epochs=2",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -54,16 +48,6 @@ def copy(trained_run, tmp_path) -> Path:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-
-
-def _largest_file(folder: Path) -> Path:
-    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-
-
-def _flip_a_bit(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    path.write_bytes(bytes(data))
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -127,7 +111,7 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
     ckpt = checkpoint_lib.Checkpointer(str(copy), read_only=True)
     best, next_best = ckpt.best_first()
     ckpt.close()
-    truncated = _largest_file(copy / "best" / str(best))
+    truncated = largest_file(copy / "best" / str(best))
     truncated.write_bytes(truncated.read_bytes()[:100])
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning) as record:
         report = evaluate.evaluate_workdirs([str(copy)], out=str(tmp_path / "r.json"), figures=False)
@@ -135,14 +119,16 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
     assert f"step {best} (damaged: {truncated} has 100 bytes" in message
     assert f"Using the best intact one, step {next_best}" in message
     assert report["checkpoint_step"] == next_best
+    # The command's output names the step it used instead, and its weights.
+    assert f"(checkpoint 'best': step {next_best}, raw weights)" in evaluate.format_report(report)
 
-    flipped = _largest_file(copy / "checkpoints" / "4")  # same size, different content
-    _flip_a_bit(flipped)
+    flipped = largest_file(copy / "checkpoints" / "4")  # same size, different content
+    flip_a_bit(flipped)
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning, match="does not match its checksum") as record:
         (member,) = inference.load_members([str(copy)], "latest")  # what fer_flax.inference.predict loads
     assert member.step == 2 and "the newest intact one, step 2" in str(record[0].message)
 
-    _flip_a_bit(_largest_file(copy / "best" / str(next_best)))
+    flip_a_bit(largest_file(copy / "best" / str(next_best)))
     with pytest.raises(checkpoint_lib.NoRestorableCheckpointError) as info:
         trained.restore(str(copy), "best")
     text = str(info.value)
@@ -150,7 +136,7 @@ def test_evaluate_and_predict_fall_back_past_damaged_checkpoints(copy, tmp_path)
 
 
 def test_training_detects_same_size_corruption_and_resumes_identically(trained_run, copy):
-    _flip_a_bit(_largest_file(copy / "checkpoints" / "4" / "state"))
+    flip_a_bit(largest_file(copy / "checkpoints" / "4" / "state"))
     pattern = r"step 4 \(damaged: .* does not match its checksum.*previous good checkpoint, step 2"
     with pytest.warns(checkpoint_lib.CorruptCheckpointWarning, match=pattern):
         summary = train.train_and_evaluate(tiny_config(0), str(copy))  # steps 3 and 4 recomputed
@@ -204,3 +190,28 @@ def test_an_unknown_config_key_is_named_with_its_flag():
     message = cli.unknown_key_message(info.value, ["prog", "--config.optim.lrr=0.1"])
     assert message.startswith("--config.optim.lrr: the config has no key 'optim.lrr' (did you mean")
     assert "--config.optim.lr?" in message and "\\n" not in message and "\n" not in message
+
+
+def test_the_writability_probe_leaves_nothing_behind_on_a_full_disk(tmp_path):
+    # A file-size limit of 0 makes every write fail (EFBIG) while files can still be created, as on a
+    # nearly full disk; the probe then must not leave an empty file behind.
+    script = (
+        "import resource, signal, sys\n"
+        "from fer_flax.run import workdir\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "try:\n"
+        "    with open(sys.argv[2], 'w') as f:\n"
+        "        f.write('x')\n"
+        "except OSError as e:\n"
+        "    print('write failed:', e.strerror)\n"
+        "workdir.check_writable(sys.argv[1])\n"
+    )
+    workdir, outside = tmp_path / "run", tmp_path / "outside.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(workdir), str(outside)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "write failed: File too large" in done.stdout, done.stdout + done.stderr  # writes do fail
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert os.listdir(workdir) == []
