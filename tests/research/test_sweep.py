@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from configs import simple_cnn
 from fer_flax.research.sweep import space as sweep_space
+from fer_flax.research.sweep import storage as sweep_storage
 from fer_flax.research.sweep import study as sweep
 from fer_flax.research.sweep.trial import TrialSetup
 from fer_flax.run import lock as workdir_lock
@@ -51,7 +52,7 @@ def run_sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def trial_states(workdir: Path) -> dict[int, TrialState]:
-    study = optuna.load_study(study_name=sweep.STUDY_NAME, storage=sweep.open_storage(str(workdir)))
+    study = optuna.load_study(study_name=sweep.STUDY_NAME, storage=sweep_storage.local_storage(str(workdir)))
     return {t.number: t.state for t in study.trials}
 
 

@@ -4,14 +4,20 @@ their validation curve, and a summary with the best config as a ready-to-run fil
 Command:
   python -m fer_flax.sweep --config configs/cpu_recipe.py --space sweeps/cpu_recipe.py --trials 8 \
       --workdir workdirs/sweep_cpu [--config.data.path=...] [--pruner median|halving|none] \
-      [--parallel P] [--gpus 0,1,2,3] [--seed S] [--summary_only]
+      [--parallel P] [--gpus 0,1,2,3] [--seed S] [--summary_only] \
+      [--storage postgresql+psycopg://user@host/db --study NAME]
 
 The study lives in `<workdir>/study.db` (SQLite), so rerunning the same command continues a killed
 or stopped sweep: trials that were running resume from their checkpoints, finished ones are never
 run again, and new ones are started until the study holds `--trials` trials. Several sweep
 processes may share one workdir (on one machine or on a shared filesystem with working locks);
-`fer_flax.research.sweep.trial` says how they share the trials. Ctrl-C or SIGTERM stops every running trial
+`fer_flax.research.sweep.claim` says how they share the trials. Ctrl-C or SIGTERM stops every running trial
 at a checkpoint and writes the summary.
+
+With `--storage URL --study NAME` the study is in a PostgreSQL database instead, and workers on
+several machines run the same command to share it (each with its own workdir, or one on a network
+filesystem): a heartbeat tells which trials have a live worker, and the trial of a worker that stops
+is retried by another, from its checkpoint where that one can see it (`fer_flax.research.sweep.storage`).
 
 `--parallel P` runs P trials at once, each its own process: with `--gpus`, worker slot s gets its
 share of the listed GPUs through CUDA_VISIBLE_DEVICES (several slots share a GPU when P exceeds their
@@ -28,6 +34,7 @@ docs/sweeps.md.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -42,22 +49,19 @@ from optuna.trial import TrialState
 from fer_flax import cli
 from fer_flax.config import schema as config_schema
 from fer_flax.research.sweep import space as sweep_space
+from fer_flax.research.sweep import storage
 from fer_flax.research.sweep import summary as sweep_summary
-from fer_flax.research.sweep.trial import TrialRun, TrialSetup, claim_lock, claim_next
+from fer_flax.research.sweep.claim import claim_lock, claim_next
+from fer_flax.research.sweep.storage import SharedStudy
+from fer_flax.research.sweep.trial import TrialRun, TrialSetup
 from fer_flax.run import interrupts
+from fer_flax.run import workdir as workdir_lib
 
-STUDY_FILE = "study.db"
-STUDY_NAME = "sweep"
+STUDY_NAME = "sweep"  # of the workdir's SQLite study
+SHARED_RECORD = "shared_study.json"  # in the workdir of a shared study: which one it belongs to
 PRUNERS = ("median", "halving", "none")
 POLL_SECONDS = 0.5
 MAX_FAILURES_IN_A_ROW = 3
-
-
-def open_storage(root: str) -> optuna.storages.RDBStorage:
-    """The study's SQLite storage; concurrent writers wait up to a minute for each other."""
-    os.makedirs(root, exist_ok=True)
-    url = f"sqlite:///{os.path.abspath(os.path.join(root, STUDY_FILE))}"
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def make_pruner(name: str, prune_after: int) -> optuna.pruners.BasePruner:
@@ -70,22 +74,71 @@ def make_pruner(name: str, prune_after: int) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    root: str, *, pruner: str = "none", prune_after: int = 3, seed: int | None = None, create: bool = True
+    root: str,
+    *,
+    shared: SharedStudy | None = None,
+    pruner: str = "none",
+    prune_after: int = 3,
+    seed: int | None = None,
+    create: bool = True,
 ) -> optuna.Study:
-    """The sweep's study (created when `create`). The sampler is TPE, seeded from `seed` and the
-    number of trials already in the study, so a resumed sweep does not repeat the first suggestions."""
-    if not create and not os.path.isfile(os.path.join(root, STUDY_FILE)):
-        raise FileNotFoundError(f"{os.path.join(root, STUDY_FILE)} not found: {root} holds no sweep yet")
-    with claim_lock(root):  # two processes creating the database at once would collide
-        study = optuna.create_study(
-            storage=open_storage(root), study_name=STUDY_NAME, direction="maximize", load_if_exists=True
-        )
+    """The sweep's study: the workdir's SQLite one, or `shared` (created when `create`). The sampler
+    is TPE, seeded from `seed` and the number of trials already in the study, so a resumed sweep does
+    not repeat the first suggestions."""
+    if shared is not None:
+        with shared.lock():  # the first workers to start would all create it
+            if not create:
+                try:
+                    shared.storage.get_study_id_from_name(shared.name)
+                except KeyError:
+                    raise FileNotFoundError(f"no {shared.where()}: the sweep has not started") from None
+            study = optuna.create_study(
+                storage=shared.storage, study_name=shared.name, direction="maximize", load_if_exists=True
+            )
+    else:
+        path = os.path.join(root, storage.STUDY_FILE)
+        if not create and not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: {root} holds no sweep yet")
+        with claim_lock(root):  # two processes creating the database at once would collide
+            study = optuna.create_study(
+                storage=storage.local_storage(root),
+                study_name=STUDY_NAME,
+                direction="maximize",
+                load_if_exists=True,
+            )
     sampler_seed = None
     if seed is not None:
         sampler_seed = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed)
     study.pruner = make_pruner(pruner, prune_after)
     return study
+
+
+def check_workdir(root: str, shared: SharedStudy | None) -> None:
+    """Keeps a workdir to one study, since its trial folders are named by trial number: a shared
+    study's workdir records the study's name (`shared_study.json`), a local one holds study.db."""
+    path = os.path.join(root, SHARED_RECORD)
+    record = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            record = json.load(f)
+    if shared is None:
+        if record is not None:
+            raise ValueError(
+                f"{root} is a workdir of the shared study {record['study']!r} in {record['storage']}: "
+                "give --storage and --study as its workers do, or use a new --workdir"
+            )
+        return
+    if os.path.isfile(os.path.join(root, storage.STUDY_FILE)):
+        raise ValueError(f"{root} holds a local sweep (study.db): use a new --workdir for {shared.where()}")
+    if record is not None and record["study"] != shared.name:
+        raise ValueError(
+            f"{root} is a workdir of the shared study {record['study']!r}, not {shared.name!r}: "
+            "use a new --workdir"
+        )
+    if record is None:
+        os.makedirs(root, exist_ok=True)
+        workdir_lib.write_json(path, {"study": shared.name, "storage": storage.shown(shared.url)})
 
 
 def check_same_sweep(study: optuna.Study, setup: TrialSetup, root: str) -> None:
@@ -98,15 +151,17 @@ def check_same_sweep(study: optuna.Study, setup: TrialSetup, root: str) -> None:
     }
     if "sweep" not in study.user_attrs:
         study.set_user_attr("sweep", identity)
-        study.set_user_attr("name", os.path.basename(os.path.abspath(root)))
+        name = setup.shared.name if setup.shared else os.path.basename(os.path.abspath(root))
+        study.set_user_attr("name", name)
         return
     old = study.user_attrs["sweep"]
     differ = [k for k in identity if old.get(k) != identity[k]]
     if differ:
-        lines = "\n".join(f"  {k}: {old.get(k)!r} in the workdir -> {identity[k]!r} now" for k in differ)
+        lines = "\n".join(f"  {k}: {old.get(k)!r} in the study -> {identity[k]!r} now" for k in differ)
+        where = setup.shared.where() if setup.shared else root
         raise ValueError(
-            f"{root} holds a sweep made by a different command; refusing to continue it:\n{lines}\n"
-            "Rerun with the sweep's own --config, overrides and --space, or use a new --workdir."
+            f"{where} holds a sweep made by a different command; refusing to continue it:\n{lines}\n"
+            "Rerun with the sweep's own --config, overrides and --space, or start a new sweep."
         )
 
 
@@ -128,13 +183,17 @@ def slot_environments(parallel: int, gpus: Sequence[str]) -> list[dict[str, str]
     ]
 
 
-def _progress(study: optuna.Study, n_trials: int, running: int) -> str:
+def _progress(study: optuna.Study, n_trials: int) -> str:
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED)}
-    failed = sum(t.state == TrialState.FAIL for t in trials)
+    retried = storage.retried_numbers(trials)
+    trials = [t for t in trials if t.number not in retried]
+    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    done = sum(t.state.is_finished() for t in trials)
     line = (
-        f"sweep: {len(trials) - running}/{n_trials} trials done ({counts[TrialState.COMPLETE]} complete, "
-        f"{counts[TrialState.PRUNED]} pruned, {failed} failed), {running} running"
+        f"sweep: {done}/{n_trials} trials done ({counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed"
+        + (f", {len(retried)} retried" if retried else "")
+        + f"), {counts[TrialState.RUNNING]} running"
     )
     if counts[TrialState.COMPLETE]:
         best = study.best_trial
@@ -155,7 +214,7 @@ def _claim_into(
     say: Callable[[str], object],
 ) -> tuple[bool, list[int]]:
     """Starts trials in the free slots; returns (whether the study has nothing more to hand out
-    now, the orphaned trials whose old process is still alive)."""
+    now, the trials to wait for before this process may finish: see `claim_next`)."""
     waiting: list[int] = []
     for slot in range(len(environments)):
         if slot in running:
@@ -164,7 +223,7 @@ def _claim_into(
         if claim is None:
             return True, waiting
         run = TrialRun(study, claim, setup, environments[slot], say)
-        if run.process is not None:  # None: pruned on adoption, nothing to run
+        if not run.done:  # done: pruned on adoption, nothing to run
             running[slot] = run
     return False, waiting
 
@@ -177,9 +236,10 @@ def run_trials(
     say: Callable[[str], object] = print,
 ) -> int | None:
     """Runs trials (len(environments) at a time) until the study holds `n_trials` and none is left
-    to run here. Returns the signal that stopped it early, or None."""
+    to run here (with a shared study: until every trial of the study has ended, since one whose
+    worker stops is retried by whoever is left). Returns the signal that stopped it early, or None."""
     running: dict[int, TrialRun] = {}
-    failures, last_error, failing, said_waiting = 0, None, False, set()
+    failures, last_error, failing, said_waiting, next_claim = 0, None, False, set(), 0.0
     with interrupts.StopRequest(install=True) as stop:  # a second signal ends the sweep at once
         while True:
             for slot, run in list(running.items()):
@@ -187,8 +247,9 @@ def run_trials(
                     del running[slot]
                     failures = failures + 1 if run.state == TrialState.FAIL else 0
                     last_error = run.error or last_error
+                    next_claim = 0.0
                     if run.state is not None:
-                        say(_progress(study, n_trials, len(running)))
+                        say(_progress(study, n_trials))
             if failures >= MAX_FAILURES_IN_A_ROW and not failing:
                 say(f"{failures} trials failed in a row: stopping the sweep")
                 failing = True
@@ -198,11 +259,18 @@ def run_trials(
                     run.interrupt()
                 if not running:
                     break
-            else:
+            elif time.monotonic() >= next_claim:
                 exhausted, waiting = _claim_into(running, study, setup, n_trials, environments, say)
-                for number in sorted(set(waiting) - said_waiting):
-                    say(f"trial {number}: waiting for its previous training process to stop")
-                said_waiting |= set(waiting)
+                waiting = sorted(set(waiting) - {run.number for run in running.values()})
+                if setup.shared is None:
+                    for number in sorted(set(waiting) - said_waiting):
+                        say(f"trial {number}: waiting for its previous training process to stop")
+                    said_waiting |= set(waiting)
+                elif exhausted:  # other workers' trials are checked for a stale heartbeat now and then
+                    next_claim = time.monotonic() + setup.shared.heartbeat_interval
+                    if waiting and not running and not said_waiting:
+                        say(f"sweep: nothing left to start; other workers run {waiting} (retried if stopped)")
+                        said_waiting = set(waiting)
                 if exhausted and not running and not waiting:
                     break
             time.sleep(POLL_SECONDS)
@@ -224,6 +292,16 @@ def define_flags() -> None:
     flags.DEFINE_string("space", None, "Search space: a Python file defining SPACE (docs/sweeps.md).")
     flags.DEFINE_integer("trials", None, "Trials the study should hold in all (finished or not).")
     flags.DEFINE_string("workdir", None, "Sweep folder: study.db, trial_<n>/, summary files.")
+    flags.DEFINE_string(
+        "storage", None, "PostgreSQL URL of a study shared by workers on several machines (docs/sweeps.md)."
+    )
+    flags.DEFINE_string("study", None, "With --storage: the study's name, the same for all its workers.")
+    flags.DEFINE_integer(
+        "heartbeat_interval", storage.HEARTBEAT_INTERVAL, "With --storage: seconds between heartbeats."
+    )
+    flags.DEFINE_integer(
+        "grace_period", storage.GRACE_PERIOD, "With --storage: heartbeat age (s) at which a trial is retried."
+    )
     flags.DEFINE_enum("pruner", "median", list(PRUNERS), "How weak trials are stopped early.")
     flags.DEFINE_integer("prune_after", 3, "median pruner: finished trials before it prunes any.")
     flags.DEFINE_integer("parallel", 1, "Trials run at once (separate processes).")
@@ -231,6 +309,17 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", None, "Sampler seed (default: fresh randomness on every start).")
     flags.DEFINE_bool("summary_only", False, "Only write the summary of the sweep in --workdir.")
     flags.mark_flags_as_required(["config", "space", "workdir"])
+
+
+def _shared_study(f: flags.FlagValues) -> SharedStudy | None:
+    """The study that --storage and --study name (None: the workdir's SQLite study)."""
+    if f.storage is None:
+        if f.study is not None:
+            raise ValueError("--study names a study in the database of --storage, which is missing")
+        return None
+    if not f.study:
+        raise ValueError("--storage needs --study NAME: the name all the workers of this sweep give")
+    return SharedStudy(f.storage, f.study, f.heartbeat_interval, f.grace_period)
 
 
 def main(argv: list[str]) -> None:
@@ -245,17 +334,26 @@ def main(argv: list[str]) -> None:
     environments = slot_environments(f.parallel, f.gpus)
     config_schema.validate(f.config)
     space = sweep_space.load_space(f.space, f.config)
+    shared = _shared_study(f)
+    check_workdir(root, shared)
     study = open_study(
-        root, pruner=f.pruner, prune_after=f.prune_after, seed=f.seed, create=not f.summary_only
+        root,
+        shared=shared,
+        pruner=f.pruner,
+        prune_after=f.prune_after,
+        seed=f.seed,
+        create=not f.summary_only,
     )
     # The trials of a sweep are one wandb group, named after the sweep (unless the command names one).
-    overrides.setdefault("wandb.group", study.user_attrs.get("name", os.path.basename(root)))
-    setup = TrialSetup(root=root, base=base, overrides=overrides, space=space)
-    with claim_lock(root):
+    name = shared.name if shared else os.path.basename(root)
+    overrides.setdefault("wandb.group", study.user_attrs.get("name", name))
+    setup = TrialSetup(root=root, base=base, overrides=overrides, space=space, shared=shared)
+    with shared.lock() if shared else claim_lock(root):
         check_same_sweep(study, setup, root)
     stopped_by = None
     if not f.summary_only:
-        print(f"Sweep of {base} over {', '.join(space)} in {root} ({f.trials} trials, pruner {f.pruner})")
+        where = f"{root}, {shared.where()}" if shared else root
+        print(f"Sweep of {base} over {', '.join(space)} in {where} ({f.trials} trials, pruner {f.pruner})")
         try:
             stopped_by = run_trials(study, setup, f.trials, environments)
         except TrialsFailingError:

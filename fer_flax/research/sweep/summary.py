@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -24,20 +25,23 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from optuna.trial import FrozenTrial, TrialState
 
 from fer_flax.research.sweep import space as sweep_space
+from fer_flax.research.sweep import storage
 from fer_flax.research.sweep.trial import SWEEP_LOCK, TrialSetup, trial_dir
 from fer_flax.run import lock as workdir_lock
 from fer_flax.run import plots
 from fer_flax.run import workdir as workdir_lib
 
-_ORDER = {"complete": 0, "pruned": 1, "running": 2, "stopped": 3, "waiting": 4, "fail": 5}
+_ORDER = {"complete": 0, "pruned": 1, "running": 2, "stopped": 3, "waiting": 4, "fail": 5, "retried": 6}
 
 
-def trial_row(trial: FrozenTrial, root: str) -> dict[str, Any]:
-    """One leaderboard row. An unfinished trial is "running" while a sweep holds it, else "stopped"
-    (a rerun of the sweep resumes it)."""
-    state = trial.state.name.lower()
-    held = workdir_lock.is_held(trial_dir(root, trial.number), SWEEP_LOCK)
-    if trial.state == TrialState.RUNNING and not held:
+def trial_row(trial: FrozenTrial, setup: TrialSetup, retried: Collection[int] = ()) -> dict[str, Any]:
+    """One leaderboard row. A trial that a retry replaced (its worker stopped) is "retried". In a
+    local study an unfinished trial is "running" while a sweep holds it, else "stopped" (a rerun of
+    the sweep resumes it); in a shared one it is "running" (retried if its heartbeat stops)."""
+    state = "retried" if trial.number in retried else trial.state.name.lower()
+    workdir = trial.user_attrs.get("workdir", os.path.basename(trial_dir(setup.root, trial.number)))
+    held = workdir_lock.is_held(os.path.join(setup.root, workdir), SWEEP_LOCK)
+    if setup.shared is None and trial.state == TrialState.RUNNING and not held:
         state = "stopped"
     steps = trial.intermediate_values
     objective = trial.value if trial.state == TrialState.COMPLETE else max(steps.values(), default=None)
@@ -49,7 +53,8 @@ def trial_row(trial: FrozenTrial, root: str) -> dict[str, Any]:
         "last_step": max(steps, default=None),
         "evaluations": {str(k): v for k, v in sorted(steps.items())},
         "seconds": trial.user_attrs.get("seconds"),
-        "workdir": f"trial_{trial.number}",
+        "workdir": workdir,
+        "host": trial.user_attrs.get("host"),
         "error": trial.user_attrs.get("error"),
     }
 
@@ -68,17 +73,20 @@ def ranked(rows: list[dict]) -> list[dict]:
 def write(study: optuna.Study, setup: TrialSetup) -> dict[str, Any]:
     """Writes every summary file into the sweep's workdir; returns what sweep.json holds."""
     trials = study.get_trials(deepcopy=False)
-    rows = ranked([trial_row(t, setup.root) for t in trials])
+    retried = storage.retried_numbers(trials)
+    rows = ranked([trial_row(t, setup, retried) for t in trials])
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
     result = {
         "name": study.user_attrs.get("name"),
+        "study": setup.shared.where() if setup.shared else os.path.join(setup.root, storage.STUDY_FILE),
+        "shared": setup.shared is not None,
         "base": setup.base,
         "overrides": {k: repr(v) for k, v in setup.overrides.items()},
         "space": {k: sweep_space.describe(p) for k, p in setup.space.items()},
         "objective": "best validation accuracy (of the weights best/ holds), maximised",
         "counts": {state: sum(r["state"] == state for r in rows) for state in _ORDER},
-        "best": None if best is None else {**trial_row(best, setup.root), "config": "best_config.py"},
+        "best": None if best is None else {**trial_row(best, setup), "config": "best_config.py"},
         "trials": rows,
         "files": ["sweep.md", "sweep.json", "objective.png", "parameters.png"],
     }
@@ -95,7 +103,9 @@ def write(study: optuna.Study, setup: TrialSetup) -> dict[str, Any]:
 
 def best_config_text(setup: TrialSetup, best: FrozenTrial) -> str:
     values = {k: best.params[k] for k in setup.space if k in best.params}
-    folder = trial_dir(setup.root, best.number)
+    folder = os.path.join(setup.root, trial_row(best, setup)["workdir"])
+    if setup.shared is not None:
+        folder = f"{folder} on {best.user_attrs.get('host', 'its worker')}"
     doc = (
         f"The best trial of the sweep in {setup.root}: trial {best.number}, best validation accuracy "
         f"{best.value:.4f} (its run: {folder}).\n\n{setup.base} with the sweep's overrides and the "
@@ -124,12 +134,24 @@ def markdown(result: dict) -> str:
         lines.append("Overrides: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()))
     counts = ", ".join(f"{n} {state}" for state, n in result["counts"].items() if n)
     lines += [f"Trials: {counts or 'none yet'}. Objective: {result['objective']}.", ""]
-    head = ["rank", "trial", "state", "objective", "last step", "seconds", *keys]
+    shared = result.get("shared", False)  # the trials ran on several machines: say where
+    head = [
+        "rank",
+        "trial",
+        "state",
+        "objective",
+        "last step",
+        "seconds",
+        *(["run"] if shared else []),
+        *keys,
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, row in enumerate(result["trials"], 1):
         objective = "—" if row["objective"] is None else f"{row['objective']:.4f}"
         seconds = "—" if row["seconds"] is None else f"{row['seconds']:.0f}"
         cells = [rank, row["trial"], row["state"], objective, _cell(row["last_step"]), seconds]
+        if shared:
+            cells.append(f"{row['host']}:{row['workdir']}" if row.get("host") else "—")
         cells += [_cell(row["params"].get(k)) for k in keys]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     if result["best"]:
