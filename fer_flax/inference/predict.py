@@ -35,18 +35,18 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import app, flags
 
 from fer_flax import cli
+from fer_flax.base.atomic_files import write_text
 from fer_flax.base.errors import check_choice
-from fer_flax.core import tta
+from fer_flax.config.choices import TTA_MODES
 from fer_flax.data.spec import FER2013, DataSpec
-from fer_flax.inference import engine as inference
 from fer_flax.inference import photos, video, webcam
 from fer_flax.inference.faces import crop as crop_lib
-from fer_flax.inference.faces.classify import FaceClassifier
 from fer_flax.inference.faces.detect import DETECTORS, MissingDependencyError, make_detector
 from fer_flax.inference.image_io import (
     FIT_MODES,
@@ -55,8 +55,12 @@ from fer_flax.inference.image_io import (
     fit_whole,
     open_image,
 )
-from fer_flax.run import workdir
-from fer_flax.run.trained import Restored
+
+# The modules that import JAX are imported where they are used, so that `--help` and the printing
+# of results start no JAX.
+if TYPE_CHECKING:
+    from fer_flax.inference.faces.classify import FaceClassifier
+    from fer_flax.run.trained import Restored
 
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
 
@@ -74,11 +78,15 @@ def classify(
     *,
     batch_size: int | None = None,
     tta_mode: str = "none",
-    crop_size: int = tta.DEFAULT_CROP_SIZE,
+    crop_size: int | None = None,
     fit: str = "stretch",
 ) -> list[dict]:
     """One result per input file, in order: {"path", "label", "probabilities": {class: p}} or
-    {"path", "error"}, in the classes (and at the image size) the models were trained with."""
+    {"path", "error"}, in the classes (and at the image size) the models were trained with.
+    `crop_size`: the ten-crop side (default `tta.DEFAULT_CROP_SIZE`)."""
+    from fer_flax.core import tta
+    from fer_flax.inference import engine as inference
+
     spec = members[0].spec
     results: list[dict] = []
     images, ok = [], []
@@ -95,7 +103,7 @@ def classify(
             np.stack(images),
             batch_size=batch_size or members[0].config.eval_batch_size,
             tta_mode=tta_mode,
-            crop_size=crop_size,
+            crop_size=crop_size or tta.DEFAULT_CROP_SIZE,
         )
         for i, p in zip(ok, probs, strict=True):
             results[i]["label"] = spec.class_names[int(np.argmax(p))]
@@ -190,7 +198,7 @@ COMMAND = cli.Command(
 def define_flags() -> None:
     flags.DEFINE_multi_string("workdir", None, "Training workdir; repeat for an ensemble.")
     flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
-    flags.DEFINE_enum("tta", None, list(tta.TTA_MODES), "TTA; default: the run's eval_tta.")
+    flags.DEFINE_enum("tta", None, list(TTA_MODES), "TTA; default: the run's eval_tta.")
     flags.DEFINE_integer("crop_size", None, "Ten-crop crop side (default: the run's augment.crop_size).")
     flags.DEFINE_enum("faces", "auto", list(photos.FACE_MODES),
                       "auto: detect faces except in 48x48 crops; detect: always; whole: never.")  # fmt: skip
@@ -214,6 +222,8 @@ def make_classifier(
     batch_size: int | None = None,
 ) -> FaceClassifier:
     """The run's test-time augmentation (eval_tta and its ten-crop size) unless overridden."""
+    from fer_flax.inference.faces.classify import FaceClassifier
+
     config = members[0].config
     return FaceClassifier(
         members,
@@ -282,7 +292,9 @@ def main(argv: list[str]) -> None:
     # Expected errors (an unreadable input, a missing detector or camera): one line, via cli.
     file_format = output_format(f.out, None) if f.out else None
     camera = webcam.check_available(f.webcam) if f.webcam is not None else None
-    members = inference.load_members(f.workdir, f.checkpoint)
+    from fer_flax.inference import engine
+
+    members = engine.load_members(f.workdir, f.checkpoint)
     classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
     if camera is not None:
         webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)
@@ -294,7 +306,7 @@ def main(argv: list[str]) -> None:
     if records:
         print(render(records, f.format or "table"))
         if f.out:
-            workdir.write_text(f.out, render(records, file_format))
+            write_text(f.out, render(records, file_format))
     for summary in summaries:
         print(describe_video(summary))
     for r in records:

@@ -12,14 +12,17 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from fer_flax.inference import annotate
 from fer_flax.inference.faces import crop as crop_lib
-from fer_flax.inference.faces.classify import FaceClassifier
 from fer_flax.inference.faces.detect import FaceDetector, import_cv2
+
+if TYPE_CHECKING:  # the classifier's module imports JAX: `predict --help` needs none
+    from fer_flax.inference.faces.classify import FaceClassifier
 
 WEBCAM_EXTRA = "webcam"
 WINDOW = "fer_flax (q to quit)"
