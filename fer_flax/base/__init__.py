@@ -1,2 +1,3 @@
-"""The bottom layer: the one wording of a bad value (`errors`: ConfigError, check_choice) and atomic
-file writes (`atomic_files`). Imports nothing from fer_flax, so every other package may import it."""
+"""The bottom layer: the one wording of a bad value (`errors`: ConfigError, check_choice), atomic
+file writes (`atomic_files`) and the one wording of how to install an optional extra (`extras`).
+Imports nothing from fer_flax, so every other package may import it."""

@@ -45,6 +45,7 @@ import numpy as np
 from absl import flags
 
 from fer_flax import cli
+from fer_flax.base.extras import install_extra
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import forward, parallel, tta
@@ -62,7 +63,7 @@ JAX_TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 23
 PROBE_BATCH = 5  # odd, so no batch size of the export's own tracing is special
-ONNX_EXTRA_HINT = "install the optional extra: pip install 'fer_flax[onnx]'"
+ONNX_EXTRA_HINT = f"install the optional extra: {install_extra('onnx')}"
 
 LOADER = '''"""Runs an exported fer_flax model with jax alone (no fer_flax needed).
 
