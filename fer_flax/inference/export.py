@@ -17,7 +17,8 @@ DIR (written all at once; an earlier export there is replaced, anything else is 
   model.onnx       ONNX (input "images" uint8 [B, 48, 48], output "probabilities"), converted by
                    jax2onnx (the optional `onnx` extra); see docs/explain-and-export.md for what it
                    cannot convert
-  load_model.py    a loader and runner that imports only jax and numpy
+  load_model.py    a loader and runner that needs only jax, numpy and flatbuffers (which
+                   `jax.export.deserialize` imports and jax does not install)
   model.json       what the files hold: input, output, class names, TTA, source run, versions, checks
 
 Without --formats, the ONNX model is written when the `onnx` extra is installed and the model converts,
@@ -65,7 +66,9 @@ ONNX_OPSET = 23
 PROBE_BATCH = 5  # odd, so no batch size of the export's own tracing is special
 ONNX_EXTRA_HINT = f"install the optional extra: {install_extra('onnx')}"
 
-LOADER = '''"""Runs an exported fer_flax model with jax alone (no fer_flax needed).
+LOADER = '''"""Runs an exported fer_flax model without fer_flax: it needs jax, numpy and flatbuffers
+(`pip install jax numpy flatbuffers`; jax's deserializer imports flatbuffers, which jax does not
+install).
 
     python load_model.py faces.npy [probabilities.npy]
 
@@ -77,6 +80,11 @@ then `exported.call(faces)`.
 import json
 import pathlib
 import sys
+
+try:
+    import flatbuffers  # noqa: F401  (jax.export's deserializer needs it; jax does not install it)
+except ImportError:
+    sys.exit("load_model.py needs flatbuffers, which jax does not install: pip install flatbuffers")
 
 import numpy as np
 from jax import export
