@@ -7,6 +7,9 @@ Command:
       [--every N] [--annotate_video] PATH [PATH ...]
   python -m fer_flax.predict --workdir W --webcam 0
 
+A model trained on the built-in synthetic faces gets a note on stderr: its labels for real photos mean
+nothing.
+
 PATH is an image file, a folder (searched recursively for *.png, *.jpg, *.jpeg; hidden files are
 skipped) or a video file (.mp4, .avi, .mov, ...). Photos of any size and colour go through face
 detection (`fer_flax.inference.faces`, OpenCV's Haar cascade from the `photos` extra); each face is cropped
@@ -44,6 +47,7 @@ from fer_flax import cli
 from fer_flax.base.atomic_files import write_text
 from fer_flax.base.errors import check_choice
 from fer_flax.config.choices import TTA_MODES
+from fer_flax.data import sources
 from fer_flax.data.spec import FER2013, DataSpec
 from fer_flax.inference import photos, video, webcam
 from fer_flax.inference.faces import crop as crop_lib
@@ -295,6 +299,8 @@ def main(argv: list[str]) -> None:
     from fer_flax.inference import engine
 
     members = engine.load_members(f.workdir, f.checkpoint)
+    if any(sources.resolve_format(m.config.data) == "synthetic" for m in members):
+        print(sources.SYNTHETIC_MODEL_NOTICE, file=sys.stderr)
     classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
     if camera is not None:
         webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from fer_flax.core import metrics
 from fer_flax.core.augment import preprocess
+from fer_flax.data import sources
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.inference import engine as inference
 from fer_flax.inference import predict
@@ -111,6 +112,7 @@ def test_command_line_json_and_csv(trained_run, images, tmp_path):
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "a_rgb.png: no face found" in done.stderr and "3/3 images, 2 faces" in done.stderr
+    assert sources.SYNTHETIC_MODEL_NOTICE in done.stderr  # the tiny run learnt the synthetic faces
     printed = json.loads(done.stdout)
     assert [os.path.basename(r["path"]) for r in printed] == ["astronaut.png", "d_48.png", "a_rgb.png"]
     assert [len(r["faces"]) for r in printed] == [1, 1, 0]
