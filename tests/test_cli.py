@@ -54,6 +54,10 @@ def _commands(tmp: Path) -> dict[str, dict]:
             required=["--workdir", ABSENT, "--out", str(tmp / "export")],
             failing=["--workdir", ABSENT, "--out", str(tmp / "export")],
         ),
+        "fer_flax.bundle": dict(
+            module="fer_flax.inference.bundle", flag="--dtype", arguments=False,
+            required=["--workdir", ABSENT], failing=["--workdir", ABSENT, "--out", str(tmp / "bundle")],
+        ),
         "fer_flax.explain": dict(
             module="fer_flax.inference.explain", flag="--methods", arguments=True,
             required=["--workdir", ABSENT, "--out", str(tmp / "explain")],

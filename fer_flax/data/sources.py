@@ -33,7 +33,7 @@ SYNTHETIC_NOTICE = (
 SYNTHETIC_MODEL_NOTICE = (
     "NOTE: this model was trained on fer_flax's built-in SYNTHETIC faces (procedurally drawn), not on "
     "real faces: its labels for real photos mean nothing. Use a run trained on real FER2013 "
-    "(--config.data.path=/path/to/fer2013.csv[.gz])."
+    "(--config.data.path=/path/to/fer2013.csv[.gz]), or the bundled model (no --workdir)."
 )
 # The keys that describe an image-folder set; other formats define their own classes and images.
 FOLDER_KEYS: tuple[str, ...] = ("classes", "class_folders", "image_size", "channels", "convert_images")

@@ -1,12 +1,13 @@
 """What a trained model looks at: saliency maps over faces, as PNG grids grouped by class.
 
 Command:
-  python -m fer_flax.explain --workdir W --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
+  python -m fer_flax.explain [--workdir W] --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
       [--data PATH] [--split val] [--n 32]                  # N faces of a split, every class, or
       [--faces auto|detect|whole] [--margin 0.125] [IMAGE_OR_FOLDER ...]   # the faces in images
       [--methods gradcam,smoothgrad] [--samples 16] [--noise 0.15] [--seed 0]
 
-Images are searched for faces as `predict` searches them
+Without --workdir the model bundled with fer_flax is explained (`fer_flax.run.bundled`; faces of a
+split then need --data). Images are searched for faces as `predict` searches them
 (`photos.find_faces`): every face of a photo is found, cropped like FER2013's faces and explained on
 its own (`<file>#<k>`); a 48x48 image is taken as a face crop already (`--faces auto`); `--faces
 whole` takes every image as one face, stretched to 48x48.
@@ -46,7 +47,7 @@ from fer_flax.inference import evaluate, image_io, photos, saliency
 from fer_flax.inference.faces import crop as crop_lib
 from fer_flax.inference.faces.classify import FaceClassifier
 from fer_flax.inference.faces.detect import DETECTORS, MissingDependencyError, make_detector
-from fer_flax.run import trained
+from fer_flax.run import bundled
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
 from fer_flax.run.trained import Restored
 
@@ -258,7 +259,7 @@ def write_outputs(
 
 
 def run(
-    workdir: str,
+    workdir: str | None,
     out: str,
     paths: Sequence[str] = (),
     *,
@@ -275,11 +276,12 @@ def run(
     detector: str = "haar",
     margin: float = crop_lib.FER2013_MARGIN,
 ) -> str:
-    """Explains the faces and writes DIR (see the module docstring); returns its absolute path."""
+    """Explains the faces and writes DIR (see the module docstring); returns its absolute path.
+    `workdir` None: the bundled model."""
     check_replaceable(out, MARKER, "fer_flax.explain")  # before any work
     # One device: the maps are small work, and replicated variables would repeat it on every device.
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    restored = trained.restore(workdir, checkpoint, mesh=mesh, weights=weights)
+    restored = bundled.load_model(workdir, checkpoint, mesh=mesh, weights=weights)
     methods = saliency.check_methods(restored.model, methods or saliency.default_methods(restored.model))
     faces, labels, names = load_faces(
         restored,
@@ -307,7 +309,9 @@ COMMAND = cli.Command(arguments=True, log_level="error", expected_errors=(Missin
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "Training workdir of the model to explain.")
+    flags.DEFINE_string(
+        "workdir", None, "Training workdir of the model to explain (default: the bundled model)."
+    )
     flags.DEFINE_string("out", None, "Folder for the grids, explanations.json and maps.npz.")
     flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
     flags.DEFINE_enum("weights", "raw", ["raw", "ema"], "The run's raw or EMA weights.")
@@ -323,7 +327,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_enum("detector", "haar", list(DETECTORS), "Face detector.")
     flags.DEFINE_float("margin", crop_lib.FER2013_MARGIN, "Margin around a detected face, of its side.")
-    flags.mark_flags_as_required(["workdir", "out"])
+    flags.mark_flag_as_required("out")
 
 
 def main(argv: list[str]) -> None:

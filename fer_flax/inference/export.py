@@ -1,8 +1,10 @@
 """A trained run as a portable model that runs without fer_flax: a `jax.export` artifact and ONNX.
 
 Command:
-  python -m fer_flax.export --workdir W --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
+  python -m fer_flax.export [--workdir W] --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
       [--tta run|none|flip|tencrop] [--formats jax,onnx] [--platforms cpu,cuda]
+
+Without --workdir the model bundled with fer_flax is exported (`fer_flax.run.bundled`).
 
 The exported function takes uint8 grayscale faces [B, 48, 48], any batch size B, and returns float32
 class probabilities [B, 7] (in `CLASS_NAMES` order). Inside: the inference preprocessing
@@ -52,7 +54,7 @@ from fer_flax.config import schema as config_schema
 from fer_flax.core import forward, parallel, tta
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.inference import engine as inference
-from fer_flax.run import trained
+from fer_flax.run import bundled
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
 from fer_flax.run.trained import Restored
 
@@ -326,7 +328,7 @@ COMMAND = cli.Command(log_level="error")
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "Training workdir of the model to export.")
+    flags.DEFINE_string("workdir", None, "Training workdir of the model (default: the bundled model).")
     flags.DEFINE_string("out", None, "Folder for the exported model.")
     flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
     flags.DEFINE_enum("weights", "raw", list(config_choices.WEIGHT_SETS), "The run's raw or EMA weights.")
@@ -336,7 +338,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("crop_size", tta.DEFAULT_CROP_SIZE, "Ten-crop crop side (of 48).")
     flags.DEFINE_list("formats", None, "Of jax, onnx (default: jax, and onnx where it can be made).")
     flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "Platforms the jax.export artifact runs on.")
-    flags.mark_flags_as_required(["workdir", "out"])
+    flags.mark_flag_as_required("out")
 
 
 def main(argv: list[str]) -> None:
@@ -344,7 +346,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     # Expected errors (a missing workdir, damaged checkpoints, a refused --out): one line, via cli.
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    restored = trained.restore(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
+    restored = bundled.load_model(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
     info = export_run(
         restored,
         f.out,

@@ -1,14 +1,15 @@
 """Classify faces in photos, face crops, videos and a webcam with a trained checkpoint.
 
 Command:
-  python -m fer_flax.predict --workdir W [--workdir W2 ...] [--checkpoint best|latest|STEP]
+  python -m fer_flax.predict [--workdir W [--workdir W2 ...]] [--checkpoint best|latest|STEP]
       [--tta none|flip|tencrop] [--faces auto|detect|whole] [--margin 0.125] [--fit stretch|center_crop]
       [--out_dir DIR] [--out preds.json|preds.csv] [--format table|json|csv]
       [--every N] [--annotate_video] PATH [PATH ...]
-  python -m fer_flax.predict --workdir W --webcam 0
+  python -m fer_flax.predict [--workdir W] --webcam 0
 
-A model trained on the built-in synthetic faces gets a note on stderr: its labels for real photos mean
-nothing.
+Without --workdir the model bundled with fer_flax is used (`fer_flax.run.bundled`; its card is
+fer_flax/bundled/MODEL_CARD.md). A model trained on the built-in synthetic faces gets a note on stderr:
+its labels for real photos mean nothing.
 
 PATH is an image file, a folder (searched recursively for *.png, *.jpg, *.jpeg; hidden files are
 skipped) or a video file (.mp4, .avi, .mov, ...). Photos of any size and colour go through face
@@ -200,7 +201,9 @@ COMMAND = cli.Command(
 
 
 def define_flags() -> None:
-    flags.DEFINE_multi_string("workdir", None, "Training workdir; repeat for an ensemble.")
+    flags.DEFINE_multi_string(
+        "workdir", None, "Training workdir; repeat for an ensemble. Without it: the bundled model."
+    )
     flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
     flags.DEFINE_enum("tta", None, list(TTA_MODES), "TTA; default: the run's eval_tta.")
     flags.DEFINE_integer("crop_size", None, "Ten-crop crop side (default: the run's augment.crop_size).")
@@ -216,7 +219,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("every", 1, "Videos: classify every N-th frame.")
     flags.DEFINE_bool("annotate_video", False, "Videos: also write an annotated video.")
     flags.DEFINE_integer("webcam", None, "Open camera INDEX in a live window instead of reading files.")
-    flags.mark_flag_as_required("workdir")
 
 
 def make_classifier(
@@ -298,7 +300,7 @@ def main(argv: list[str]) -> None:
     camera = webcam.check_available(f.webcam) if f.webcam is not None else None
     from fer_flax.inference import engine
 
-    members = engine.load_members(f.workdir, f.checkpoint)
+    members = engine.load_members(f.workdir, f.checkpoint)  # no --workdir: the bundled model
     if any(sources.resolve_format(m.config.data) == "synthetic" for m in members):
         print(sources.SYNTHETIC_MODEL_NOTICE, file=sys.stderr)
     classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)

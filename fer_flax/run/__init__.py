@@ -1,2 +1,3 @@
 """A run on disk: the workdir and its lock, checkpoints and their integrity, metrics tracking and
-plots, interrupts, and staged command outputs. Imports `base`, `config`, `core` and `data`."""
+plots, interrupts, staged command outputs, and the model bundled with the package (`bundled`).
+Imports `base`, `config`, `core` and `data`."""
