@@ -53,7 +53,6 @@ from typing import Any, Literal, NoReturn
 
 from absl import app, flags, logging
 
-from fer_flax import runtime
 from fer_flax.run.checkpoint_errors import CheckpointSaveError, NoRestorableCheckpointError
 from fer_flax.run.interrupts import TrainingInterrupted
 from fer_flax.run.lock import WorkdirLockedError
@@ -235,6 +234,9 @@ _default_format_warning = warnings.formatwarning
 
 
 def _start(command: Command) -> None:
+    # Imported here: runtime imports JAX, which --help and the commands that run no JAX never need.
+    from fer_flax import runtime
+
     f = flags.FLAGS
     distributed = {}
     if command.multi_process:
@@ -264,5 +266,7 @@ def _run_main(command: Command, main: Callable[[list[str]], Any], argv: list[str
     except (*EXPECTED_ERRORS, *command.expected_errors) as e:
         fail(e)
     if command.start_jax:
+        from fer_flax import runtime
+
         runtime.shutdown()
     return result

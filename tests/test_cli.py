@@ -54,6 +54,10 @@ def _commands(tmp: Path) -> dict[str, dict]:
             required=["--workdir", ABSENT, "--out", str(tmp / "export")],
             failing=["--workdir", ABSENT, "--out", str(tmp / "export")],
         ),
+        "fer_flax.bundle": dict(
+            module="fer_flax.inference.bundle", flag="--dtype", arguments=False,
+            required=["--workdir", ABSENT], failing=["--workdir", ABSENT, "--out", str(tmp / "bundle")],
+        ),
         "fer_flax.explain": dict(
             module="fer_flax.inference.explain", flag="--methods", arguments=True,
             required=["--workdir", ABSENT, "--out", str(tmp / "explain")],
@@ -202,3 +206,22 @@ def test_the_runner_gives_what_python_m_gives(results):
     forked = results["fer_flax.main", "help"]
     assert real.returncode == forked["returncode"]
     assert (real.stdout, real.stderr) == (forked["stdout"], forked["stderr"])
+
+
+def test_help_of_predict_imports_no_jax():
+    # Help in a second, not after JAX's start-up: the command module imports JAX only to run.
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['fer_flax.predict', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('fer_flax.predict', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'orbax', 'optax'}\n"
+        "print(sorted(heavy), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stderr.strip() == "[]", done.stderr[-3000:]
+    assert done.stdout.startswith("Classify faces") and "--workdir" in done.stdout

@@ -7,7 +7,9 @@ installed distribution holds. The run is `tests/fixtures/old_run` (see tests/fix
 trained by fer_flax at commit d87d3a4, its config.json lacks every key added since (`eval_tta`,
 `ema`, `mix`, `distill`, `data.pipeline`, ...), and its best checkpoint predates the selection record
 and checksum manifests. Its own metrics.jsonl says what the same weights scored on the same
-(synthetic) validation faces; evaluation today must give exactly that.
+(synthetic) validation faces; evaluation today must give exactly that. The same run, bundled into the
+sources before the build (`fer_flax.bundle`), must come with the install as package data and be what
+`predict` uses without a workdir.
 """
 
 import json
@@ -24,6 +26,7 @@ from PIL import Image
 
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.data.synthetic import generate_synthetic
+from fer_flax.inference import bundle
 from tests.helpers import REPO
 
 OLD_RUN = REPO / "tests" / "fixtures" / "old_run"
@@ -80,6 +83,10 @@ def test_installed_package_evaluates_and_predicts_with_a_run_of_an_older_version
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "fer_flax", source / "fer_flax", ignore=shutil.ignore_patterns("__pycache__"))
+    workdir = tmp_path / "old_run"
+    shutil.copytree(OLD_RUN, workdir)
+    shutil.rmtree(source / "fer_flax" / "bundled", ignore_errors=True)  # the repository's own, if any
+    bundle.build(str(workdir), source / "fer_flax" / "bundled", dtype="float32", announce=lambda *_: None)
     # fer_flax alone goes into the venv, by the pip it sees (this environment's).
     venv = tmp_path / "venv"
     python = _make_venv(venv)
@@ -98,8 +105,7 @@ def test_installed_package_evaluates_and_predicts_with_a_run_of_an_older_version
     assert installed.is_relative_to(venv.resolve()), installed
     assert not installed.is_relative_to(REPO), installed
 
-    workdir = tmp_path / "old_run"
-    shutil.copytree(OLD_RUN, workdir)
+    assert (installed.parent / "bundled" / "weights.msgpack").is_file()
     report_path = tmp_path / "report.json"
     _run([python, "-m", "fer_flax.evaluate", f"--workdir={workdir}", f"--out={report_path}"], elsewhere, env)
     report = json.loads(report_path.read_text())
@@ -129,3 +135,10 @@ def test_installed_package_evaluates_and_predicts_with_a_run_of_an_older_version
     (face,) = result["faces"]
     assert face["label"] == CLASS_NAMES[recalled]
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+
+    # No workdir: the bundled model, the same weights (stored in float32), the same probabilities.
+    command = [python, "-m", "fer_flax.predict", "--format=json", tmp_path / "face.png"]
+    (result,) = json.loads(_run(command, elsewhere, env).stdout)
+    (bundled_face,) = result["faces"]
+    for name, p in face["probabilities"].items():
+        assert bundled_face["probabilities"][name] == pytest.approx(p, abs=1e-6)

@@ -30,12 +30,20 @@ __all__ = [
     "default_cache_dir",
     "load_splits",
     "resolve_spec",
+    "user_cache_dir",
 ]
 
 
 def default_cache_dir(workdir: str) -> str:
     """Parsed arrays are cached beside the workdir, so every run in a parent folder shares them."""
     return os.path.join(os.path.dirname(os.path.abspath(workdir)), ".fer_flax_cache")
+
+
+def user_cache_dir() -> str:
+    """The user's cache folder for parsed arrays when there is no workdir to put them beside (the
+    bundled model's evaluations): `$XDG_CACHE_HOME/fer_flax`, by default `~/.cache/fer_flax`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fer_flax")
 
 
 def load_splits(

@@ -29,6 +29,12 @@ SYNTHETIC_NOTICE = (
     "(procedurally drawn, FER2013-like class imbalance). To train on real FER2013 add "
     "--config.data.path=/path/to/fer2013.csv[.gz] (or an image-folder tree / .tar.gz of one)."
 )
+# What predict says of a model trained on them: confident labels that mean nothing for real faces.
+SYNTHETIC_MODEL_NOTICE = (
+    "NOTE: this model was trained on fer_flax's built-in SYNTHETIC faces (procedurally drawn), not on "
+    "real faces: its labels for real photos mean nothing. Use a run trained on real FER2013 "
+    "(--config.data.path=/path/to/fer2013.csv[.gz]), or the bundled model (no --workdir)."
+)
 # The keys that describe an image-folder set; other formats define their own classes and images.
 FOLDER_KEYS: tuple[str, ...] = ("classes", "class_folders", "image_size", "channels", "convert_images")
 # Archive members looked at to recognise FER+ (its split folders come first in any archive of it).

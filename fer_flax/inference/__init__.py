@@ -1,3 +1,4 @@
 """Using a trained model: the one inference path (`engine`), evaluate, predict, export, explain and
-saliency, face detection (`faces`), photos, video, webcam and annotation. Imports `run` and the layers
-below it, never `training` or `research`."""
+saliency, face detection (`faces`), photos, video, webcam and annotation, the Python API
+(`recognizer.Recognizer`) and the bundled model's command and card (`bundle`, `model_card`). Imports
+`run` and the layers below it, never `training` or `research`."""

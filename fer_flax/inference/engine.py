@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from fer_flax.core import forward, input_pipeline, metrics, parallel, tta
 from fer_flax.data import CLASS_NAMES, ArraySplit
-from fer_flax.run import trained
+from fer_flax.run import bundled, trained
 from fer_flax.run.trained import Restored
 
 
@@ -131,13 +131,14 @@ def member_probabilities(
 
 
 def load_members(
-    workdirs: Sequence[str],
+    workdirs: Sequence[str] | None,
     checkpoint: str | int = "best",
     *,
     mesh: jax.sharding.Mesh | None = None,
     weights: str = "raw",
 ) -> list[Restored]:
-    """Each workdir's model and variables (`trained.restore`): one member of an evaluation."""
+    """Each workdir's model and variables (`trained.restore`): one member of an evaluation. No
+    workdirs: the model bundled with the package (`run.bundled`), the one member."""
     if not workdirs:
-        raise ValueError("at least one workdir is needed")
+        return [bundled.load_model(None, checkpoint, mesh=mesh, weights=weights)]
     return [trained.restore(w, checkpoint, mesh=mesh, weights=weights) for w in workdirs]

@@ -4,13 +4,15 @@ Command:
   python -m fer_flax.evaluate --workdir W [--workdir W2 ...] [--checkpoint best|latest|STEP]
       [--weights raw|ema] [--data PATH] [--split train|val|test] [--tta none|flip|tencrop]
       [--class_map by_name|DATA=MODEL,...] [--out report.json]
+  python -m fer_flax.evaluate --data PATH [--split ...] [--tta ...] [--out report.json]   # bundled model
 
 It reads the run's config from `W/config.json`, restores only what inference needs (params and
 batch statistics; no optimizer state), runs every example of the split exactly once (padded, masked
 batches), prints a summary and writes a JSON report plus `<report>.confusion.png` and
 `<report>.reliability.png` beside it. Without `--out` the report goes to
 `W/eval/<split>-<checkpoint>-<tta>.json` (`<split>-<checkpoint>-ema-<tta>.json` for `--weights ema`),
-where `fer_flax.research.leaderboard` finds it.
+where `fer_flax.research.leaderboard` finds it. Without `--workdir` the model bundled with fer_flax
+(`fer_flax.run.bundled`) is evaluated on `--data`, and its report is written only where `--out` says.
 
 A run trained with an EMA (`config.ema.decay > 0`) keeps both weight sets in its full checkpoints:
 `--weights ema` with `--checkpoint latest|STEP` evaluates the EMA ones. Its `best/` checkpoint holds
@@ -43,7 +45,7 @@ from fer_flax.base import output_paths
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import class_mapping, metrics, parallel, tta
-from fer_flax.data import ArraySplit, default_cache_dir, load_splits
+from fer_flax.data import ArraySplit, default_cache_dir, load_splits, user_cache_dir
 from fer_flax.data.splits import SPLITS
 from fer_flax.inference import engine as inference
 from fer_flax.run import trained
@@ -124,6 +126,11 @@ def evaluate_split(
 def resolve_data_config(members: Sequence[Restored], data_path: str | None) -> ConfigDict:
     """The data config to evaluate on: the first run's, with `data_path` (any FER2013 CSV or image
     folder) replacing its source. Without `data_path`, the members must agree on their data."""
+    if data_path is None and members[0].bundled:
+        raise ValueError(
+            "the bundled model (used without --workdir) carries no data: pass --data PATH, the FER2013 "
+            "CSV (.csv or .csv.gz) or its image folders"
+        )
     base = members[0].config.data.to_dict()
     if data_path is not None:
         base["path"] = data_path
@@ -143,13 +150,20 @@ def resolve_data_config(members: Sequence[Restored], data_path: str | None) -> C
 
 
 def load_eval_split(
-    members: Sequence[Restored], split: str, data_path: str | None = None, *, announce: Callable = print
+    members: Sequence[Restored],
+    split: str,
+    data_path: str | None = None,
+    *,
+    announce: Callable = print,
+    cache_dir: str | None = None,
 ) -> tuple[ArraySplit, ConfigDict]:
     """Reads only `split` from `data_path` (or the run's own data). A source that holds only that
-    split is fine: the readers parse nothing else."""
+    split is fine: the readers parse nothing else. Parsed arrays are cached in `cache_dir`, else the
+    run's `data.cache_dir`, else beside the workdir (the user's cache folder for the bundled model)."""
     config_schema.check_choice("--split", split, SPLITS)
     data_config = resolve_data_config(members, data_path)
-    cache_dir = data_config.cache_dir or default_cache_dir(members[0].workdir)
+    beside = user_cache_dir() if members[0].bundled else default_cache_dir(members[0].workdir)
+    cache_dir = cache_dir or data_config.cache_dir or beside
     try:
         # Evaluation scores majority labels, which every source has, whatever the run trained on.
         loaded = load_splits(
@@ -256,7 +270,7 @@ def write_report(report: dict, out_path: str, *, figures: bool = True) -> dict[s
 
 
 def evaluate_workdirs(
-    workdirs: Sequence[str],
+    workdirs: Sequence[str] | None,
     *,
     checkpoint: str | int = "best",
     split: str = "val",
@@ -271,7 +285,8 @@ def evaluate_workdirs(
     class_map: str | None = None,
 ) -> dict:
     """The whole command as a library call: restore, read the split, evaluate, write the report.
-    `weights`: "raw" or "ema" (the EMA weights of checkpoint 'latest' or a step; see
+    No `workdirs`: the bundled model (`run.bundled`), which needs `data_path`; its report is written
+    only to `out`. `weights`: "raw" or "ema" (the EMA weights of checkpoint 'latest' or a step; see
     `trained.restore`). `class_map`: see `fer_flax.core.class_mapping`.
 
     Returns the report (as written to JSON, with a `files` entry)."""
@@ -309,7 +324,10 @@ def evaluate_workdirs(
         "workdirs": [m.workdir for m in members],
         **report,
     }
-    if jax.process_index() == 0:
+    if out is None and workdirs:
+        out = default_report_path(workdirs, split, which, tta_mode, weights, mapped=class_map is not None)
+    report["files"] = {}  # the bundled model's report is written only where --out says
+    if jax.process_index() == 0 and out is not None:
         report["files"] = write_report(report, out, figures=figures)
     return report
 
@@ -325,7 +343,10 @@ def define_flags() -> None:
     """Command-line flags, defined only when run as a program: the library is importable next to
     other programs' flags (fer_flax.main also has --workdir)."""
     flags.DEFINE_multi_string(
-        "workdir", None, "Training workdir; repeat the flag for an ensemble (probabilities averaged)."
+        "workdir",
+        None,
+        "Training workdir; repeat the flag for an ensemble (probabilities averaged). Without it: the "
+        "model bundled with fer_flax (with --data).",
     )
     flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
     flags.DEFINE_enum(
@@ -349,7 +370,6 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("out", None, "Report path (.json); default <workdir>/eval/<split>-<ckpt>-<tta>.json")
     flags.DEFINE_integer("batch_size", None, "Global batch size; default: the run's eval_batch_size.")
-    flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
@@ -370,4 +390,5 @@ def main(argv: list[str]) -> None:
     )
     if jax.process_index() == 0:
         print(format_report(report))
-        print("Wrote " + ", ".join(report["files"].values()))
+        if report["files"]:
+            print("Wrote " + ", ".join(report["files"].values()))

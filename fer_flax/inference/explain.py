@@ -1,10 +1,16 @@
 """What a trained model looks at: saliency maps over faces, as PNG grids grouped by class.
 
 Command:
-  python -m fer_flax.explain --workdir W --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
+  python -m fer_flax.explain [--workdir W] --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
       [--data PATH] [--split val] [--n 32]                  # N faces of a split, every class, or
-      [IMAGE_OR_FOLDER ...]                                  # face crops (inference.image_io, no detection)
+      [--faces auto|detect|whole] [--margin 0.125] [IMAGE_OR_FOLDER ...]   # the faces in images
       [--methods gradcam,smoothgrad] [--samples 16] [--noise 0.15] [--seed 0]
+
+Without --workdir the model bundled with fer_flax is explained (`fer_flax.run.bundled`; faces of a
+split then need --data). Images are searched for faces as `predict` searches them
+(`photos.find_faces`): every face of a photo is found, cropped like FER2013's faces and explained on
+its own (`<file>#<k>`); a 48x48 image is taken as a face crop already (`--faces auto`); `--faces
+whole` takes every image as one face, stretched to 48x48.
 
 Maps (`inference.saliency`): Grad-CAM on the last convolutional stage for the conv families, attention
 rollout for the ViTs (the default for each), gradient × input and SmoothGrad for every family. Each map
@@ -21,9 +27,11 @@ DIR receives, all at once (an earlier DIR of this command is replaced, anything 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import jax
 import matplotlib
@@ -33,9 +41,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from fer_flax import cli
 from fer_flax.core import parallel
+from fer_flax.data import sources
 from fer_flax.data.splits import CLASS_NAMES
-from fer_flax.inference import evaluate, image_io, saliency
-from fer_flax.run import trained
+from fer_flax.inference import evaluate, image_io, photos, saliency
+from fer_flax.inference.faces import crop as crop_lib
+from fer_flax.inference.faces.classify import FaceClassifier
+from fer_flax.inference.faces.detect import DETECTORS, MissingDependencyError, make_detector
+from fer_flax.run import bundled
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
 from fer_flax.run.trained import Restored
 
@@ -51,18 +63,59 @@ TITLES = {
 }
 
 
+def faces_in_images(
+    restored: Restored,
+    paths: Sequence[str],
+    *,
+    faces: str = "auto",
+    detector: str = "haar",
+    margin: float = crop_lib.FER2013_MARGIN,
+    log: Callable[[str], object] = print,
+) -> tuple[np.ndarray, list[str]]:
+    """(uint8 faces [N, 48, 48], a name per face) of image files and folders, found and cropped as
+    `predict` finds them (`photos.find_faces`, `faces` auto|detect|whole): `<file>` for an image taken
+    whole, `<file>#<k>` for the k-th face found in it. An image without a face is skipped with a line
+    saying so; an unreadable one raises an error naming it."""
+    files = image_io.collect_inputs(paths)
+    if not files:
+        raise ValueError(f"no PNG/JPEG images found in {', '.join(paths)}")
+    classifier = FaceClassifier([restored])
+    get_detector = functools.cache(lambda: make_detector(detector))
+    crops, names = [], []
+    for file in files:
+        image = image_io.open_image(file)
+        found_by, boxes, face_crops = photos.find_faces(
+            image, faces=faces, detector=get_detector, classifier=classifier, margin=margin
+        )
+        if not boxes:
+            log(f"{file}: no face found")
+        names += [file] if found_by is None else [f"{file}#{k}" for k in range(1, len(boxes) + 1)]
+        crops.append(face_crops)
+    if not names:
+        raise ValueError(f"no face found in {len(files)} image(s); --faces whole explains each image whole")
+    return np.concatenate(crops), names
+
+
 def load_faces(
-    restored: Restored, paths: Sequence[str], *, split: str, data_path: str | None, n: int, seed: int = 0
+    restored: Restored,
+    paths: Sequence[str],
+    *,
+    split: str,
+    data_path: str | None,
+    n: int,
+    seed: int = 0,
+    faces: str = "auto",
+    detector: str = "haar",
+    margin: float = crop_lib.FER2013_MARGIN,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """(uint8 faces [N, 48, 48], true labels or None, a name per face): the image files given, or
-    else `n` examples of `split` spread over its classes (`balanced_sample`). An unreadable image
-    raises an error naming it."""
+    """(uint8 faces [N, 48, 48], true labels or None, a name per face): the faces in the image files
+    given (`faces_in_images`), or else `n` examples of `split` spread over its classes
+    (`balanced_sample`)."""
     if paths:
-        files = image_io.collect_inputs(paths)
-        if not files:
-            raise ValueError(f"no PNG/JPEG images found in {', '.join(paths)}")
-        faces = [image_io.fit_whole(image_io.open_image(f).convert("L")) for f in files]
-        return np.stack(faces), None, files
+        if sources.resolve_format(restored.config.data) == "synthetic":
+            print(sources.SYNTHETIC_MODEL_NOTICE, file=sys.stderr)
+        crops, names = faces_in_images(restored, paths, faces=faces, detector=detector, margin=margin)
+        return crops, None, names
     if n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     data, _ = evaluate.load_eval_split([restored], split, data_path)
@@ -206,7 +259,7 @@ def write_outputs(
 
 
 def run(
-    workdir: str,
+    workdir: str | None,
     out: str,
     paths: Sequence[str] = (),
     *,
@@ -219,14 +272,28 @@ def run(
     samples: int = saliency.SMOOTHGRAD_SAMPLES,
     noise: float = saliency.SMOOTHGRAD_NOISE,
     seed: int = 0,
+    faces: str = "auto",
+    detector: str = "haar",
+    margin: float = crop_lib.FER2013_MARGIN,
 ) -> str:
-    """Explains the faces and writes DIR (see the module docstring); returns its absolute path."""
+    """Explains the faces and writes DIR (see the module docstring); returns its absolute path.
+    `workdir` None: the bundled model."""
     check_replaceable(out, MARKER, "fer_flax.explain")  # before any work
     # One device: the maps are small work, and replicated variables would repeat it on every device.
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    restored = trained.restore(workdir, checkpoint, mesh=mesh, weights=weights)
+    restored = bundled.load_model(workdir, checkpoint, mesh=mesh, weights=weights)
     methods = saliency.check_methods(restored.model, methods or saliency.default_methods(restored.model))
-    faces, labels, names = load_faces(restored, paths, split=split, data_path=data_path, n=n, seed=seed)
+    faces, labels, names = load_faces(
+        restored,
+        paths,
+        split=split,
+        data_path=data_path,
+        n=n,
+        seed=seed,
+        faces=faces,
+        detector=detector,
+        margin=margin,
+    )
     result = explain_faces(restored, faces, methods=methods, samples=samples, noise=noise, seed=seed)
     with StagedOutputs(out, replaces=MARKER) as staged:
         files = write_outputs(staged, faces, labels, names, result, methods)
@@ -236,13 +303,15 @@ def run(
     return out
 
 
-# Face crops as positional arguments. Absl logging at ERROR: Orbax warns about every read-only
-# checkpoint folder it opens.
-COMMAND = cli.Command(arguments=True, log_level="error")
+# Images as positional arguments. Absl logging at ERROR: Orbax warns about every read-only checkpoint
+# folder it opens. No face detector (OpenCV) is the user's to fix, like a missing file: one line.
+COMMAND = cli.Command(arguments=True, log_level="error", expected_errors=(MissingDependencyError,))
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "Training workdir of the model to explain.")
+    flags.DEFINE_string(
+        "workdir", None, "Training workdir of the model to explain (default: the bundled model)."
+    )
     flags.DEFINE_string("out", None, "Folder for the grids, explanations.json and maps.npz.")
     flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
     flags.DEFINE_enum("weights", "raw", ["raw", "ema"], "The run's raw or EMA weights.")
@@ -253,7 +322,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("samples", saliency.SMOOTHGRAD_SAMPLES, "SmoothGrad's noisy copies per face.")
     flags.DEFINE_float("noise", saliency.SMOOTHGRAD_NOISE, "SmoothGrad's noise, as a fraction of the range.")
     flags.DEFINE_integer("seed", 0, "Seed of the faces picked from --split and of SmoothGrad's noise.")
-    flags.mark_flags_as_required(["workdir", "out"])
+    flags.DEFINE_enum(
+        "faces", "auto", list(photos.FACE_MODES), "Images: find faces (auto: not in 48x48 crops), or whole."
+    )
+    flags.DEFINE_enum("detector", "haar", list(DETECTORS), "Face detector.")
+    flags.DEFINE_float("margin", crop_lib.FER2013_MARGIN, "Margin around a detected face, of its side.")
+    flags.mark_flag_as_required("out")
 
 
 def main(argv: list[str]) -> None:
@@ -272,4 +346,7 @@ def main(argv: list[str]) -> None:
         samples=f.samples,
         noise=f.noise,
         seed=f.seed,
+        faces=f.faces,
+        detector=f.detector,
+        margin=f.margin,
     )

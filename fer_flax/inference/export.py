@@ -1,8 +1,10 @@
 """A trained run as a portable model that runs without fer_flax: a `jax.export` artifact and ONNX.
 
 Command:
-  python -m fer_flax.export --workdir W --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
+  python -m fer_flax.export [--workdir W] --out DIR [--checkpoint best|latest|STEP] [--weights raw|ema]
       [--tta run|none|flip|tencrop] [--formats jax,onnx] [--platforms cpu,cuda]
+
+Without --workdir the model bundled with fer_flax is exported (`fer_flax.run.bundled`).
 
 The exported function takes uint8 grayscale faces [B, 48, 48], any batch size B, and returns float32
 class probabilities [B, 7] (in `CLASS_NAMES` order). Inside: the inference preprocessing
@@ -17,7 +19,8 @@ DIR (written all at once; an earlier export there is replaced, anything else is 
   model.onnx       ONNX (input "images" uint8 [B, 48, 48], output "probabilities"), converted by
                    jax2onnx (the optional `onnx` extra); see docs/explain-and-export.md for what it
                    cannot convert
-  load_model.py    a loader and runner that imports only jax and numpy
+  load_model.py    a loader and runner that needs only jax, numpy and flatbuffers (which
+                   `jax.export.deserialize` imports and jax does not install)
   model.json       what the files hold: input, output, class names, TTA, source run, versions, checks
 
 Without --formats, the ONNX model is written when the `onnx` extra is installed and the model converts,
@@ -45,12 +48,13 @@ import numpy as np
 from absl import flags
 
 from fer_flax import cli
+from fer_flax.base.extras import install_extra
 from fer_flax.config import choices as config_choices
 from fer_flax.config import schema as config_schema
 from fer_flax.core import forward, parallel, tta
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE
 from fer_flax.inference import engine as inference
-from fer_flax.run import trained
+from fer_flax.run import bundled
 from fer_flax.run.staged_outputs import StagedOutputs, check_replaceable
 from fer_flax.run.trained import Restored
 
@@ -62,9 +66,11 @@ JAX_TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 23
 PROBE_BATCH = 5  # odd, so no batch size of the export's own tracing is special
-ONNX_EXTRA_HINT = "install the optional extra: pip install 'fer_flax[onnx]'"
+ONNX_EXTRA_HINT = f"install the optional extra: {install_extra('onnx')}"
 
-LOADER = '''"""Runs an exported fer_flax model with jax alone (no fer_flax needed).
+LOADER = '''"""Runs an exported fer_flax model without fer_flax: it needs jax, numpy and flatbuffers
+(`pip install jax numpy flatbuffers`; jax's deserializer imports flatbuffers, which jax does not
+install).
 
     python load_model.py faces.npy [probabilities.npy]
 
@@ -76,6 +82,11 @@ then `exported.call(faces)`.
 import json
 import pathlib
 import sys
+
+try:
+    import flatbuffers  # noqa: F401  (jax.export's deserializer needs it; jax does not install it)
+except ImportError:
+    sys.exit("load_model.py needs flatbuffers, which jax does not install: pip install flatbuffers")
 
 import numpy as np
 from jax import export
@@ -317,7 +328,7 @@ COMMAND = cli.Command(log_level="error")
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "Training workdir of the model to export.")
+    flags.DEFINE_string("workdir", None, "Training workdir of the model (default: the bundled model).")
     flags.DEFINE_string("out", None, "Folder for the exported model.")
     flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
     flags.DEFINE_enum("weights", "raw", list(config_choices.WEIGHT_SETS), "The run's raw or EMA weights.")
@@ -327,7 +338,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("crop_size", tta.DEFAULT_CROP_SIZE, "Ten-crop crop side (of 48).")
     flags.DEFINE_list("formats", None, "Of jax, onnx (default: jax, and onnx where it can be made).")
     flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "Platforms the jax.export artifact runs on.")
-    flags.mark_flags_as_required(["workdir", "out"])
+    flags.mark_flag_as_required("out")
 
 
 def main(argv: list[str]) -> None:
@@ -336,7 +347,7 @@ def main(argv: list[str]) -> None:
     # Expected errors (a missing workdir, damaged checkpoints, a refused --out): one line, via cli.
     check_replaceable(f.out, MARKER, "fer_flax.export")  # before the model is restored
     mesh = parallel.make_mesh(jax.local_devices()[:1])
-    restored = trained.restore(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
+    restored = bundled.load_model(f.workdir, f.checkpoint, mesh=mesh, weights=f.weights)
     info = export_run(
         restored,
         f.out,

@@ -31,17 +31,23 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode == "I" or im.mode.startswith("I;16"):
-                # 16-bit grayscale PNG (Pillow opens it as I;16, or I in older versions).
-                wide = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L")
-            im.load()
-            return im
+            return upright_8bit(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         # Pillow reports unreadable and truncated files as OSError (UnidentifiedImageError) and some
         # malformed headers as ValueError or SyntaxError.
         raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def upright_8bit(im: Image.Image) -> Image.Image:
+    """`im` turned upright by its EXIF orientation, 16-bit grayscale scaled to 8 bits (an image
+    decoded elsewhere, e.g. a PIL image handed to the Python API, gets what `open_image` does)."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        # 16-bit grayscale PNG (Pillow opens it as I;16, or I in older versions).
+        wide = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L")
+    im.load()
+    return im
 
 
 def to_gray(im: Image.Image) -> np.ndarray:

@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -38,9 +39,11 @@ from PIL import Image
 from fer_flax.base.errors import check_choice
 from fer_flax.inference import annotate, image_io
 from fer_flax.inference.faces import crop as crop_lib
-from fer_flax.inference.faces.classify import FaceClassifier, FacePrediction
 from fer_flax.inference.faces.detect import Box, FaceDetector
 from fer_flax.run.staged_outputs import StagedOutputs
+
+if TYPE_CHECKING:  # the classifier's module imports JAX: `predict --help` needs none
+    from fer_flax.inference.faces.classify import FaceClassifier, FacePrediction
 
 FACE_MODES: tuple[str, ...] = ("auto", "detect", "whole")
 CHUNK_FACES = 64

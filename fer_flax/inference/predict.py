@@ -1,11 +1,15 @@
 """Classify faces in photos, face crops, videos and a webcam with a trained checkpoint.
 
 Command:
-  python -m fer_flax.predict --workdir W [--workdir W2 ...] [--checkpoint best|latest|STEP]
+  python -m fer_flax.predict [--workdir W [--workdir W2 ...]] [--checkpoint best|latest|STEP]
       [--tta none|flip|tencrop] [--faces auto|detect|whole] [--margin 0.125] [--fit stretch|center_crop]
       [--out_dir DIR] [--out preds.json|preds.csv] [--format table|json|csv]
       [--every N] [--annotate_video] PATH [PATH ...]
-  python -m fer_flax.predict --workdir W --webcam 0
+  python -m fer_flax.predict [--workdir W] --webcam 0
+
+Without --workdir the model bundled with fer_flax is used (`fer_flax.run.bundled`; its card is
+fer_flax/bundled/MODEL_CARD.md). A model trained on the built-in synthetic faces gets a note on stderr:
+its labels for real photos mean nothing.
 
 PATH is an image file, a folder (searched recursively for *.png, *.jpg, *.jpeg; hidden files are
 skipped) or a video file (.mp4, .avi, .mov, ...). Photos of any size and colour go through face
@@ -35,19 +39,20 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import app, flags
 
 from fer_flax import cli
 from fer_flax.base import output_paths
+from fer_flax.base.atomic_files import write_text
 from fer_flax.base.errors import check_choice
-from fer_flax.core import tta
+from fer_flax.config.choices import TTA_MODES
+from fer_flax.data import sources
 from fer_flax.data.spec import FER2013, DataSpec
-from fer_flax.inference import engine as inference
 from fer_flax.inference import photos, video, webcam
 from fer_flax.inference.faces import crop as crop_lib
-from fer_flax.inference.faces.classify import FaceClassifier
 from fer_flax.inference.faces.detect import DETECTORS, MissingDependencyError, make_detector
 from fer_flax.inference.image_io import (
     FIT_MODES,
@@ -56,8 +61,12 @@ from fer_flax.inference.image_io import (
     fit_whole,
     open_image,
 )
-from fer_flax.run import trained, workdir
-from fer_flax.run.trained import Restored
+
+# The modules that import JAX are imported where they are used, so that `--help` and the printing
+# of results start no JAX.
+if TYPE_CHECKING:
+    from fer_flax.inference.faces.classify import FaceClassifier
+    from fer_flax.run.trained import Restored
 
 OUTPUT_FORMATS: tuple[str, ...] = ("table", "json", "csv")
 
@@ -75,11 +84,15 @@ def classify(
     *,
     batch_size: int | None = None,
     tta_mode: str = "none",
-    crop_size: int = tta.DEFAULT_CROP_SIZE,
+    crop_size: int | None = None,
     fit: str = "stretch",
 ) -> list[dict]:
     """One result per input file, in order: {"path", "label", "probabilities": {class: p}} or
-    {"path", "error"}, in the classes (and at the image size) the models were trained with."""
+    {"path", "error"}, in the classes (and at the image size) the models were trained with.
+    `crop_size`: the ten-crop side (default `tta.DEFAULT_CROP_SIZE`)."""
+    from fer_flax.core import tta
+    from fer_flax.inference import engine as inference
+
     spec = members[0].spec
     results: list[dict] = []
     images, ok = [], []
@@ -96,7 +109,7 @@ def classify(
             np.stack(images),
             batch_size=batch_size or members[0].config.eval_batch_size,
             tta_mode=tta_mode,
-            crop_size=crop_size,
+            crop_size=crop_size or tta.DEFAULT_CROP_SIZE,
         )
         for i, p in zip(ok, probs, strict=True):
             results[i]["label"] = spec.class_names[int(np.argmax(p))]
@@ -189,9 +202,11 @@ COMMAND = cli.Command(
 
 
 def define_flags() -> None:
-    flags.DEFINE_multi_string("workdir", None, "Training workdir; repeat for an ensemble.")
+    flags.DEFINE_multi_string(
+        "workdir", None, "Training workdir; repeat for an ensemble. Without it: the bundled model."
+    )
     flags.DEFINE_string("checkpoint", "best", "'best' (by val accuracy), 'latest' or a step number.")
-    flags.DEFINE_enum("tta", None, list(tta.TTA_MODES), "TTA; default: the run's eval_tta.")
+    flags.DEFINE_enum("tta", None, list(TTA_MODES), "TTA; default: the run's eval_tta.")
     flags.DEFINE_integer("crop_size", None, "Ten-crop crop side (default: the run's augment.crop_size).")
     flags.DEFINE_enum("faces", "auto", list(photos.FACE_MODES),
                       "auto: detect faces except in 48x48 crops; detect: always; whole: never.")  # fmt: skip
@@ -205,7 +220,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("every", 1, "Videos: classify every N-th frame.")
     flags.DEFINE_bool("annotate_video", False, "Videos: also write an annotated video.")
     flags.DEFINE_integer("webcam", None, "Open camera INDEX in a live window instead of reading files.")
-    flags.mark_flag_as_required("workdir")
 
 
 def make_classifier(
@@ -215,6 +229,8 @@ def make_classifier(
     batch_size: int | None = None,
 ) -> FaceClassifier:
     """The run's test-time augmentation (eval_tta and its ten-crop size) unless overridden."""
+    from fer_flax.inference.faces.classify import FaceClassifier
+
     config = members[0].config
     return FaceClassifier(
         members,
@@ -288,7 +304,12 @@ def main(argv: list[str]) -> None:
     if f.out_dir:
         output_paths.check_folder("--out_dir", f.out_dir, staged=True)
     camera = webcam.check_available(f.webcam) if f.webcam is not None else None
-    members = inference.load_members(f.workdir, f.checkpoint)
+    from fer_flax.inference import engine
+    from fer_flax.run import trained
+
+    members = engine.load_members(f.workdir, f.checkpoint)  # no --workdir: the bundled model
+    if any(sources.resolve_format(m.config.data) == "synthetic" for m in members):
+        print(sources.SYNTHETIC_MODEL_NOTICE, file=sys.stderr)
     which = trained.parse_checkpoint(f.checkpoint)
     for m in members:  # on stderr: stdout holds the predictions, as JSON or CSV if asked
         model = f"{m.config.model_name}/{m.config.model.variant}"
@@ -305,7 +326,7 @@ def main(argv: list[str]) -> None:
     if records:
         print(render(records, f.format or "table"))
         if f.out:
-            workdir.write_text(f.out, render(records, file_format))
+            write_text(f.out, render(records, file_format))
     for summary in summaries:
         print(describe_video(summary))
     for r in records:

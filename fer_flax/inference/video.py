@@ -23,17 +23,20 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from fer_flax.inference import annotate
 from fer_flax.inference.faces import crop as crop_lib
-from fer_flax.inference.faces.classify import FaceClassifier, FacePrediction
 from fer_flax.inference.faces.detect import Box, FaceDetector, import_cv2
 from fer_flax.inference.faces.track import IoUTracker
 from fer_flax.run import plots
 from fer_flax.run.staged_outputs import StagedOutputs
+
+if TYPE_CHECKING:  # the classifier's module imports JAX: `predict --help` needs none
+    from fer_flax.inference.faces.classify import FaceClassifier, FacePrediction
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 CHUNK_FRAMES = 16

@@ -1,6 +1,6 @@
 """A live window: camera frames with each face's box, label and probability bars.
 
-Needs the GUI build of OpenCV (`pip install "fer_flax[webcam]"`, which installs `opencv-python`; it
+Needs the GUI build of OpenCV (`pip install -e ".[webcam]"`, which installs `opencv-python`; it
 replaces the headless build of the `photos` extra, which has no windows), a display and a camera.
 `check_available` says which of the three is missing before any model is loaded. Press q or Esc (or
 close the window) to stop.
@@ -12,14 +12,18 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from fer_flax.base.extras import install_extra
 from fer_flax.inference import annotate
 from fer_flax.inference.faces import crop as crop_lib
-from fer_flax.inference.faces.classify import FaceClassifier
 from fer_flax.inference.faces.detect import FaceDetector, import_cv2
+
+if TYPE_CHECKING:  # the classifier's module imports JAX: `predict --help` needs none
+    from fer_flax.inference.faces.classify import FaceClassifier
 
 WEBCAM_EXTRA = "webcam"
 WINDOW = "fer_flax (q to quit)"
@@ -41,7 +45,7 @@ def check_available(index: int):
     if gui_backend(cv2) == "NONE":
         raise WebcamUnavailable(
             f"--webcam needs a build of OpenCV with windows; this one ({cv2.__version__}) is headless. "
-            f'pip uninstall opencv-python-headless && pip install "fer_flax[{WEBCAM_EXTRA}]"'
+            f"pip uninstall opencv-python-headless && {install_extra(WEBCAM_EXTRA)}"
         )
     has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
     if sys.platform.startswith("linux") and not has_display:

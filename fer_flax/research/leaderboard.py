@@ -4,15 +4,18 @@ Command:
   python -m fer_flax.leaderboard workdirs/ [more workdirs or parents ...] [--out leaderboard.md]
 
 Every folder holding a `config.json` under the given paths is a run (checkpoint, eval and wandb
-folders are not searched). One row per run: model, variant, parameters, best validation accuracy
+folders are not searched). One row per run: its data set and class count, model, variant, parameters,
+best validation accuracy
 and the validation macro-F1 and balanced accuracy at that checkpoint (from `metrics.jsonl`), the
 test metrics where `fer_flax.evaluate --split test` has written a report for the best checkpoint into
 `<run>/eval/` (TTA `none` preferred; another TTA is named in the cell), training time and
 training throughput.
 
-Rows are ranked by validation accuracy only. Test figures are shown for reading, never used to rank
-or select: choosing the model with the best test score would turn the test set into a second
-validation set.
+Rows are ranked by validation accuracy within each data set (the file or folder trained on, and its
+class count): accuracies on different data sets or class sets do not compare, so the synthetic demo's
+0.99 never ranks above a FER2013 or FER+ run. Data sets come in alphabetical order, the synthetic
+faces last. Test figures are shown for reading, never used to rank or select: choosing the model with
+the best test score would turn the test set into a second validation set.
 
 Training time is the sum of the logged training windows' `train/seconds` in `metrics.jsonl`: the time
 spent in training steps (compilation included) by every invocation of a resumed run, less the work a
@@ -33,11 +36,14 @@ from absl import app, flags
 
 from fer_flax import cli
 from fer_flax.base import atomic_files, output_paths
+from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.run import tracking
 from fer_flax.run import workdir as workdir_lib
 
 _SKIP_DIRS = {"checkpoints", "best", "eval", "wandb"}
 _TTA_PREFERENCE = ("none", "flip", "tencrop")
+SYNTHETIC = "synthetic"
+_ARCHIVE_SUFFIXES = (".gz", ".tgz", ".tar", ".csv", ".zip")
 
 
 def find_workdirs(roots: Sequence[str]) -> list[str]:
@@ -81,6 +87,20 @@ def test_report(workdir: str) -> dict | None:
     return min(candidates, key=lambda c: c[:2])[2] if candidates else None
 
 
+def data_set(config: dict, derived: dict) -> str:
+    """What a run trained on, as the leaderboard groups it: the data's name (the file or folder of
+    `data.path` without its archive suffixes; "synthetic" without a path) and its class count (from
+    the run's recorded data spec; FER2013's 7 for runs that predate the record)."""
+    path = config["data"].get("path")
+    name = SYNTHETIC
+    if path:
+        name = os.path.basename(os.path.normpath(path))
+        while name.lower().endswith(_ARCHIVE_SUFFIXES):
+            name = name[: name.rfind(".")]
+    classes = len((derived.get("data_spec") or {}).get("class_names") or CLASS_NAMES)
+    return f"{name} ({classes} classes)"
+
+
 def run_record(workdir: str) -> dict:
     """Everything the leaderboard (and `fer_flax.research.multiseed`) reads about one run."""
     workdir = os.path.abspath(workdir)
@@ -108,6 +128,7 @@ def run_record(workdir: str) -> dict:
         "variant": config["model"]["variant"],
         "num_params": derived.get("num_params"),
         "seed": config["seed"],
+        "data_set": data_set(config, derived),
         "finished": summary is not None,
         "best_step": best_step,
         "best_val_accuracy": best.get("val/accuracy"),
@@ -149,28 +170,41 @@ def display_names(workdirs: list[str]) -> list[str]:
     return [os.path.basename(w) if n == "." else n for w, n in zip(workdirs, names, strict=True)]
 
 
-def rank(records: list[dict]) -> list[dict]:
-    """By best validation accuracy, highest first; runs without an evaluation last."""
-    return sorted(
+def rank(records: list[dict]) -> list[tuple[int, dict]]:
+    """(rank within its data set, record): grouped by data set (alphabetically, the synthetic faces
+    last), each by best validation accuracy, highest first; runs without an evaluation last."""
+    ordered = sorted(
         records,
-        key=lambda r: (r["best_val_accuracy"] is None, -(r["best_val_accuracy"] or 0.0), r["workdir"]),
+        key=lambda r: (
+            r["data_set"].startswith(SYNTHETIC + " "),
+            r["data_set"],
+            r["best_val_accuracy"] is None,
+            -(r["best_val_accuracy"] or 0.0),
+            r["workdir"],
+        ),
     )
+    ranked, place = [], {}
+    for r in ordered:
+        place[r["data_set"]] = place.get(r["data_set"], 0) + 1
+        ranked.append((place[r["data_set"]], r))
+    return ranked
 
 
 def markdown_table(records: list[dict]) -> str:
-    records = rank(records)
-    names = display_names([r["workdir"] for r in records]) if records else []
+    ranked = rank(records)
+    names = display_names([r["workdir"] for _, r in ranked]) if ranked else []
     header = [
-        "#", "run", "model", "variant", "params", "best val acc", "val macro-F1", "val bal. acc",
-        "test acc", "test macro-F1", "test bal. acc", "train time (last run)", "img/s",
+        "#", "run", "data (classes)", "model", "variant", "params", "best val acc", "val macro-F1",
+        "val bal. acc", "test acc", "test macro-F1", "test bal. acc", "train time (last run)", "img/s",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, (r, name) in enumerate(zip(records, names, strict=True), start=1):
+    for (i, r), name in zip(ranked, names, strict=True):
         test = r["test"] or {}
         tta = f" ({test['tta']})" if test and test.get("tta") != "none" else ""
         cells = [
             str(i),
             name + ("" if r["finished"] else " (running)"),
+            r["data_set"],
             r["model_name"] or "—",
             r["variant"] or "—",
             format_params(r["num_params"]),
@@ -186,7 +220,8 @@ def markdown_table(records: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Ranked by validation accuracy (best checkpoint); test metrics are shown, never used to rank. "
+        "Ranked by validation accuracy (best checkpoint) within each data set (#: the rank there); test "
+        "metrics are shown, never used to rank. "
         "Test: `fer_flax.evaluate --split test` on the best checkpoint. Train time: the training "
         "steps of the run's last invocation (a resumed run's earlier parts are not counted).",
     ]

@@ -15,8 +15,9 @@ leaderboard finds them). The default is `val` only; ask for `val,test` when you 
 The summary goes to `<workdir>/multiseed.json` and `<workdir>/multiseed.md`.
 
 Statistics over n seeds: the mean, the sample standard deviation (ddof=1) and the 95% confidence
-interval of the mean, mean ± t(0.975, n-1) · std / √n (Student's t, since n is small). With one seed
-the std and CI are undefined and reported as null.
+interval of the mean, mean ± t(0.975, n-1) · std / √n (Student's t, since n is small), clipped to the
+metric's range (a fraction's to [0, 1], NLL's to [0, ∞)): a small spread over few seeds would otherwise
+give an ECE interval below 0. With one seed the std and CI are undefined and reported as null.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def t_quantile_975(df: int) -> float:
     return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
 
 
-def mean_std_ci(values: Sequence[float]) -> dict:
-    """{n, mean, std (ddof=1), ci95_low, ci95_high, values}; std and CI are None for n = 1."""
+def mean_std_ci(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+    """{n, mean, std (ddof=1), ci95_low, ci95_high, values}; std and CI are None for n = 1. The CI is
+    clipped to `bounds`, the range the metric can take."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("no values to summarise")
@@ -74,7 +76,12 @@ def mean_std_ci(values: Sequence[float]) -> dict:
     if x.size > 1:
         std = float(x.std(ddof=1))
         half = t_quantile_975(x.size - 1) * std / math.sqrt(x.size)
-        out.update(std=std, ci95_low=out["mean"] - half, ci95_high=out["mean"] + half)
+        low, high = bounds
+        out.update(
+            std=std,
+            ci95_low=float(min(max(out["mean"] - half, low), high)),
+            ci95_high=float(min(max(out["mean"] + half, low), high)),
+        )
     out["values"] = x.tolist()
     return out
 
@@ -88,14 +95,25 @@ def flatten_report(report: dict) -> dict[str, float]:
     return flat
 
 
+def metric_bounds(key: str) -> tuple[float, float]:
+    """The range metric `key` can take: fractions (accuracies, F1, precision, recall, ECE) [0, 1];
+    NLL, times and rates [0, ∞)."""
+    name = key.rsplit("/", 1)[0] if "/" in key else key
+    fractions = ("accuracy", "balanced_accuracy", "macro_f1", "ece", "precision", "recall", "f1")
+    if name in fractions or name.endswith(("_accuracy", "_f1")):
+        return (0.0, 1.0)
+    return (0.0, math.inf)
+
+
 def aggregate(per_seed: Sequence[dict[str, float | None]]) -> dict[str, dict]:
-    """mean_std_ci of every metric over seeds, in the order the first seed lists them (metrics a
-    seed lacks, e.g. an unfinished evaluation, are left out of that metric's statistics)."""
+    """mean_std_ci of every metric over seeds, in the order the first seed lists them, each CI clipped
+    to the metric's range (metrics a seed lacks, e.g. an unfinished evaluation, are left out of that
+    metric's statistics)."""
     out = {}
     for key in per_seed[0]:
         values = [m[key] for m in per_seed if m.get(key) is not None]
         if values:
-            out[key] = mean_std_ci(values)
+            out[key] = mean_std_ci(values, metric_bounds(key))
     return out
 
 

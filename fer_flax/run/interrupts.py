@@ -12,8 +12,6 @@ import signal
 import threading
 from typing import Any
 
-import jax
-
 
 class TrainingInterrupted(Exception):
     """SIGTERM/SIGINT stopped training after a checkpoint was written; rerun the command to resume."""
@@ -50,6 +48,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         install = self._install
         if install is None:
+            import jax  # here, not at the top: the command-line preamble imports this module for --help
+
             install = jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
         if install:
             for sig in self.SIGNALS:

@@ -33,6 +33,7 @@ class Restored:
     step: int
     weights: str = "raw"  # "raw" or "ema": which weights of the run these are
     spec: DataSpec = FER2013  # the classes, image size and channels the model was trained on
+    bundled: bool = False  # the model shipped with the package (`run.bundled`), `workdir` its folder
 
     def describe(self) -> dict:
         return {
@@ -42,6 +43,7 @@ class Restored:
             "checkpoint_step": self.step,
             "weights": self.weights,
             "class_names": list(self.spec.class_names),
+            "bundled": self.bundled,
         }
 
 

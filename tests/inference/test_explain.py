@@ -171,3 +171,33 @@ def test_explain_command_on_a_trained_run(trained_run, tmp_path):
     assert all(f["grid"] == f"pred-{f['predicted']}.png" for f in faces)
     with pytest.raises(ValueError, match=r"not an earlier output of fer_flax\.explain"):
         explain.run(trained_run, str(folder), n=2)
+
+
+@pytest.mark.xdist_group("trained_run")
+def test_explain_finds_the_faces_of_a_photo_as_predict_does(trained_run, tmp_path, capsys):
+    pytest.importorskip("cv2")
+    face_pictures = pytest.importorskip("tests.helpers.face_pictures")
+    from fer_flax.inference import photos, predict
+    from fer_flax.run import trained
+
+    face_pictures.group_picture().save(tmp_path / "group.png")
+    face_pictures.no_face_photos()["coffee"].save(tmp_path / "coffee.png")
+    restored = trained.restore(trained_run)
+    faces, names = explain.faces_in_images(
+        restored, [str(tmp_path / "group.png"), str(tmp_path / "coffee.png")]
+    )
+    assert names == [f"{tmp_path / 'group.png'}#{k}" for k in (1, 2, 3, 4)] and faces.shape == (4, 48, 48)
+    assert f"{tmp_path / 'coffee.png'}: no face found" in capsys.readouterr().out
+    # The crops predict classifies, not the whole photo squeezed to 48x48.
+    classifier = predict.make_classifier([restored])
+    _, _, expected = photos.find_faces(
+        face_pictures.group_picture(),
+        faces="auto",
+        detector=lambda: predict.make_detector(),
+        classifier=classifier,
+    )
+    np.testing.assert_array_equal(faces, expected)
+    whole, names = explain.faces_in_images(restored, [str(tmp_path / "group.png")], faces="whole")
+    assert names == [str(tmp_path / "group.png")] and whole.shape == (1, 48, 48)
+    with pytest.raises(ValueError, match=r"no face found in 1 image\(s\); --faces whole"):
+        explain.faces_in_images(restored, [str(tmp_path / "coffee.png")])

@@ -73,6 +73,19 @@ def test_loader_runs_without_fer_flax(exported, tmp_path):
     assert len(done.stdout.splitlines()) == len(faces)
     np.testing.assert_allclose(np.load(tmp_path / "probabilities.npy"), expected, rtol=0, atol=1e-5)
 
+    # jax alone cannot read the artifact: without flatbuffers the loader says what to install.
+    no_flatbuffers = block.replace("== 'fer_flax'", "in ('fer_flax', 'flatbuffers')")
+    done = subprocess.run(
+        [sys.executable, "-c", no_flatbuffers],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and done.stderr.strip().endswith("pip install flatbuffers"), done.stderr
+    assert "jax, numpy and flatbuffers" in (out / "load_model.py").read_text()
+
 
 def test_onnx_model_equals_fer_flax_under_onnxruntime(exported):
     pytest.importorskip("jax2onnx")

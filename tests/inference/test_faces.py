@@ -107,9 +107,11 @@ def test_tracker_follows_faces_by_overlap():
 
 def test_missing_opencv_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # what an environment without OpenCV shows
-    with pytest.raises(MissingDependencyError, match=r"fer_flax\[photos\]"):
+    # fer_flax is installed from its repository, not an index: the command that works there.
+    hint = r'pip install -e "\.\[photos\]" in the fer_flax repository'
+    with pytest.raises(MissingDependencyError, match=hint):
         import_cv2()
-    with pytest.raises(MissingDependencyError, match=r"fer_flax\[photos\]"):
+    with pytest.raises(MissingDependencyError, match=hint):
         HaarCascadeDetector()
 
 
@@ -119,7 +121,7 @@ def test_webcam_says_what_is_missing():
     cv2 = import_cv2()
     if webcam.gui_backend(cv2) != "NONE":
         pytest.skip("this OpenCV has a GUI; the headless message cannot be checked here")
-    with pytest.raises(webcam.WebcamUnavailable, match=r"headless.*fer_flax\[webcam\]"):
+    with pytest.raises(webcam.WebcamUnavailable, match=r'headless.*pip install -e "\.\[webcam\]"'):
         webcam.check_available(0)
 
 

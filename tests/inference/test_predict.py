@@ -15,6 +15,7 @@ from PIL import Image
 
 from fer_flax.core import metrics
 from fer_flax.core.augment import preprocess
+from fer_flax.data import sources
 from fer_flax.data.splits import CLASS_NAMES
 from fer_flax.inference import engine as inference
 from fer_flax.inference import predict
@@ -115,6 +116,7 @@ def test_command_line_json_and_csv(trained_run, images, tmp_path):
     best = json.loads((Path(trained_run) / "summary.json").read_text())["best_step"]
     used = f"Predicting with {trained_run} (cnn/tiny, checkpoint 'best': step {best}, raw weights)"
     assert used in done.stderr
+    assert sources.SYNTHETIC_MODEL_NOTICE in done.stderr  # the tiny run learnt the synthetic faces
     printed = json.loads(done.stdout)
     assert [os.path.basename(r["path"]) for r in printed] == ["astronaut.png", "d_48.png", "a_rgb.png"]
     assert [len(r["faces"]) for r in printed] == [1, 1, 0]

@@ -31,6 +31,18 @@ def test_mean_std_and_95_percent_ci_by_hand():
     assert one["mean"] == 0.7 and one["std"] is None and one["ci95_low"] is None
 
 
+def test_confidence_intervals_stay_in_the_metrics_range():
+    # Three seeds' ECE near 0 with a wide spread: mean - t * std / sqrt(3) is below 0.
+    ece = multiseed.aggregate([{"ece": 0.002}, {"ece": 0.03}, {"ece": 0.004}, {"ece": None}])["ece"]
+    assert ece["n"] == 3 and ece["ci95_low"] == 0.0 and 0 < ece["ci95_high"] < 1
+    acc = multiseed.aggregate([{"accuracy": v} for v in (0.999, 0.9, 0.998)])["accuracy"]
+    assert acc["ci95_high"] == 1.0 and 0 < acc["ci95_low"] < acc["mean"]
+    seconds = multiseed.aggregate([{"train_seconds": v} for v in (10.0, 400.0, 12.0)])["train_seconds"]
+    assert seconds["ci95_low"] == 0.0 and seconds["ci95_high"] > 400
+    assert multiseed.metric_bounds("precision/angry") == multiseed.metric_bounds("val_macro_f1") == (0.0, 1.0)
+    assert multiseed.metric_bounds("nll") == (0.0, math.inf)
+
+
 def test_t_quantiles_table_and_expansion():
     assert multiseed.t_quantile_975(1) == pytest.approx(12.706205)
     assert multiseed.t_quantile_975(30) == pytest.approx(2.042272)
@@ -50,13 +62,16 @@ def test_parse_seeds():
 # ------------------------------------------------------------------------------------ leaderboard
 
 
-def _write_run(workdir, *, variant, params, records, summary=None, reports=()):
+def _write_run(workdir, *, variant, params, records, summary=None, reports=(), data=None, classes=None):
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    derived = {"num_params": params}
+    if classes is not None:
+        derived["data_spec"] = {"class_names": classes, "image_size": [48, 48], "channels": 1}
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(
             {
-                "config": {"model_name": "cnn", "model": {"variant": variant}},
-                "derived": {"num_params": params},
+                "config": {"model_name": "cnn", "model": {"variant": variant}, "data": {"path": data}},
+                "derived": derived,
             },
             f,
         )
@@ -111,16 +126,28 @@ def test_leaderboard_by_hand(tmp_path):
     decoy = tmp_path / "run_a" / "checkpoints" / "decoy"
     decoy.mkdir(parents=True)
     (decoy / "config.json").write_text("{}")  # not a run: checkpoint folders are not searched
+    # Runs on real data score lower than the synthetic demo, and rank among themselves: per data set.
+    for name, data, classes, accuracy in (
+        ("real_1", "/data/fer2013/fer2013.csv.gz", None, 0.66),
+        ("real_2", "fer2013.csv", None, 0.68),
+        ("plus", "/data/ferplus/ferplus_trainval.tar.gz", [f"c{i}" for i in range(8)], 0.83),
+    ):
+        _write_run(tmp_path / name, variant="cpu_fast", params=980_000, data=data, classes=classes,
+                   records=[{"step": 1, "val/accuracy": accuracy}], summary={"best_step": 1})  # fmt: skip
 
     table = leaderboard.leaderboard([str(tmp_path)])
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| #")]
     assert rows == [
-        "| 1 | group/run_b (running) | cnn | tiny | 45.0k | 0.8000 | 0.7500 | 0.7000 | — | — | — "
-        "| 0:01:11 | 50 |",
-        "| 2 | run_a | cnn | small | 1.23M | 0.7000 | 0.6000 | 0.6500 | 0.6600 | 0.5500 | 0.6000 "
-        "| 1:02:05 | 250 |",
+        "| 1 | real_2 | fer2013 (7 classes) | cnn | cpu_fast | 0.98M | 0.6800 | — | — | — | — | — | — | — |",
+        "| 2 | real_1 | fer2013 (7 classes) | cnn | cpu_fast | 0.98M | 0.6600 | — | — | — | — | — | — | — |",
+        "| 1 | plus | ferplus_trainval (8 classes) | cnn | cpu_fast | 0.98M | 0.8300 | — | — | — | — | — | — "
+        "| — |",
+        "| 1 | group/run_b (running) | synthetic (7 classes) | cnn | tiny | 45.0k | 0.8000 | 0.7500 | 0.7000 "
+        "| — | — | — | 0:01:11 | 50 |",
+        "| 2 | run_a | synthetic (7 classes) | cnn | small | 1.23M | 0.7000 | 0.6000 | 0.6500 | 0.6600 "
+        "| 0.5500 | 0.6000 | 1:02:05 | 250 |",
     ]
-    assert "never used to rank" in table
+    assert "never used to rank" in table and "within each data set" in table
     with pytest.raises(FileNotFoundError, match="no training runs"):
         leaderboard.leaderboard([str(tmp_path / "group" / "run_b" / "eval")])
 
@@ -165,7 +192,9 @@ def test_multiseed_resumes_trains_evaluates_and_aggregates(trained_run, tmp_path
             assert stats["mean"] == pytest.approx(np.mean(values))
             assert stats["std"] == pytest.approx(np.std(values, ddof=1))
             half = 12.706205 * np.std(values, ddof=1) / math.sqrt(2)
-            assert stats["ci95_high"] == pytest.approx(np.mean(values) + half)
+            low, high = multiseed.metric_bounds(metric)  # two seeds' interval is wide: clipped to the range
+            assert stats["ci95_low"] == pytest.approx(min(max(np.mean(values) - half, low), high))
+            assert stats["ci95_high"] == pytest.approx(min(max(np.mean(values) + half, low), high))
     assert result["splits"]["test"]["accuracy"]["n"] == 2
     best_val = [leaderboard.run_record(str(root / f"seed_{s}"))["best_val_accuracy"] for s in (0, 1)]
     assert result["training"]["best_val_accuracy"]["values"] == best_val
@@ -187,8 +216,8 @@ def test_multiseed_resumes_trains_evaluates_and_aggregates(trained_run, tmp_path
     # The leaderboard of the two seeds shows their test results, ranked by validation accuracy.
     table = leaderboard.leaderboard([str(root)])
     rows = [line.split(" | ") for line in table.splitlines() if "seed_" in line]
-    assert len(rows) == 2 and all(row[8] != "—" for row in rows)
-    assert [row[5] for row in rows] == [f"{v:.4f}" for v in sorted(best_val, reverse=True)]
+    assert len(rows) == 2 and all(row[9] != "—" for row in rows)
+    assert [row[6] for row in rows] == [f"{v:.4f}" for v in sorted(best_val, reverse=True)]
 
     with pytest.raises(ValueError, match=r"--eval_splits=.tset. is not one of"):
         multiseed.run(tiny_config(), [0], str(root), eval_splits=("tset",))

@@ -8,8 +8,8 @@ fool `haarcascade_frontalface_default.xml`). It finds frontal and near-frontal f
 up; profiles and strongly tilted faces are missed. A better detector (a DNN, for instance) is one more
 class with a `detect` method.
 
-OpenCV is an optional extra (`pip install "fer_flax[photos]"`); `import_cv2` imports it lazily and
-says which extra to install when it is missing.
+OpenCV is an optional extra (`pip install -e ".[photos]"` in the repository); `import_cv2` imports it
+lazily and says which extra to install when it is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+
+from fer_flax.base.extras import install_extra
 
 PHOTOS_EXTRA = "photos"
 DEFAULT_CASCADE = "haarcascade_frontalface_alt2.xml"
@@ -50,7 +52,7 @@ def import_cv2(extra: str = PHOTOS_EXTRA, purpose: str = "face detection") -> An
         import cv2
     except ImportError as e:
         raise MissingDependencyError(
-            f'{purpose} needs OpenCV, which is not installed: pip install "fer_flax[{extra}]" '
+            f"{purpose} needs OpenCV, which is not installed: {install_extra(extra)} "
             f'(or pip install "opencv-python-headless>=4.8,<5")'
         ) from e
     return cv2
