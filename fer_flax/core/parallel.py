@@ -25,7 +25,7 @@ from jax._src import distributed
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fer_flax.core import liveness
+from fer_flax.core import coordinator, liveness
 
 DATA_AXIS = "data"
 
@@ -166,10 +166,12 @@ def resolve_distributed(
 
 @dataclasses.dataclass
 class _Job:
-    """This process's part in a multi-process job: whether it joined one, and its liveness watch."""
+    """This process's part in a multi-process job: whether it joined one, its liveness watch, and in
+    process 0 the coordination service's process (explicit settings only)."""
 
     joined: bool = False
     watch: liveness.PeerWatch | None = None
+    service: coordinator.Coordinator | None = None
 
 
 _JOB = _Job()
@@ -183,9 +185,10 @@ def initialize_distributed(
     """Joins the multi-process job described by `resolve_distributed`; a no-op for a single process.
 
     Call it first: `jax.distributed.initialize` must run before any JAX computation or device query.
-    Every process then starts the liveness watch (`fer_flax.core.liveness`), which ends a survivor
-    with one line when a process of the job is lost. JAX's own heartbeat timeout is set above the
-    watch's.
+    With explicit settings, process 0 serves the coordination service from a process of its own
+    (`fer_flax.core.coordinator`), so that the others outlive its loss. Every process then starts the
+    liveness watch (`fer_flax.core.liveness`), which ends a survivor with one line when a process of
+    the job is lost. JAX's own heartbeat timeout is set above the watch's.
     """
     plan = resolve_distributed(coordinator_address, num_processes, process_id)
     if plan.mode == "single":
@@ -195,6 +198,8 @@ def initialize_distributed(
     # Cross-process collectives on CPU (tests, CPU clusters); GPUs use NCCL whatever this says.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if plan.mode == "explicit":
+        if plan.process_id == 0:
+            options.update(_start_service(plan, options["heartbeat_timeout_seconds"], timeout))
         _jax_initialize(
             coordinator_address=plan.coordinator_address,
             num_processes=plan.num_processes,
@@ -205,7 +210,7 @@ def initialize_distributed(
         )
     else:
         # JAX reads the coordinator (first node of the step), the count and the id from SLURM and
-        # gives each task the GPU numbered by its SLURM_LOCALID.
+        # gives each task the GPU numbered by its SLURM_LOCALID. The service stays in process 0 here.
         _jax_initialize(**options)
     _JOB.joined = True
     state = distributed.global_state
@@ -225,6 +230,28 @@ def _jax_initialize(**options: Any) -> None:
     jax.distributed.initialize(**{k: v for k, v in options.items() if _jax_accepts(k)})
 
 
+def _start_service(plan: DistributedPlan, heartbeat_timeout_s: int, timeout_s: float) -> dict[str, str]:
+    """Process 0: starts the coordination service's own process on the coordinator's port, and
+    returns the option that keeps JAX's in-process service off that port. Without a JAX that takes
+    that option, or a jaxlib whose service can be started this way, the service stays in process 0
+    (with a warning: the others then abort when process 0 is lost)."""
+    if not _jax_accepts("coordinator_bind_address"):
+        liveness.warn_unwatched("this JAX cannot move the coordination service out of process 0")
+        return {}
+    port = plan.coordinator_address.rsplit(":", 1)[1]
+    address = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or f"[::]:{port}"
+    # It outlives this process by the time the others need to notice its loss and end.
+    linger = liveness.detection_bound_s(timeout_s) + 5
+    try:
+        _JOB.service = coordinator.start(address, plan.num_processes, heartbeat_timeout_s, linger)
+    except coordinator.Unsupported as e:
+        liveness.warn_unwatched(str(e))
+        return {}
+    # JAX starts a service in process 0 whatever it is told; this one binds a free loopback port and
+    # serves nobody: every process, this one too, uses the service started above.
+    return {"coordinator_bind_address": "127.0.0.1:0"}
+
+
 def in_job() -> bool:
     """Whether this process has joined a multi-process job."""
     return _JOB.joined
@@ -239,11 +266,13 @@ def settle_after_error() -> str | None:
 
 def shutdown_distributed() -> None:
     """Leaves the job cleanly (all processes meet at a barrier); a no-op when not initialised. The
-    watch keeps watching the peers through the barrier."""
+    watch keeps watching the peers through the barrier, then stops with the coordination service."""
     if _JOB.watch:
         _JOB.watch.finish()
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
     if _JOB.watch:
         _JOB.watch.close()
-    _JOB.joined, _JOB.watch = False, None
+    if _JOB.service:
+        _JOB.service.stop()
+    _JOB.joined, _JOB.watch, _JOB.service = False, None, None
