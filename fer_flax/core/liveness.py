@@ -17,9 +17,10 @@ a survivor prints its line at most `detection_bound_s` (1.2 x the host timeout) 
 process's last heartbeat.
 
 Besides `alive`, a process publishes `done` once its work is finished (before JAX's shutdown barrier,
-where it may wait for slower peers: they stop watching it) and `failed` when it stops with an error of
-its own (`settle_after_error`): the others then stop at once with a line that points at its output,
-instead of waiting for the timeout.
+where it may wait for slower peers: they stop watching it), `failed` when it stops with an error of
+its own (`settle_after_error`), and `ended` with its line when this watch ends it. The others then
+stop at once, instead of waiting for the timeout: after a failed process with a line that points at
+its output, after an ended one with the same line as it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ ENV_HOST_TIMEOUT = "FER_FLAX_HOST_TIMEOUT"
 DEFAULT_HOST_TIMEOUT_S = 60.0
 RELAUNCH = "Rerun the same command on every host; the run resumes from its last checkpoint."
 _PREFIX = "fer_flax/liveness/"
-ALIVE, DONE, FAILED = "alive", "done", "failed"
+ALIVE, DONE, FAILED, ENDED = "alive", "done", "failed", "ended"
 # New beats from a peer that prove it alive after this process's error (`settle_after_error`).
 _PROOF_BEATS = 3
 
@@ -104,6 +105,11 @@ class _Peer:
     def state(self) -> str:
         return self.beat.split(" ", 1)[0]
 
+    @property
+    def ended_line(self) -> str:
+        """For a peer that ended: the line it ended with (`ended <beat> <line>`)."""
+        return self.beat.split(" ", 2)[-1]
+
 
 class PeerWatch:
     """The two threads of one process's watch (module docstring); `client` is JAX's distributed
@@ -119,8 +125,10 @@ class PeerWatch:
         self._interval = beat_interval_s(timeout_s)
         self._coordinator = coordinator
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._state = ALIVE
+        self._end_line = ""
         self._published = ""
         self._beats = 0
         now = time.monotonic()
@@ -169,7 +177,7 @@ class PeerWatch:
         while time.monotonic() < deadline and not self._stop.is_set():
             with self._lock:
                 settled = self._published == FAILED and all(
-                    p.state in (DONE, FAILED) or p.changes >= seen[i] + _PROOF_BEATS
+                    p.state in (DONE, FAILED, ENDED) or p.changes >= seen[i] + _PROOF_BEATS
                     for i, p in self._peers.items()
                 )
                 failed = [i for i, p in self._peers.items() if p.state == FAILED]
@@ -196,11 +204,7 @@ class PeerWatch:
         if self._beats == 0:
             who = f"host {socket.gethostname()}, PID {os.getpid()}"
             self._client.key_value_set(f"{_PREFIX}who/{self._me}", who, allow_overwrite=True)
-        with self._lock:
-            state = self._state
-        self._beats += 1
-        beat = f"{state} {self._beats}"
-        self._client.key_value_set(f"{_PREFIX}beat/{self._me}", beat, allow_overwrite=True)
+        state = self._write_beat()
         entries = self._client.key_value_dir_get(_PREFIX)
         now = time.monotonic()
         with self._lock:
@@ -235,7 +239,9 @@ class PeerWatch:
             for i, peer in self._peers.items():
                 if peer.state == FAILED and self._state != FAILED:
                     return self._failed_line(i)
-                if peer.state not in (DONE, FAILED) and now - peer.changed_at > self._timeout:
+                if peer.state == ENDED and self._state != FAILED:
+                    return peer.ended_line
+                if peer.state not in (DONE, FAILED, ENDED) and now - peer.changed_at > self._timeout:
                     return (
                         f"lost process {i} of {self._n} ({peer.who}): no heartbeat from it for "
                         f"{self._timeout:g} s (killed, crashed, stopped or cut off); the job cannot go on "
@@ -246,18 +252,42 @@ class PeerWatch:
     def _failed_line(self, i: int) -> str:
         return (
             f"process {i} of {self._n} ({self._peers[i].who}) stopped with an error (see its output); the "
-            f"job cannot go on without it. Fix what it says, then: {RELAUNCH}"
+            "job cannot go on without it. Fix what it reports, then rerun the same command on every host; "
+            "the run resumes from its last checkpoint."
         )
 
     def _end(self, line: str) -> None:
-        """Prints `error: <line>` and ends the process with status 1 at once (module docstring)."""
+        """Prints `error: <line>` and ends the process with status 1 at once (module docstring). The
+        others hear of it first (`ended`, with the line): those still running end with the same line
+        at once, and one that stops with an error of its own does not take this one for lost."""
         if self._stop.is_set():
             return
         self._stop.set()
+        publish = threading.Thread(target=self._publish_end, args=(line,), daemon=True)
+        publish.start()
+        publish.join(1.0)  # an unreachable store: the others find out through the silence
         flush_output(timeout_s=1.0)
         # Straight to the file descriptor: no stream lock that a blocked thread could hold.
         os.write(2, f"error: {line}\n".encode())
         os._exit(1)
+
+    def _write_beat(self) -> str:
+        """Publishes this process's state with a new beat number; returns the state. One writer at a
+        time, each reading the state as it writes, so the last write has the latest state (`ended`
+        is never overwritten by a beat that had started before)."""
+        with self._write_lock:
+            with self._lock:
+                state, line = self._state, self._end_line
+            self._beats += 1
+            beat = f"{state} {self._beats}" + (f" {line}" if state == ENDED else "")
+            self._client.key_value_set(f"{_PREFIX}beat/{self._me}", beat, allow_overwrite=True)
+            return state
+
+    def _publish_end(self, line: str) -> None:
+        with self._lock:
+            self._state, self._end_line = ENDED, line
+        with contextlib.suppress(Exception):
+            self._write_beat()
 
 
 def flush_output(timeout_s: float) -> None:

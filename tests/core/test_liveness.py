@@ -88,3 +88,16 @@ def test_an_unreachable_coordination_service_is_named():
     (first, _) = _job()
     line = first._verdict(time.monotonic() + TIMEOUT_S + 0.1)
     assert line.startswith("lost contact with the coordination service at 127.0.0.1:1234 (process 0 of 2")
+
+
+def test_a_peer_ended_by_its_watch_passes_its_line_on():
+    first, second, third = _job(3)
+    line = "lost process 2 of 3 (host h, PID 1): no heartbeat from it for 2 s"
+    second._publish_end(line)
+    first._exchange()
+    assert first._verdict(time.monotonic()) == line
+    # A process stopping with an error of its own counts the ended one as accounted for, not lost.
+    third._set_state(liveness.FAILED)
+    third._exchange()
+    assert third._verdict(time.monotonic() + TIMEOUT_S / 2) is None
+    assert third._peers[1].state == liveness.ENDED
