@@ -213,7 +213,10 @@ def initialize_distributed(
         # gives each task the GPU numbered by its SLURM_LOCALID. The service stays in process 0 here.
         _jax_initialize(**options)
     _JOB.joined = True
-    state = distributed.global_state
+    state = getattr(distributed, "global_state", None)  # where JAX 0.10 and 0.11 keep the client
+    if getattr(state, "client", None) is None:
+        liveness.warn_unwatched("no liveness watch: this JAX keeps its distributed client elsewhere")
+        return plan
     _JOB.watch = liveness.PeerWatch.start_or_warn(
         state.client, state.process_id, state.num_processes, timeout, state.coordinator_address or "?"
     )
