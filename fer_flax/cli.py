@@ -19,7 +19,7 @@ needs from the preamble. `python -m fer_flax.main` and the aliases at the top of
 5. Start-up, for a command that runs JAX: `runtime.start` (process-wide CPU settings, joining a
    multi-process job, the CPU device split of `--config` where the command trains), and
    `runtime.shutdown` after a clean finish only (the shutdown barrier waits for every process, and one
-   that failed never arrives: its error already ends the job through the coordination service).
+   that failed never arrives).
 6. Errors, around start-up and the command's work:
 
 A user's mistake or a bad day on the machine (a config value or key that does not exist, a bad data
@@ -35,6 +35,12 @@ messages that say what, where and what to do; a library's `ValueError` deep insi
 would come out as one line too, which `--debug` then expands. Training stopped by SIGTERM or Ctrl-C
 (`TrainingInterrupted`, after its checkpoint and message) exits with 128 + the signal's number.
 
+In a multi-process job, a process that stops with an error tells the others first, which then stop
+with one line pointing at its output; a lost process (killed, crashed, stopped, cut off) ends the
+others with one line naming it (`fer_flax.core.liveness`); an unexpected error (a collective whose
+peer is gone) waits for that verdict before its traceback. Every process that did not finish leaves
+through `runtime.end`, without the shutdown barrier, with status 1 (130/143 when interrupted).
+
 Warnings of this project (a checkpoint skipped as damaged, a workdir that cannot be locked) print as
 `warning: ...` without Python's source-line decoration.
 """
@@ -46,6 +52,7 @@ import functools
 import importlib
 import inspect
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -217,11 +224,23 @@ def unknown_key_message(error: BaseException, argv: Sequence[str]) -> str:
 
 
 def fail(error: BaseException) -> NoReturn:
-    """Exits with `error: <message>` (status 1), or re-raises `error` under --debug. Call it from an
-    `except` block."""
-    if "debug" in flags.FLAGS and flags.FLAGS.is_parsed() and flags.FLAGS.debug:
-        raise error
-    sys.exit(f"error: {error}")
+    """Exits with `error: <message>` (status 1), or shows `error`'s traceback under --debug. Call it
+    from an `except` block."""
+    if _debug():
+        _raise(error)
+    runtime.end(f"error: {error}")
+
+
+def _debug() -> bool:
+    return "debug" in flags.FLAGS and flags.FLAGS.is_parsed() and flags.FLAGS.debug
+
+
+def _raise(error: BaseException) -> NoReturn:
+    """Re-raises `error`; in a multi-process job, prints its traceback and ends (`runtime.end`)."""
+    if runtime.in_job():
+        traceback.print_exception(error)
+        runtime.end(1)
+    raise error
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -257,16 +276,33 @@ def _run_main(command: Command, main: Callable[[list[str]], Any], argv: list[str
         if command.start_jax:
             _start(command)
         result = main(argv)
-    except app.UsageError as e:  # the command's own check of its arguments
-        sys.exit(f"error: {e}\n{_SEE_HELP}")
-    except TrainingInterrupted as e:
-        # SIGTERM/SIGINT: a checkpoint is written and the message printed; exit 128 + signal number
-        # (143 / 130) so schedulers and shells see an interrupted job, not a finished one.
-        sys.exit(e.exit_code)
-    except (*EXPECTED_ERRORS, *command.expected_errors) as e:
-        fail(e)
+    except Exception as e:
+        _stopped(command, e)
+        raise  # a bug: its traceback, as it came
     if command.start_jax:
         from fer_flax import runtime
 
         runtime.shutdown()
     return result
+
+
+def _stopped(command: Command, error: Exception) -> None:
+    """Ends a command that raised `error` (step 6), or returns for an unexpected error outside a
+    multi-process job, which then propagates. In a job the other processes hear of it first, and a
+    lost one is what gets reported (`runtime.settle_after_error`); every way out goes through
+    `runtime.end`, which skips the shutdown barrier that a job that did not finish would wait at
+    forever."""
+    if isinstance(error, TrainingInterrupted):
+        # SIGTERM/SIGINT: a checkpoint is written and the message printed; exit 128 + signal number
+        # (143 / 130) so schedulers and shells see an interrupted job, not a finished one.
+        runtime.end(error.exit_code)
+    failed_peer = runtime.settle_after_error()
+    if isinstance(error, app.UsageError):  # the command's own check of its arguments
+        runtime.end(f"error: {error}\n{_SEE_HELP}")
+    if isinstance(error, (*EXPECTED_ERRORS, *command.expected_errors)):
+        fail(error)
+    if failed_peer and not _debug():
+        # Another process failed first: this error (a collective that lost its peer) follows from it.
+        runtime.end(f"error: {failed_peer}")
+    if runtime.in_job():
+        _raise(error)

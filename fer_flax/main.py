@@ -13,7 +13,9 @@ finishes the current step, writes a checkpoint, prints where it stopped and exit
 Multi-process (several hosts, or one process per GPU): every process runs the same command, joined by
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (or the environment variables
 FER_FLAX_COORDINATOR / FER_FLAX_NUM_PROCESSES / FER_FLAX_PROCESS_ID). Under `srun` with several tasks
-the three are read from SLURM; `./launch.sh` sets everything up.
+the three are read from SLURM; `./launch.sh` sets everything up. A process of the job that is lost
+(killed, crashed, stopped, cut off) ends the others with one `error: ...` line naming it, status 1,
+within 1.2 x FER_FLAX_HOST_TIMEOUT seconds (default 60; docs/scale-out.md).
 """
 
 from __future__ import annotations

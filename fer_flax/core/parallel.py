@@ -7,20 +7,25 @@ the all-reduces. Under jit, BatchNorm statistics and metrics are therefore globa
 Several processes (hosts, or one process per GPU under SLURM) join with `initialize_distributed`, which
 must run before anything else touches JAX (`fer_flax.runtime.start()` calls it). After it the same code
 runs unchanged: `jax.devices()` lists every device of every process, and each process feeds its own
-slice of each global batch.
+slice of each global batch. A process of the job that is lost (killed, crashed, stopped, cut off)
+ends the others with one `error: ...` line within a bound (`fer_flax.core.liveness`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from jax._src import distributed
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from fer_flax.core import coordinator, liveness
 
 DATA_AXIS = "data"
 
@@ -159,6 +164,19 @@ def resolve_distributed(
     return DistributedPlan("single")
 
 
+@dataclasses.dataclass
+class _Job:
+    """This process's part in a multi-process job: whether it joined one, its liveness watch, and in
+    process 0 the coordination service's process (explicit settings only)."""
+
+    joined: bool = False
+    watch: liveness.PeerWatch | None = None
+    service: coordinator.Coordinator | None = None
+
+
+_JOB = _Job()
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -167,28 +185,97 @@ def initialize_distributed(
     """Joins the multi-process job described by `resolve_distributed`; a no-op for a single process.
 
     Call it first: `jax.distributed.initialize` must run before any JAX computation or device query.
+    With explicit settings, process 0 serves the coordination service from a process of its own
+    (`fer_flax.core.coordinator`), so that the others outlive its loss. Every process then starts the
+    liveness watch (`fer_flax.core.liveness`), which ends a survivor with one line when a process of
+    the job is lost. JAX's own heartbeat timeout is set above the watch's.
     """
     plan = resolve_distributed(coordinator_address, num_processes, process_id)
     if plan.mode == "single":
         return plan
+    timeout = liveness.host_timeout_s()
+    options = {"heartbeat_timeout_seconds": liveness.jax_heartbeat_timeout_s(timeout)}
     # Cross-process collectives on CPU (tests, CPU clusters); GPUs use NCCL whatever this says.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if plan.mode == "explicit":
-        jax.distributed.initialize(
+        if plan.process_id == 0:
+            options.update(_start_service(plan, options["heartbeat_timeout_seconds"], timeout))
+        _jax_initialize(
             coordinator_address=plan.coordinator_address,
             num_processes=plan.num_processes,
             process_id=plan.process_id,
             # Explicit values are the whole truth: don't let SLURM/MPI detection narrow the devices.
             cluster_detection_method="deactivate",
+            **options,
         )
     else:
         # JAX reads the coordinator (first node of the step), the count and the id from SLURM and
-        # gives each task the GPU numbered by its SLURM_LOCALID.
-        jax.distributed.initialize()
+        # gives each task the GPU numbered by its SLURM_LOCALID. The service stays in process 0 here.
+        _jax_initialize(**options)
+    _JOB.joined = True
+    state = getattr(distributed, "global_state", None)  # where JAX 0.10 and 0.11 keep the client
+    if getattr(state, "client", None) is None:
+        liveness.warn_unwatched("no liveness watch: this JAX keeps its distributed client elsewhere")
+        return plan
+    _JOB.watch = liveness.PeerWatch.start_or_warn(
+        state.client, state.process_id, state.num_processes, timeout, state.coordinator_address or "?"
+    )
     return plan
 
 
+def _jax_accepts(name: str) -> bool:
+    return name in inspect.signature(jax.distributed.initialize).parameters
+
+
+def _jax_initialize(**options: Any) -> None:
+    """`jax.distributed.initialize` without the options this JAX does not have (its heartbeat
+    timeout: the watch then still speaks first when the timeout is below JAX's default, 100 s)."""
+    jax.distributed.initialize(**{k: v for k, v in options.items() if _jax_accepts(k)})
+
+
+def _start_service(plan: DistributedPlan, heartbeat_timeout_s: int, timeout_s: float) -> dict[str, str]:
+    """Process 0: starts the coordination service's own process on the coordinator's port, and
+    returns the option that keeps JAX's in-process service off that port. Without a JAX that takes
+    that option, or a jaxlib whose service can be started this way, the service stays in process 0
+    (with a warning: the others then abort when process 0 is lost)."""
+    if not _jax_accepts("coordinator_bind_address"):
+        liveness.warn_unwatched("this JAX cannot move the coordination service out of process 0")
+        return {}
+    port = plan.coordinator_address.rsplit(":", 1)[1]
+    address = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or f"[::]:{port}"
+    # It outlives this process by the time the others need to notice its loss and end.
+    linger = liveness.detection_bound_s(timeout_s) + 5
+    try:
+        _JOB.service = coordinator.start(address, plan.num_processes, heartbeat_timeout_s, linger)
+    except coordinator.Unsupported as e:
+        liveness.warn_unwatched(str(e))
+        return {}
+    # JAX starts a service in process 0 whatever it is told; this one binds a free loopback port and
+    # serves nobody: every process, this one too, uses the service started above.
+    return {"coordinator_bind_address": "127.0.0.1:0"}
+
+
+def in_job() -> bool:
+    """Whether this process has joined a multi-process job."""
+    return _JOB.joined
+
+
+def settle_after_error() -> str | None:
+    """This process stops with an error: tells its peers, and waits until they are accounted for (a
+    lost one ends this process with the lost line). Returns the line for a peer that had failed, if
+    one had; None otherwise and for a single process (`liveness.PeerWatch.settle_after_error`)."""
+    return _JOB.watch.settle_after_error() if _JOB.watch else None
+
+
 def shutdown_distributed() -> None:
-    """Leaves the job cleanly (all processes meet at a barrier); a no-op when not initialised."""
+    """Leaves the job cleanly (all processes meet at a barrier); a no-op when not initialised. The
+    watch keeps watching the peers through the barrier, then stops with the coordination service."""
+    if _JOB.watch:
+        _JOB.watch.finish()
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
+    if _JOB.watch:
+        _JOB.watch.close()
+    if _JOB.service:
+        _JOB.service.stop()
+    _JOB.joined, _JOB.watch, _JOB.service = False, None, None
