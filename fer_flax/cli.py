@@ -226,6 +226,8 @@ def unknown_key_message(error: BaseException, argv: Sequence[str]) -> str:
 def fail(error: BaseException) -> NoReturn:
     """Exits with `error: <message>` (status 1), or shows `error`'s traceback under --debug. Call it
     from an `except` block."""
+    from fer_flax import runtime  # imports JAX, which --help and commands without JAX never need
+
     if _debug():
         _raise(error)
     runtime.end(f"error: {error}")
@@ -237,6 +239,8 @@ def _debug() -> bool:
 
 def _raise(error: BaseException) -> NoReturn:
     """Re-raises `error`; in a multi-process job, prints its traceback and ends (`runtime.end`)."""
+    from fer_flax import runtime  # imports JAX, which --help and commands without JAX never need
+
     if runtime.in_job():
         traceback.print_exception(error)
         runtime.end(1)
@@ -253,8 +257,7 @@ _default_format_warning = warnings.formatwarning
 
 
 def _start(command: Command) -> None:
-    # Imported here: runtime imports JAX, which --help and the commands that run no JAX never need.
-    from fer_flax import runtime
+    from fer_flax import runtime  # imports JAX, which --help and commands without JAX never need
 
     f = flags.FLAGS
     distributed = {}
@@ -292,6 +295,8 @@ def _stopped(command: Command, error: Exception) -> None:
     lost one is what gets reported (`runtime.settle_after_error`); every way out goes through
     `runtime.end`, which skips the shutdown barrier that a job that did not finish would wait at
     forever."""
+    from fer_flax import runtime  # imports JAX, which --help and commands without JAX never need
+
     if isinstance(error, TrainingInterrupted):
         # SIGTERM/SIGINT: a checkpoint is written and the message printed; exit 128 + signal number
         # (143 / 130) so schedulers and shells see an interrupted job, not a finished one.
