@@ -58,7 +58,7 @@ def test_photos_faces_records_and_pictures(classifier, tmp_path, monkeypatch):
     monkeypatch.setattr(photos, "CHUNK_IMAGES", 2)  # several chunks: faces from many images batched
     out_dir = tmp_path / "out"
     records, videos = predict.predict_inputs([str(folder), str(tmp_path / "crop48.png")], classifier,
-                                             out_dir=str(out_dir))  # fmt: skip
+                                             out_dir=str(out_dir), detector="haar")  # fmt: skip
     assert videos == []
     assert [os.path.basename(r["path"]) for r in records] == [
         "a_astronaut.png", "b_group.jpg", "c_no_face.png", "crop48.png",
@@ -98,7 +98,7 @@ def test_photos_faces_records_and_pictures(classifier, tmp_path, monkeypatch):
 
     # Folders of 48x48 crops never need OpenCV.
     monkeypatch.setitem(sys.modules, "cv2", None)
-    again, _ = predict.predict_inputs([str(tmp_path / "crop48.png")], classifier)
+    again, _ = predict.predict_inputs([str(tmp_path / "crop48.png")], classifier, detector="haar")
     assert again[0]["faces"] == records[3]["faces"]
 
 
@@ -139,7 +139,7 @@ def test_video_tracks_faces_across_frames(classifier, tmp_path):
     moving = write_face_clip(clip, fps=10.0)
     out_dir = tmp_path / "out"
     _, [summary] = predict.predict_inputs([clip], classifier, out_dir=str(out_dir), every=2,
-                                          annotate_video=True)  # fmt: skip
+                                          annotate_video=True, detector="haar")  # fmt: skip
     assert summary["processed_frames"] == CLIP_FRAMES // 2 and summary["fps"] == pytest.approx(10.0)
     # Two faces, each followed through all five processed frames: the mover (leftmost) is track 1.
     assert [(t["track"], t["first_frame"], t["last_frame"], t["frames"]) for t in summary["tracks"]] == [
