@@ -21,11 +21,20 @@ its size (the square root of width x height) is half to twice the face's side; e
 most once, and every other detection is false. Time per photo is the median over the group's photos
 of the fastest of `--repeats` runs, after one warm-up run of each detector (the DNN's compilation is
 timed separately). Both detectors search the grayscale picture, as `fer_flax.predict` does.
+
+  python -m benchmarks.face_detectors --fer2013 ../shared/data/fer2013/fer2013.csv.gz [--faces 1500]
+
+measures instead where each detector puts FER2013's own faces (enlarged 4x): the Haar box's size and
+centre, and the dnn detector's landmarks, on which `fer_flax.inference.faces.crop` bases its
+FER2013-like framing.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
+import itertools
 import statistics
 import time
 
@@ -138,22 +147,13 @@ def timed(detector, gray: np.ndarray, repeats: int) -> tuple[list[Box], float]:
     return boxes, best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per picture (the fastest counts)")
-    parser.add_argument("--verbose", action="store_true", help="print every picture's result")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    detectors = {"haar": HaarCascadeDetector(), "dnn": MtcnnDetector()}
-    made = time.perf_counter() - start
+def compare(detectors: dict, repeats: int, verbose: bool) -> None:
+    """Prints the table: recall, false detections and time per photo of each detector per group."""
     groups = {name: make() for name, make in GROUPS.items()}
-    warm = np.asarray(groups["several per picture"][0][1].convert("L"))
     first = {}
     for name, detector in detectors.items():
         t = time.perf_counter()
-        detector.detect(warm)
+        detector.detect(np.asarray(groups["several per picture"][0][1].convert("L")))
         first[name] = time.perf_counter() - t
     columns = ("pictures (faces)", "recall: Haar", "recall: DNN", "false: Haar", "false: DNN",
                "s/photo: Haar", "s/photo: DNN")  # fmt: skip
@@ -165,20 +165,68 @@ def main() -> None:
         for title, picture, truth in pictures:
             gray = np.asarray(picture.convert("L"))
             for name, detector in detectors.items():
-                boxes, seconds = timed(detector, gray, args.repeats)
+                boxes, seconds = timed(detector, gray, repeats)
                 found, false = score(boxes, truth)
                 row[name][0] += found
                 row[name][1] += false
                 row[name][2].append(seconds)
-                if args.verbose:
+                if verbose:
                     result = f"{found}/{len(truth)} found, {false} false, {seconds:.3f} s"
                     print(f"  {group} / {title} / {name}: {result}")
         recall = [f"{row[n][0]}/{faces} ({row[n][0] / faces:.0%})" if faces else "–" for n in detectors]
         false = [str(row[n][1]) for n in detectors]
         seconds = [f"{statistics.median(row[n][2]):.3f}" for n in detectors]
         print(f"| {group}: {len(pictures)} ({faces}) | " + " | ".join([*recall, *false, *seconds]) + " |")
-    print(f"\nDetectors made in {made:.1f} s; first call (the DNN compiles): "
-          + ", ".join(f"{n} {s:.1f} s" for n, s in first.items()))  # fmt: skip
+    print("\nFirst call (the DNN compiles): " + ", ".join(f"{n} {s:.1f} s" for n, s in first.items()))
+
+
+def _quartiles(values) -> str:
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return f"{median:.3f} (quartiles {q1:.3f}, {q3:.3f})"
+
+
+def framing(detectors: dict, path: str, count: int) -> None:
+    """Where each detector puts FER2013's own faces (the first `count` Training rows, enlarged 4x to
+    192 px), as fractions of the image side: the basis of the crops' FER2013_MARGIN (Haar's box) and
+    EYES_TO_MOUTH, EYES_AT (the landmarks)."""
+    found = {name: [] for name in detectors}
+    with gzip.open(path, "rt") as f:
+        for line in itertools.islice(csv.reader(f), 1, count + 1):
+            face = np.array(line[1].split(), np.uint8).reshape(48, 48)
+            big = np.asarray(Image.fromarray(face).resize((192, 192), Image.Resampling.BICUBIC))
+            for name, detector in detectors.items():
+                boxes = detector.detect(big)
+                if len(boxes) == 1:
+                    found[name].append(boxes[0])
+    for name, boxes in found.items():
+        b = np.array([tuple(box) for box in boxes], float) / 192
+        print(f"{name}: one face in {len(boxes)} of {count}; box side (sqrt of width x height) "
+              f"{_quartiles(np.sqrt(b[:, 2] * b[:, 3]))}, centre x {_quartiles(b[:, 0] + b[:, 2] / 2)}, "
+              f"y {_quartiles(b[:, 1] + b[:, 3] / 2)}")  # fmt: skip
+        marks = [box.landmarks for box in boxes if getattr(box, "landmarks", None) is not None]
+        if marks:
+            m = np.array(marks, float) / 192  # [N, 5 points, (x, y)]
+            eyes, mouth = (m[:, 0] + m[:, 1]) / 2, (m[:, 3] + m[:, 4]) / 2
+            tilt = np.degrees(np.arctan2(m[:, 1, 1] - m[:, 0, 1], m[:, 1, 0] - m[:, 0, 0]))
+            print(f"  eyes to mouth {_quartiles(np.linalg.norm(mouth - eyes, axis=1))}; eyes' midpoint x "
+                  f"{_quartiles(eyes[:, 0])}, y {_quartiles(eyes[:, 1])}; eyes' tilt (degrees) "
+                  f"{_quartiles(tilt)}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per picture (the fastest counts)")
+    parser.add_argument("--verbose", action="store_true", help="print every picture's result")
+    parser.add_argument("--fer2013", help="instead: how each detector frames FER2013's faces (a .csv.gz)")
+    parser.add_argument("--faces", type=int, default=1500, help="with --fer2013: how many Training faces")
+    args = parser.parse_args()
+    detectors = {"haar": HaarCascadeDetector(), "dnn": MtcnnDetector()}
+    if args.fer2013:
+        framing(detectors, args.fer2013, args.faces)
+    else:
+        compare(detectors, args.repeats, args.verbose)
 
 
 if __name__ == "__main__":
