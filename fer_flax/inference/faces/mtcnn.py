@@ -147,7 +147,7 @@ def load_params(net: str) -> dict:
     params: dict = {}
     for (layer, leaf), array in zip(names, arrays, strict=True):  # kernel before bias, as in Keras
         want = expected[layer][leaf].shape
-        if int(np.prod(array.shape)) != int(np.prod(want)):
+        if [d for d in array.shape if d != 1] != [d for d in want if d != 1]:  # PReLU's (1, 1, C) is (C,)
             raise ValueError(f"{net}.{layer}.{leaf}: shape {array.shape}, expected {want}")
         params.setdefault(layer, {})[leaf] = jnp.asarray(array.reshape(want), jnp.float32)
     return {"params": params}
