@@ -31,6 +31,9 @@ from tests.helpers.face_pictures import (
     turned_point,
 )
 
+# One worker compiles the three networks once for all these tests (under `-n 2`).
+pytestmark = pytest.mark.xdist_group("mtcnn")
+
 try:
     import lz4.frame  # noqa: F401
 
