@@ -13,13 +13,13 @@ skipped) or a video file (.mp4, .avi, .mov, ...). Photos of any size and colour 
 detection (`fer_flax.inference.faces`: MTCNN with landmarks from the `faces-dnn` extra where it is
 installed, else OpenCV's Haar cascade from the `photos` extra; `--detector` chooses); each face is
 cropped square with a margin, like FER2013's faces (turned so the eyes are level when the detector
-found them), and classified with the run's test-time augmentation
-(`--tta` overrides it). 48x48 images are taken as face crops already and classified whole
-(`--faces whole` does that for every image, resizing it as `--fit` says). Each image's faces are
-printed (table, JSON or CSV) and written to `--out`; with `--out_dir`, each image also gets a JSON
-record, an annotated copy and a contact sheet of its crops (`fer_flax.inference.photos`). Videos need
-`--out_dir`: a timeline CSV, per-face probability plots and, with `--annotate_video`, an annotated
-video (`fer_flax.inference.video`). `--webcam INDEX` opens a live window (`fer_flax.inference.webcam`).
+found them), and classified with the run's test-time augmentation (`--tta` overrides it). 48x48
+images are taken as face crops already and classified whole (`--faces whole` does that for every
+image, resizing it as `--fit` says). Each image's faces are printed (table, JSON or CSV) and written
+to `--out`; with `--out_dir`, each image also gets a JSON record, an annotated copy and a contact sheet
+of its crops (`fer_flax.inference.photos`). Videos need `--out_dir`: a timeline CSV, per-face
+probability plots and, with `--annotate_video`, an annotated video (`fer_flax.inference.video`).
+`--webcam INDEX` opens a live window (`fer_flax.inference.webcam`).
 
 An unreadable input stops the command with an error naming it, before any output is written.
 
