@@ -12,6 +12,8 @@
 - `model_table`: parameters, GFLOPs and CPU training images/s of every model variant (the README's
   model-zoo table).
 - `photo_throughput`: faces in photos on a CPU, images/s and faces/s of detection and classification.
+- `face_detectors`: the Haar cascade against the dnn detector (MTCNN) on the same pictures: recall,
+  false detections and time per photo.
 
 `train_step_setup` builds the one train step the speed tools time. The measured figures, with the
 command, hardware, software and commit behind each, are in benchmarks/RESULTS.md; docs/benchmarks.md

@@ -79,8 +79,9 @@ def _panel_place(box, panel: tuple[int, int], image: tuple[int, int], *, gap: in
 
 
 def draw_faces(rgb: np.ndarray, faces: Sequence, *, titles: Sequence[str] | None = None) -> np.ndarray:
-    """A copy of `rgb` [H, W, 3] with each face's box, "label confidence" (prefixed by its title,
-    e.g. a track id) and a probability bar per class beside the box (under it where it fits)."""
+    """A copy of `rgb` [H, W, 3] with each face's box (and landmarks, where the detector found them),
+    "label confidence" (prefixed by its title, e.g. a track id) and a probability bar per class beside
+    the box (under it where it fits)."""
     im = Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB")
     draw = ImageDraw.Draw(im)
     h, w = rgb.shape[:2]
@@ -89,6 +90,8 @@ def draw_faces(rgb: np.ndarray, faces: Sequence, *, titles: Sequence[str] | None
         b, color = face.box, class_color(face)
         font = _font(round(min(max(b.height * 0.16, 11), 28)))
         draw.rectangle((b.x, b.y, b.x + b.width, b.y + b.height), outline=color, width=line)
+        for px, py in getattr(b, "landmarks", None) or ():  # eyes, nose, mouth corners: a dot each
+            draw.ellipse((px - line, py - line, px + line, py + line), fill=color)
         title = f"{titles[i]} " if titles else ""
         text = f"{title}{face.label} {face.confidence:.2f}"
         text_h = draw.textbbox((0, 0), text, font=font)[3] + 2

@@ -68,7 +68,7 @@ def faces_in_images(
     paths: Sequence[str],
     *,
     faces: str = "auto",
-    detector: str = "haar",
+    detector: str = "auto",
     margin: float = crop_lib.FER2013_MARGIN,
     log: Callable[[str], object] = print,
 ) -> tuple[np.ndarray, list[str]]:
@@ -105,7 +105,7 @@ def load_faces(
     n: int,
     seed: int = 0,
     faces: str = "auto",
-    detector: str = "haar",
+    detector: str = "auto",
     margin: float = crop_lib.FER2013_MARGIN,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """(uint8 faces [N, 48, 48], true labels or None, a name per face): the faces in the image files
@@ -273,7 +273,7 @@ def run(
     noise: float = saliency.SMOOTHGRAD_NOISE,
     seed: int = 0,
     faces: str = "auto",
-    detector: str = "haar",
+    detector: str = "auto",
     margin: float = crop_lib.FER2013_MARGIN,
 ) -> str:
     """Explains the faces and writes DIR (see the module docstring); returns its absolute path.
@@ -325,7 +325,12 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "faces", "auto", list(photos.FACE_MODES), "Images: find faces (auto: not in 48x48 crops), or whole."
     )
-    flags.DEFINE_enum("detector", "haar", list(DETECTORS), "Face detector.")
+    flags.DEFINE_enum(
+        "detector",
+        "auto",
+        list(DETECTORS),
+        "Face detector: auto (the DNN when its extra is installed, else haar), haar or dnn.",
+    )
     flags.DEFINE_float("margin", crop_lib.FER2013_MARGIN, "Margin around a detected face, of its side.")
     flags.mark_flag_as_required("out")
 

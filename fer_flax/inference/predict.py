@@ -2,7 +2,8 @@
 
 Command:
   python -m fer_flax.predict [--workdir W [--workdir W2 ...]] [--checkpoint best|latest|STEP]
-      [--tta none|flip|tencrop] [--faces auto|detect|whole] [--margin 0.125] [--fit stretch|center_crop]
+      [--tta none|flip|tencrop] [--faces auto|detect|whole] [--detector auto|haar|dnn]
+      [--margin 0.125] [--fit stretch|center_crop]
       [--out_dir DIR] [--out preds.json|preds.csv] [--format table|json|csv]
       [--every N] [--annotate_video] PATH [PATH ...]
   python -m fer_flax.predict [--workdir W] --webcam 0
@@ -13,14 +14,16 @@ its labels for real photos mean nothing.
 
 PATH is an image file, a folder (searched recursively for *.png, *.jpg, *.jpeg; hidden files are
 skipped) or a video file (.mp4, .avi, .mov, ...). Photos of any size and colour go through face
-detection (`fer_flax.inference.faces`, OpenCV's Haar cascade from the `photos` extra); each face is cropped
-square with a margin, like FER2013's faces, and classified with the run's test-time augmentation
-(`--tta` overrides it). 48x48 images are taken as face crops already and classified whole
-(`--faces whole` does that for every image, resizing it as `--fit` says). Each image's faces are
-printed (table, JSON or CSV) and written to `--out`; with `--out_dir`, each image also gets a JSON
-record, an annotated copy and a contact sheet of its crops (`fer_flax.inference.photos`). Videos need
-`--out_dir`: a timeline CSV, per-face probability plots and, with `--annotate_video`, an annotated
-video (`fer_flax.inference.video`). `--webcam INDEX` opens a live window (`fer_flax.inference.webcam`).
+detection (`fer_flax.inference.faces`: MTCNN with landmarks from the `faces-dnn` extra where it is
+installed, else OpenCV's Haar cascade from the `photos` extra; `--detector` chooses); each face is
+cropped square with a margin, like FER2013's faces (turned so the eyes are level when the detector
+found them), and classified with the run's test-time augmentation (`--tta` overrides it). 48x48
+images are taken as face crops already and classified whole (`--faces whole` does that for every
+image, resizing it as `--fit` says). Each image's faces are printed (table, JSON or CSV) and written
+to `--out`; with `--out_dir`, each image also gets a JSON record, an annotated copy and a contact sheet
+of its crops (`fer_flax.inference.photos`). Videos need `--out_dir`: a timeline CSV, per-face
+probability plots and, with `--annotate_video`, an annotated video (`fer_flax.inference.video`).
+`--webcam INDEX` opens a live window (`fer_flax.inference.webcam`).
 
 An unreadable input stops the command with an error naming it, before any output is written.
 
@@ -210,7 +213,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("crop_size", None, "Ten-crop crop side (default: the run's augment.crop_size).")
     flags.DEFINE_enum("faces", "auto", list(photos.FACE_MODES),
                       "auto: detect faces except in 48x48 crops; detect: always; whole: never.")  # fmt: skip
-    flags.DEFINE_enum("detector", "haar", list(DETECTORS), "Face detector.")
+    flags.DEFINE_enum("detector", "auto", list(DETECTORS),
+                      "Face detector: haar, dnn (MTCNN, with landmarks: eye-aligned crops), or auto: dnn "
+                      "when the faces-dnn extra is installed, else haar.")  # fmt: skip
     flags.DEFINE_float("margin", crop_lib.FER2013_MARGIN, "Margin around a detected face, of its side.")
     flags.DEFINE_enum("fit", "stretch", list(FIT_MODES), "How a whole non-square image becomes 48x48.")
     flags.DEFINE_string("out_dir", None, "Per-input outputs: JSON records, annotated copies, plots.")
@@ -247,7 +252,7 @@ def predict_inputs(
     faces: str = "auto",
     fit: str = "stretch",
     margin: float = crop_lib.FER2013_MARGIN,
-    detector: str = "haar",
+    detector: str = "auto",
     out_dir: str | None = None,
     every: int = 1,
     annotate_video: bool = False,
@@ -260,7 +265,7 @@ def predict_inputs(
         raise ValueError("videos write a timeline, plots and an optional video: give --out_dir DIR")
     for v in videos:
         video.check_readable(v)
-    get_detector = functools.cache(lambda: make_detector(detector))
+    get_detector = functools.cache(lambda: make_detector(detector, log=_stderr))
     records = []
     if images:
         records = photos.analyze_photos(
@@ -279,6 +284,10 @@ def predict_inputs(
         for v in videos
     ]
     return records, summaries
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def describe_video(summary: dict) -> str:
@@ -317,7 +326,7 @@ def main(argv: list[str]) -> None:
         print(f"Predicting with {m.workdir} ({model}, {used})", file=sys.stderr)
     classifier = make_classifier(members, f.tta, f.crop_size, f.batch_size)
     if camera is not None:
-        webcam.run(camera, classifier, make_detector(f.detector), margin=f.margin)
+        webcam.run(camera, classifier, make_detector(f.detector, log=_stderr), margin=f.margin)
         return
     records, summaries = predict_inputs(
         paths, classifier, faces=f.faces, fit=f.fit, margin=f.margin, detector=f.detector,

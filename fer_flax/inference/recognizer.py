@@ -175,7 +175,7 @@ class Recognizer:
         weights: str = "raw",
         tta: str | None = None,
         faces: str = "auto",
-        detector: str = "haar",
+        detector: str = "auto",
         margin: float = crop_lib.FER2013_MARGIN,
         fit: str = "stretch",
         channels: str = "rgb",

@@ -14,6 +14,7 @@ from fer_flax.inference.faces.detect import (
     HaarCascadeDetector,
     MissingDependencyError,
     import_cv2,
+    make_detector,
 )
 from fer_flax.inference.faces.track import IoUTracker, iou
 from tests.helpers.face_pictures import GROUP_PLACES, astronaut, group_picture, no_face_photos
@@ -113,6 +114,25 @@ def test_missing_opencv_names_the_extra(monkeypatch):
         import_cv2()
     with pytest.raises(MissingDependencyError, match=hint):
         HaarCascadeDetector()
+
+
+def test_without_the_dnn_extra_auto_takes_the_haar_cascade_and_says_so(monkeypatch):
+    import importlib.metadata
+
+    from fer_flax.inference.faces import mtcnn
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(mtcnn.importlib.metadata, "distribution", not_installed)
+    with pytest.raises(MissingDependencyError, match=r"fer_flax\[faces-dnn\]"):
+        make_detector("dnn")
+    said = []
+    detector = make_detector("auto", log=said.append)
+    assert isinstance(detector, HaarCascadeDetector)
+    assert len(said) == 1 and "haar" in said[0] and "faces-dnn" in said[0]
+    with pytest.raises(ValueError, match="auto, haar, dnn"):
+        make_detector("hog")
 
 
 def test_webcam_says_what_is_missing():

@@ -27,6 +27,7 @@ from tests.helpers.face_pictures import (
     GROUP_PLACES,
     astronaut,
     group_picture,
+    tilted_astronaut,
     write_face_clip,
 )
 
@@ -58,7 +59,7 @@ def test_photos_faces_records_and_pictures(classifier, tmp_path, monkeypatch):
     monkeypatch.setattr(photos, "CHUNK_IMAGES", 2)  # several chunks: faces from many images batched
     out_dir = tmp_path / "out"
     records, videos = predict.predict_inputs([str(folder), str(tmp_path / "crop48.png")], classifier,
-                                             out_dir=str(out_dir))  # fmt: skip
+                                             out_dir=str(out_dir), detector="haar")  # fmt: skip
     assert videos == []
     assert [os.path.basename(r["path"]) for r in records] == [
         "a_astronaut.png", "b_group.jpg", "c_no_face.png", "crop48.png",
@@ -98,7 +99,7 @@ def test_photos_faces_records_and_pictures(classifier, tmp_path, monkeypatch):
 
     # Folders of 48x48 crops never need OpenCV.
     monkeypatch.setitem(sys.modules, "cv2", None)
-    again, _ = predict.predict_inputs([str(tmp_path / "crop48.png")], classifier)
+    again, _ = predict.predict_inputs([str(tmp_path / "crop48.png")], classifier, detector="haar")
     assert again[0]["faces"] == records[3]["faces"]
 
 
@@ -139,7 +140,7 @@ def test_video_tracks_faces_across_frames(classifier, tmp_path):
     moving = write_face_clip(clip, fps=10.0)
     out_dir = tmp_path / "out"
     _, [summary] = predict.predict_inputs([clip], classifier, out_dir=str(out_dir), every=2,
-                                          annotate_video=True)  # fmt: skip
+                                          annotate_video=True, detector="haar")  # fmt: skip
     assert summary["processed_frames"] == CLIP_FRAMES // 2 and summary["fps"] == pytest.approx(10.0)
     # Two faces, each followed through all five processed frames: the mover (leftmost) is track 1.
     assert [(t["track"], t["first_frame"], t["last_frame"], t["frames"]) for t in summary["tracks"]] == [
@@ -158,3 +159,25 @@ def test_video_tracks_faces_across_frames(classifier, tmp_path):
     ]  # fmt: skip
     frames = list(video.sampled_frames(str(out_dir / "clip.annotated.mp4"), 1))
     assert len(frames) == CLIP_FRAMES // 2 and frames[0][1].shape == (CLIP_SIZE[1], CLIP_SIZE[0], 3)
+
+
+def test_the_dnn_detector_classifies_a_tilted_face_levelled(classifier, tmp_path, capsys):
+    pytest.importorskip("lz4")
+    from fer_flax.inference.faces import mtcnn
+
+    try:
+        detector = mtcnn.MtcnnDetector()
+    except ImportError:
+        pytest.skip('the dnn face detector is not installed: pip install ".[faces-dnn]"')
+    tilted_astronaut(30).save(tmp_path / "tilted.png")
+    [record], _ = predict.predict_inputs([str(tmp_path / "tilted.png")], classifier)  # auto: dnn
+    assert "face detector: dnn:mtcnn" in capsys.readouterr().err
+    assert record["detector"] == "dnn:mtcnn"
+    [face] = record["faces"]
+    # The face is classified from the crop turned by its eyes' angle, built from its landmarks.
+    gray = np.asarray(Image.open(tmp_path / "tilted.png").convert("L"))
+    [found] = detector.detect(gray)
+    assert face["landmarks"]["left_eye"] == pytest.approx(list(found.landmarks.left_eye), abs=0.05)
+    expected = _softmax_of(classifier, crop_lib.crop_face(gray, found)[None])[0]
+    np.testing.assert_allclose([face["probabilities"][n] for n in CLASS_NAMES], expected, atol=1e-5)
+    assert not np.array_equal(crop_lib.crop_face(gray, found), crop_lib.crop_face(gray, Box(*found)))

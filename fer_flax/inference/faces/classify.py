@@ -18,7 +18,7 @@ from fer_flax.core import tta
 from fer_flax.data.spec import FER2013, DataSpec
 from fer_flax.inference import engine as inference
 from fer_flax.inference.faces import crop as crop_lib
-from fer_flax.inference.faces.detect import Box
+from fer_flax.inference.faces.boxes import Box
 from fer_flax.run.trained import Restored
 
 
@@ -39,12 +39,17 @@ class FacePrediction:
         return float(np.max(self.probabilities))
 
     def to_json(self) -> dict:
-        return {
+        """The face's record; "landmarks" ({point: [x, y]}) only from a detector that finds them."""
+        record = {
             "box": {"x": self.box.x, "y": self.box.y, "width": self.box.width, "height": self.box.height},
             "label": self.label,
             "confidence": self.confidence,
             "probabilities": {n: float(p) for n, p in zip(self.class_names, self.probabilities, strict=True)},
         }
+        landmarks = getattr(self.box, "landmarks", None)
+        if landmarks is not None:
+            record["landmarks"] = {k: [round(float(v), 1) for v in p] for k, p in landmarks._asdict().items()}
+        return record
 
 
 def padded_batch_size(n: int, max_batch: int, multiple: int) -> int:

@@ -1,12 +1,16 @@
-"""Face detectors behind one small interface, `FaceDetector`: grayscale image in, boxes out.
+"""Face detectors behind one small interface, `FaceDetector` (`boxes`): grayscale image in, boxes out.
 
-The implementation shipped is OpenCV's Haar cascade (`haarcascade_frontalface_alt2.xml`), whose
-weights are files inside the `opencv-python-headless` 4.x wheel: nothing is downloaded at run time.
-Of the frontal-face cascades in that wheel, alt2 with 5 neighbours is the one that finds the face in
-scikit-image's astronaut photo and no face in its other sample pictures (coins, cells and gravel
-fool `haarcascade_frontalface_default.xml`). It finds frontal and near-frontal faces from 24 pixels
-up; profiles and strongly tilted faces are missed. A better detector (a DNN, for instance) is one more
-class with a `detect` method.
+Two detectors, chosen by name with `make_detector` (`--detector`):
+- `haar`: OpenCV's Haar cascade (`haarcascade_frontalface_alt2.xml`), whose weights are files inside
+  the `opencv-python-headless` 4.x wheel: nothing is downloaded at run time. Of the frontal-face
+  cascades in that wheel, alt2 with 5 neighbours is the one that finds the face in scikit-image's
+  astronaut photo and no face in its other sample pictures (coins, cells and gravel fool
+  `haarcascade_frontalface_default.xml`). It finds frontal and near-frontal faces from 24 pixels
+  up; profiles and faces tilted by 20 degrees or more are mostly missed.
+- `dnn`: MTCNN (`fer_flax.inference.faces.mtcnn`), which also finds five landmarks, from about 20
+  pixels up, tilted by up to 30 degrees and turned half away (benchmarks/RESULTS.md, "Faces in
+  photos"). Its weights come with the `faces-dnn` extra.
+- `auto` (the default): `dnn` where its extra is installed, else `haar`.
 
 OpenCV is an optional extra (`pip install -e ".[photos]"` in the repository); `import_cv2` imports it
 lazily and says which extra to install when it is missing.
@@ -15,35 +19,22 @@ lazily and says which extra to install when it is missing.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from fer_flax.base.extras import install_extra
 
+# The shared types are imported from here too (`Box` has always lived in this module).
+from fer_flax.inference.faces.boxes import Box as Box
+from fer_flax.inference.faces.boxes import FaceBox as FaceBox
+from fer_flax.inference.faces.boxes import FaceDetector as FaceDetector
+from fer_flax.inference.faces.boxes import Landmarks as Landmarks
+from fer_flax.inference.faces.boxes import MissingDependencyError as MissingDependencyError
+
 PHOTOS_EXTRA = "photos"
 DEFAULT_CASCADE = "haarcascade_frontalface_alt2.xml"
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency is not installed; the message names the extra that installs it."""
-
-
-class Box(NamedTuple):
-    """A face's box in image pixels: left, top, width, height."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-
-
-class FaceDetector(Protocol):
-    """Finds faces in a uint8 grayscale image [H, W]; boxes in that image's pixels."""
-
-    name: str
-
-    def detect(self, gray: np.ndarray) -> list[Box]: ...
 
 
 def import_cv2(extra: str = PHOTOS_EXTRA, purpose: str = "face detection") -> Any:
@@ -116,11 +107,27 @@ class HaarCascadeDetector:
         return sorted(boxes, key=lambda b: (b.x, b.y))
 
 
-DETECTORS = ("haar",)
+DETECTORS = ("auto", "haar", "dnn")
 
 
-def make_detector(name: str = "haar") -> FaceDetector:
-    """A detector by name (`--detector`)."""
+def make_detector(name: str = "auto", log: Callable[[str], None] | None = None) -> FaceDetector:
+    """A detector by name (`--detector`): `haar`, `dnn`, or `auto`, which takes `dnn` when its extra is
+    installed and says through `log` which one it took (once per call: callers make one detector)."""
     if name == "haar":
         return HaarCascadeDetector()
-    raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    if name == "dnn":
+        from fer_flax.inference.faces.mtcnn import MtcnnDetector
+
+        return MtcnnDetector()
+    if name != "auto":
+        raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    try:
+        detector = make_detector("dnn")
+    except MissingDependencyError as e:
+        detector = HaarCascadeDetector()
+        reason = f"the dnn detector is not installed: {e}"
+    else:
+        reason = "its weights are installed"
+    if log is not None:
+        log(f"face detector: {detector.name} ({reason})")
+    return detector
