@@ -6,7 +6,7 @@ Command:
       [--max_megapixels 40] [--max_images 16] [--max_batch 32] [--batch_wait_ms 5]
 
 Without --workdir the model bundled with fer_flax is used. The model is loaded and compiled once, at
-start-up (a first prediction warms it), then kept: the images of concurrent requests are gathered
+start-up (for every batch size up to --max_batch), then kept: the images of concurrent requests are gathered
 for up to --batch_wait_ms into one call of at most --max_batch images. Once it listens it prints
 `Serving MODEL on http://HOST:PORT/` on stderr; --port 0 takes a free port (the line says which).
 Ctrl-C (or SIGTERM) stops it after the requests in hand.
@@ -81,6 +81,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def warm(recognizer, max_batch: int) -> None:
+    """Compiles the model for every batch of faces a request may meet (the powers of two up to
+    `max_batch`, `FaceClassifier`'s padded shapes) and loads the face detector, so that no request
+    waits for a compilation."""
+    recognizer.predict(np.zeros((96, 96), np.uint8))  # a photo (no face): the detector loads
+    empty = recognizer.classifier.empty_crops()
+    size = 1
+    while True:
+        recognizer.classifier(np.zeros((size, *empty.shape[1:]), empty.dtype))
+        if size >= max_batch:
+            return
+        size = min(2 * size, max_batch)
+
+
 def main(argv: list[str]) -> None:
     f = flags.FLAGS
     uvicorn, app_lib = _server_modules()
@@ -89,8 +103,7 @@ def main(argv: list[str]) -> None:
     recognizer = Recognizer(f.workdir, checkpoint=f.checkpoint, tta=f.tta, detector=f.detector)
     if recognizer.trained_on_synthetic:
         print(sources.SYNTHETIC_MODEL_NOTICE, file=sys.stderr)
-    # Warm: a face crop compiles the model's smallest batch, a photo loads the face detector.
-    recognizer.predict([np.zeros(recognizer.spec.image_size, np.uint8), np.zeros((96, 96), np.uint8)])
+    warm(recognizer, f.max_batch)
     limits = app_lib.Limits(
         max_upload_bytes=round(f.max_upload_mb * 2**20),
         max_pixels=round(f.max_megapixels * 1e6),
