@@ -163,7 +163,7 @@ def test_a_streamed_upload_is_refused_once_it_passes_the_limit_with_bounded_memo
     _healthy(server)
 
 
-def _headless_chromium():
+def _headless_chromium(*extra_args: str):
     webdriver = pytest.importorskip("selenium.webdriver")
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver):
@@ -173,6 +173,8 @@ def _headless_chromium():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
     options.add_argument("--window-size=1280,1600")
+    for arg in extra_args:
+        options.add_argument(arg)
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
@@ -200,5 +202,28 @@ def test_the_page_shows_a_photos_faces_in_a_headless_browser(server, tmp_path):
         size = browser.execute_script("const c = arguments[0]; return [c.width, c.height];",
                                       browser.find_element("id", "canvas"))  # fmt: skip
         assert size == [512, 512]  # the photo, drawn with its face's box
+    finally:
+        browser.quit()
+
+
+def test_the_page_posts_a_webcam_frame(server):
+    """Chromium's fake camera (a moving test pattern, no face) through getUserMedia: a captured frame
+    goes to /predict and its answer is drawn."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _headless_chromium("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    try:
+        before = _healthy(server)["requests"]
+        browser.get(server.url)
+        browser.find_element("id", "camera").click()
+        video = browser.find_element("id", "video")
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script("return arguments[0].videoWidth", video))
+        browser.find_element("id", "capture").click()
+        WebDriverWait(browser, 30).until(lambda b: "found" in b.find_element("id", "status").text)
+        assert browser.find_element("id", "status").text == "No face found."
+        width = browser.execute_script("return arguments[0].videoWidth", video)
+        canvas = browser.execute_script("return arguments[0].width", browser.find_element("id", "canvas"))
+        assert canvas == min(width, 640) > 0  # the frame, drawn
+        assert _healthy(server)["requests"] == before + 1
     finally:
         browser.quit()

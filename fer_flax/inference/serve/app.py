@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.resources
+import sys
+import traceback
 from typing import Any
 
 from starlette.applications import Starlette
@@ -154,6 +156,13 @@ async def _refused(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
 
 
+async def _failed(request: Request, error: Exception) -> JSONResponse:
+    """A bug or a broken model call: its traceback on the server's stderr, one JSON line to the client
+    (the server goes on)."""
+    traceback.print_exception(error, file=sys.stderr)
+    return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+
+
 def create_app(recognizer: Recognizer, limits: Limits = Limits()) -> Starlette:
     """The app serving `recognizer` within `limits`; the batcher runs while the app does (its lifespan)."""
     service = _Service(recognizer, limits)
@@ -166,6 +175,6 @@ def create_app(recognizer: Recognizer, limits: Limits = Limits()) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[Middleware(uploads.BodyLimit, limit=limits.max_upload_bytes)],
-        exception_handlers={uploads.Refused: _refused, HTTPException: _refused},
+        exception_handlers={uploads.Refused: _refused, HTTPException: _refused, Exception: _failed},
         lifespan=service.lifespan,
     )
