@@ -49,6 +49,10 @@ def _commands(tmp: Path) -> dict[str, dict]:
             module="fer_flax.inference.predict", flag="--faces", arguments=True,
             required=["--workdir", ABSENT], failing=["--workdir", ABSENT, "face.png"],
         ),
+        "fer_flax.serve": dict(
+            module="fer_flax.inference.serve.command", flag="--max_upload_mb", arguments=False,
+            required=[], failing=["--workdir", ABSENT],
+        ),
         "fer_flax.export": dict(
             module="fer_flax.inference.export", flag="--formats", arguments=False,
             required=["--workdir", ABSENT, "--out", str(tmp / "export")],
