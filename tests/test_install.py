@@ -142,3 +142,13 @@ def test_installed_package_evaluates_and_predicts_with_a_run_of_an_older_version
     (bundled_face,) = result["faces"]
     for name, p in face["probabilities"].items():
         assert bundled_face["probabilities"][name] == pytest.approx(p, abs=1e-6)
+
+    # The Python API of the installed package, with no workdir either: the same face, the same answer.
+    api = (
+        "import json, sys; from fer_flax import Recognizer; "
+        "print(json.dumps([f.to_json() for f in Recognizer().predict(sys.argv[1])]))"
+    )
+    (api_face,) = json.loads(_run([python, "-c", api, tmp_path / "face.png"], elsewhere, env).stdout)
+    assert api_face["label"] == bundled_face["label"]
+    for name, p in bundled_face["probabilities"].items():
+        assert api_face["probabilities"][name] == pytest.approx(p, abs=1e-6)
