@@ -71,7 +71,7 @@ prepare() {
   cat <<EOF
 
 Ready. Copy the working tree with .whl/ and .gpu_data/ to the GPU machine and run this there, from
-the repository root (at most 570 s; the log and results go to \$OUT, default /tmp/$(basename "$script" .sh)_out):
+the repository root (at most ${GPU_CHECK_RUN_SECONDS:-570} s; the log and results go to \$OUT, default /tmp/$(basename "$script" .sh)_out):
 
   $INSTALL bash $script run
 EOF
