@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -151,6 +152,55 @@ def folder_bytes(folder: str) -> tuple[int, int]:
 
 
 # -------------------------------------------------------------------------------------------- summary
+
+
+def curve_figures(
+    records: list[dict], start: float, steps_per_epoch: int, thresholds: Sequence[float]
+) -> dict:
+    """From a run's metrics.jsonl records: images/s (median window after the first), the training
+    seconds with the first window's compilation taken out, and the first evaluation at or above each
+    of `thresholds` (the weights best/ would keep: raw or EMA)."""
+    windows = [r for r in records if "train/seconds" in r]
+    if not windows:
+        return {"images_per_s": None, "train_s": None, "first_window_excess_s": None, "time_to": {}}
+    rates = [r["train/images_per_sec"] for r in windows]
+    median = statistics.median(rates[1:] or rates)
+    first = windows[0]
+    first_images = first["train/seconds"] * first["train/images_per_sec"]
+    excess = max(0.0, first["train/seconds"] - first_images / median)
+    seconds, time_to = -excess, {}
+    for r in records:
+        seconds += r.get("train/seconds", 0.0)
+        accuracy = r.get("selected/accuracy", r.get("val/accuracy"))
+        for threshold in thresholds:
+            key = f"{threshold:.2f}"
+            if accuracy is not None and accuracy >= threshold and key not in time_to:
+                time_to[key] = {
+                    "train_s": round(seconds, 2),
+                    "wall_s": round(r["time"] - start, 2),
+                    "step": r["step"],
+                    "epoch": r["step"] / steps_per_epoch,
+                }
+    return {
+        "images_per_s": median,
+        "train_s": round(seconds, 2),
+        "first_window_excess_s": round(excess, 2),
+        "time_to": time_to,
+    }
+
+
+def speed_verdict(summary: dict, threshold: float, seconds: float) -> str:
+    """Whether a family reached `threshold` within `seconds` of training: the fastest one's figures."""
+    times = {
+        n: f["time_to"][f"{threshold:.2f}"]["train_s"]
+        for n, f in summary["families"].items()
+        if (f.get("time_to") or {}).get(f"{threshold:.2f}")
+    }
+    if not times:
+        return f"missed: no family reached {threshold:.2f}"
+    fastest = min(times, key=times.get)
+    verdict = "met" if times[fastest] <= seconds else "missed"
+    return f"{verdict}: {fastest} reached {threshold:.2f} after {times[fastest]:.0f} s of training"
 
 
 def _cell(value: Any, fmt: str = "{:.4f}") -> str:

@@ -176,16 +176,23 @@ def _train_calls(config, data, mesh, lengths: list[int], out: WarmUp) -> Any:
     return model, state
 
 
-def warm_up(name: str, config: ConfigDict, data: dict[str, ArraySplit], mesh) -> WarmUp:
+def warm_up(
+    name: str, config: ConfigDict, data: dict[str, ArraySplit], mesh, cancel: threading.Event | None = None
+) -> WarmUp:
     """Compiles `config`'s training calls and evaluation as its training run will (see the module
-    docstring) and predicts the run's seconds; an error is recorded, not raised."""
+    docstring) and predicts the run's seconds; an error is recorded, not raised. Once `cancel` is set
+    (the warm-up deadline passed) it stops after the compilation under way."""
     out = WarmUp(family=name)
     start = time.perf_counter()
     try:
+        if cancel is not None and cancel.is_set():
+            raise TimeoutError("not started before the warm-up deadline")
         plan = step_plan(config, len(data["train"]))
         lengths = call_lengths(config, plan)
         out.call_lengths = tuple(sorted(set(lengths)))
         model, state = _train_calls(config, data, mesh, lengths, out)
+        if cancel is not None and cancel.is_set():
+            raise TimeoutError("its training program compiled after the warm-up deadline")
         evaluate = lambda: validation.evaluate(model, state, data["val"], config, mesh)
         _, out.eval_compile_s = _timed(evaluate)
         _, out.eval_s = _timed(evaluate)
@@ -211,11 +218,12 @@ def warm_up_all(
     announce: Callable[[str], object] = print,
 ) -> dict[str, WarmUp]:
     """`warm_up` for each of `jobs` (in its order, the longest compilation first), `workers` at once,
-    until time.monotonic() reaches `deadline`: a family not compiled by then gets an error (its thread
-    may still be compiling; Python cannot stop it)."""
+    until time.monotonic() reaches `deadline`: a family not compiled by then gets an error (a thread
+    still compiling then finishes that compilation and stops)."""
     results: dict[str, WarmUp] = {}
+    cancel = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="warm_up")
-    futures = {pool.submit(warm_up, name, config, data, mesh): name for name, config in jobs.items()}
+    futures = [pool.submit(warm_up, name, config, data, mesh, cancel) for name, config in jobs.items()]
     try:
         remaining = max(0.0, deadline - time.monotonic())
         for future in concurrent.futures.as_completed(futures, timeout=remaining):
@@ -223,7 +231,7 @@ def warm_up_all(
             results[result.family] = result
             announce(describe(result))
     except concurrent.futures.TimeoutError:
-        pass
+        cancel.set()  # a compilation under way runs on (XLA cannot be stopped), nothing after it
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     for name in jobs:

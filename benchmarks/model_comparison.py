@@ -47,7 +47,6 @@ import importlib
 import os
 import shutil
 import signal
-import statistics
 import threading
 import time
 from typing import Any
@@ -165,54 +164,35 @@ def family_config(name: str, args: argparse.Namespace, num_train: int):
 # ------------------------------------------------------------------------------------------- training
 
 
+# Set while a family's time cap is signalling: a SIGTERM outside a training run is then the cap's (ignored),
+# otherwise it comes from outside and ends the process (`_on_sigterm`).
+CAP_SIGNALLING = threading.Event()
+
+
+def _on_sigterm(signum, frame) -> None:
+    if CAP_SIGNALLING.is_set():
+        say("(a time-cap signal outside a training run: ignored)")
+        return
+    raise SystemExit(128 + signum)
+
+
 def _stop_after(seconds: float, done: threading.Event) -> None:
     """SIGTERM to this process after `seconds`, then every 5 s until `done`: the loop stops after the
     call under way; a signal that arrives before the loop listens is ignored and the next one stops it."""
     if done.wait(seconds):
         return
+    CAP_SIGNALLING.set()
     while not done.is_set():
         os.kill(os.getpid(), signal.SIGTERM)
         done.wait(5.0)
-
-
-def curve_figures(records: list[dict], start: float, steps_per_epoch: int) -> dict:
-    """From a run's metrics.jsonl records: images/s (median window after the first), the training
-    seconds with the first window's compilation taken out, and the first evaluation at or above each
-    of THRESHOLDS (the weights best/ would keep: raw or EMA)."""
-    windows = [r for r in records if "train/seconds" in r]
-    if not windows:
-        return {"images_per_s": None, "train_s": None, "first_window_excess_s": None, "time_to": {}}
-    rates = [r["train/images_per_sec"] for r in windows]
-    median = statistics.median(rates[1:] or rates)
-    first = windows[0]
-    first_images = first["train/seconds"] * first["train/images_per_sec"]
-    excess = max(0.0, first["train/seconds"] - first_images / median)
-    seconds, time_to = -excess, {}
-    for r in records:
-        seconds += r.get("train/seconds", 0.0)
-        accuracy = r.get("selected/accuracy", r.get("val/accuracy"))
-        for threshold in THRESHOLDS:
-            key = f"{threshold:.2f}"
-            if accuracy is not None and accuracy >= threshold and key not in time_to:
-                time_to[key] = {
-                    "train_s": round(seconds, 2),
-                    "wall_s": round(r["time"] - start, 2),
-                    "step": r["step"],
-                    "epoch": r["step"] / steps_per_epoch,
-                }
-    return {
-        "images_per_s": median,
-        "train_s": round(seconds, 2),
-        "first_window_excess_s": round(excess, 2),
-        "time_to": time_to,
-    }
 
 
 def train_family(config, cap_s: float, workdir: str, num_train: int, log: warmup.CompileLog) -> dict:
     """Trains `config` in a fresh `workdir`, stopped after the call under way once `cap_s` is spent."""
     shutil.rmtree(workdir, ignore_errors=True)
     mark, start, done = log.mark(), time.time(), threading.Event()
-    threading.Thread(target=_stop_after, args=(cap_s, done), daemon=True).start()
+    timer = threading.Thread(target=_stop_after, args=(cap_s, done), daemon=True)
+    timer.start()
     out: dict[str, Any] = {"cap_s": round(cap_s, 1)}
     try:
         summary = train.train_and_evaluate(config, workdir)
@@ -223,12 +203,15 @@ def train_family(config, cap_s: float, workdir: str, num_train: int, log: warmup
         out.update(outcome="failed", error=f"{type(e).__name__}: {e}")
     finally:
         done.set()
+        timer.join()
     out["wall_s"] = round(time.time() - start, 2)
+    time.sleep(0.1 if CAP_SIGNALLING.is_set() else 0.0)  # a last cap signal is handled while set
+    CAP_SIGNALLING.clear()
     out["compiled_in_training"] = log.since(mark)
     metrics = os.path.join(workdir, "metrics.jsonl")
     records = tracking.read_metrics(metrics) if os.path.isfile(metrics) else []
     per_epoch = step_plan(config, num_train)["steps_per_epoch"]
-    out.update(curve_figures(records, start, per_epoch))
+    out.update(outputs.curve_figures(records, start, per_epoch, THRESHOLDS))
     if out.get("final_step") is not None:
         out["epochs_trained"] = out["final_step"] / per_epoch
     out["has_best"] = os.path.isdir(os.path.join(workdir, "best")) and any(
@@ -241,6 +224,17 @@ def train_all(args, configs: dict, warm: dict, summary: dict, num_train: int, lo
     """Phase 3: each family compiled in time trained within its cap, in FAMILIES' order."""
     ready = [n for n in configs if warm[n].ok]
     train_end = START + args.total_seconds - REPORT_RESERVE_S - MARGIN_S
+    predicted = {n: warm[n].predicted_train_s for n in ready if n not in args.caps}
+    window = train_end - time.monotonic() - sum(args.caps.get(n, 0.0) for n in ready)
+    if predicted and sum(predicted.values()) > window:
+        scale = window / sum(predicted.values())
+        fit = ",".join(f"{n}={max(1, int(configs[n].num_epochs * scale))}" for n in predicted)
+        summary["notes"].append(
+            f"Predicted training ({sum(predicted.values()):.0f} s) exceeds the {window:.0f} s left for it: "
+            f"each family is capped at about {scale:.0%} of its prediction. Epochs that would fit: "
+            f"GPU_COMPARISON_EPOCHS={fit}"
+        )
+        say(summary["notes"][-1])
     for i, name in enumerate(ready):
         left = train_end - time.monotonic()
         predicted = {n: max(warm[n].predicted_train_s or 1.0, 1.0) for n in ready[i:]}
@@ -262,20 +256,6 @@ def train_all(args, configs: dict, warm: dict, summary: dict, num_train: int, lo
 
 
 # ---------------------------------------------------------------------------------------------- main
-
-
-def _speed_verdict(summary: dict) -> str:
-    threshold, seconds = SPEED_GOAL
-    times = {
-        n: f["time_to"][f"{threshold:.2f}"]["train_s"]
-        for n, f in summary["families"].items()
-        if (f.get("time_to") or {}).get(f"{threshold:.2f}")
-    }
-    if not times:
-        return f"missed: no family reached {threshold:.2f}"
-    fastest = min(times, key=times.get)
-    verdict = "met" if times[fastest] <= seconds else "missed"
-    return f"{verdict}: {fastest} reached {threshold:.2f} after {times[fastest]:.0f} s of training"
 
 
 def _warm_up_phase(args, configs: dict, data: dict, summary: dict, mesh) -> dict:
@@ -347,8 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     warmup.enable_compilation_cache(args.compile_cache or os.path.join(args.workdir_root, "jax_cache"))
     log = warmup.CompileLog.install()
     runtime.start()
-    # A family's time-cap signal that lands just after its run returned must not end the comparison.
-    signal.signal(signal.SIGTERM, lambda *_: say("(a time-cap signal outside a training run: ignored)"))
+    signal.signal(signal.SIGTERM, _on_sigterm)
     base = family_config(args.names[0], args, num_train=1)
     data = load_splits(base.data, ("train", "val"), cache_dir=base.data.cache_dir, announce=say)
     configs = {n: family_config(n, args, len(data["train"])) for n in args.names}
@@ -379,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         log=log,
         say=say,
     )
-    summary["goals"]["speed_verdict"] = _speed_verdict(summary)
+    summary["goals"]["speed_verdict"] = outputs.speed_verdict(summary, *SPEED_GOAL)
     summary["phases"]["total"] = round(time.monotonic() - START, 1)
     outputs.write_summary(args.out, summary)
     size, files = outputs.folder_bytes(args.out)

@@ -46,7 +46,7 @@ def test_time_to_accuracy_leaves_out_the_first_windows_compilation():
         {"step": 30, "time": 110.0, "train/seconds": 1.0, "train/images_per_sec": 1000.0},
         {"step": 30, "time": 111.0, "val/accuracy": 0.74},
     ]
-    figures = mc.curve_figures(records, start=100.0, steps_per_epoch=10)
+    figures = outputs.curve_figures(records, start=100.0, steps_per_epoch=10, thresholds=(0.70, 0.73))
     assert figures["images_per_s"] == 1000.0 and figures["first_window_excess_s"] == pytest.approx(4.0)
     assert figures["time_to"]["0.70"] == {"train_s": 2.0, "wall_s": 8.0, "step": 20, "epoch": 2.0}
     assert figures["time_to"]["0.73"]["train_s"] == pytest.approx(3.0)
