@@ -11,7 +11,9 @@ compilation of the same programs then loads the executables from the cache inste
 `CompileLog` counts what the loop still compiled, so a summary shows whether it did.
 
 Warm-ups of several families can run at once in threads (`warm_up_all`): XLA compiles outside the
-Python lock, so a family that compiles for minutes (GoogLeNet) hides the others' compilations.
+Python lock, so a family that compiles for minutes (GoogLeNet) hides the others' compilations. Only on
+one device: the warm-ups also run their programs, and two programs that all-reduce over several
+devices, launched from two threads, can each hold devices the other one waits for.
 """
 
 from __future__ import annotations
@@ -49,11 +51,21 @@ CHECKPOINT_S = 0.5
 PREPARE_S = 3.0
 
 
-def enable_compilation_cache(path: str) -> None:
-    """JAX's persistent compilation cache in `path`, for every program however quick to compile."""
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+def enable_compilation_cache(path: str) -> list[str]:
+    """JAX's persistent compilation cache in `path`, for every program however quick to compile.
+    Returns the options this jax does not know (then programs may compile again in training, which
+    the summary's compile counts show), rather than failing the comparison."""
+    unknown = []
+    for option, value in (
+        ("jax_compilation_cache_dir", path),
+        ("jax_persistent_cache_min_compile_time_secs", 0.0),
+        ("jax_persistent_cache_min_entry_size_bytes", 0),
+    ):
+        try:
+            jax.config.update(option, value)
+        except (AttributeError, ValueError, KeyError) as e:
+            unknown.append(f"{option}: {e}")
+    return unknown
 
 
 class CompileLog:
@@ -142,9 +154,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def _train_calls(config, data, mesh, lengths: list[int], out: WarmUp) -> Any:
-    """The loop's state, feed and steps for `config`; runs its calls in order until each distinct
-    length has run twice (compiled, then timed) and returns the state."""
+def _train_calls(config, data, mesh, lengths: list[int], out: WarmUp) -> tuple[Any, Any]:
+    """The loop's model, state, feed and steps for `config`; runs its calls in order until each
+    distinct length has run twice (compiled, then timed); returns the model and the state."""
     spec = resolve_spec(config.data)
     model = model_lib.create_model(config, spec)
     plan = step_plan(config, len(data["train"]))
@@ -159,9 +171,9 @@ def _train_calls(config, data, mesh, lengths: list[int], out: WarmUp) -> Any:
     feed = train_feed.make_feed(config, data["train"], mesh)
     compiled = loop.compile_steps(config, schedule, data["train"].class_counts(), mesh)
     runs: dict[int, list[float]] = {}
-    step = 0
+    step, distinct = 0, set(lengths)
     for n in lengths:
-        if all(len(runs.get(m, ())) >= 2 for m in set(lengths)):
+        if all(len(runs.get(m, ())) >= 2 for m in distinct):
             break
         inputs = feed.inputs(step + 1, n)
         (state, _), seconds = _timed(lambda s=state, i=inputs: compiled.train(s, i, train_rng))
@@ -224,6 +236,7 @@ def warm_up_all(
     cancel = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="warm_up")
     futures = [pool.submit(warm_up, name, config, data, mesh, cancel) for name, config in jobs.items()]
+    _SUBMITTED.extend(futures)
     try:
         remaining = max(0.0, deadline - time.monotonic())
         for future in concurrent.futures.as_completed(futures, timeout=remaining):
@@ -239,6 +252,16 @@ def warm_up_all(
             results[name] = WarmUp(family=name, error="not compiled before the warm-up deadline")
             announce(describe(results[name]))
     return {name: results[name] for name in jobs}
+
+
+# Every warm-up submitted in this process, for `still_compiling`.
+_SUBMITTED: list[concurrent.futures.Future] = []
+
+
+def still_compiling() -> bool:
+    """Whether a warm-up that missed its deadline is still compiling: Python would wait for it at exit
+    (XLA cannot be interrupted), so the caller ends the process with os._exit once its files are out."""
+    return any(not f.done() for f in _SUBMITTED)
 
 
 def describe(w: WarmUp) -> str:

@@ -69,14 +69,16 @@ prepare() {
   local max_mib=${GPU_CHECK_MAX_MIB:-60}
   echo "working tree + .whl + .gpu_data: $((tree_bytes / 1024 / 1024)) MiB (limit $max_mib MiB)"
   ((tree_bytes < max_mib * 1024 * 1024)) || { echo "gpu_check: too large to send" >&2; exit 1; }
-  # benchmarks/gpu_suite.sh prepares through this function and sets GPU_CHECK_SCRIPT to itself.
+  # benchmarks/gpu_suite.sh and gpu_comparison.sh prepare through this function and set
+  # GPU_CHECK_SCRIPT to themselves (gpu_comparison.sh also GPU_CHECK_RUN_SECONDS and a command prefix,
+  # GPU_CHECK_RUN_PREFIX).
   local script=${GPU_CHECK_SCRIPT:-benchmarks/gpu_check.sh}
   cat <<EOF
 
 Ready. Copy the working tree with .whl/ and .gpu_data/ to the GPU machine and run this there, from
 the repository root (at most ${GPU_CHECK_RUN_SECONDS:-570} s; the log and results go to \$OUT, default /tmp/$(basename "$script" .sh)_out):
 
-  $INSTALL bash $script run
+  ${GPU_CHECK_RUN_PREFIX:-}$INSTALL bash $script run
 EOF
 }
 

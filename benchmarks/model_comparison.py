@@ -47,6 +47,7 @@ import importlib
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -54,6 +55,7 @@ from typing import Any
 START = time.monotonic()  # at import: the budget counts the imports too
 
 import jax  # noqa: E402
+from absl import logging  # noqa: E402
 
 from benchmarks import comparison_outputs as outputs  # noqa: E402
 from benchmarks import comparison_report  # noqa: E402
@@ -236,15 +238,17 @@ def train_all(args, configs: dict, warm: dict, summary: dict, num_train: int, lo
         )
         say(summary["notes"][-1])
     for i, name in enumerate(ready):
-        left = train_end - time.monotonic()
-        predicted = {n: max(warm[n].predicted_train_s or 1.0, 1.0) for n in ready[i:]}
-        cap = args.caps.get(name, left * predicted[name] / sum(predicted.values()))
+        # What is left, less the fixed caps still to come, shared by the predictions of the others.
+        fixed_later = sum(args.caps.get(n, 0.0) for n in ready[i + 1 :])
+        left = train_end - time.monotonic() - fixed_later
+        predicted = {n: max(warm[n].predicted_train_s or 1.0, 1.0) for n in ready[i:] if n not in args.caps}
+        cap = args.caps[name] if name in args.caps else left * predicted[name] / sum(predicted.values())
         entry = summary["families"][name]
         if cap < MIN_TRAIN_S and name not in args.caps:
             entry.update(outcome=f"skipped: {cap:.0f} s left for it (under {MIN_TRAIN_S:.0f} s)")
             say(f"{name}: {entry['outcome']}")
             continue
-        say(f"== {name}: training, predicted {predicted[name]:.0f} s, cap {cap:.0f} s")
+        say(f"== {name}: training, predicted {warm[name].predicted_train_s:.0f} s, cap {cap:.0f} s")
         workdir = os.path.join(args.workdir_root, "runs", name)
         entry.update(train_family(configs[name], cap, workdir, num_train, log))
         say(
@@ -261,10 +265,17 @@ def train_all(args, configs: dict, warm: dict, summary: dict, num_train: int, lo
 def _warm_up_phase(args, configs: dict, data: dict, summary: dict, mesh) -> dict:
     """Phase 2, its facts recorded per family."""
     jobs = {n: configs[n] for n in COMPILE_ORDER if n in configs}
-    say(f"== compiling {', '.join(jobs)}, {args.compile_workers} at a time")
-    warm = warmup.warm_up_all(
-        jobs, data, mesh, workers=args.compile_workers, deadline=START + args.warmup_deadline, announce=say
-    )
+    workers = args.compile_workers
+    if jax.device_count() > 1 and workers > 1:
+        # Two programs that both all-reduce over several devices, run from two threads, can each hold
+        # some of the devices the other waits for (XLA:CPU aborts after 40 s; NCCL would hang).
+        workers = 1
+        summary["notes"].append("Compiled one family at a time: several devices (see comparison_warmup).")
+    say(f"== compiling {', '.join(jobs)}, {workers} at a time")
+    # No later than leaves one family its minimum before the report's reserve.
+    latest = args.total_seconds - REPORT_RESERVE_S - MARGIN_S - MIN_TRAIN_S
+    deadline = START + min(args.warmup_deadline, latest)
+    warm = warmup.warm_up_all(jobs, data, mesh, workers=workers, deadline=deadline, announce=say)
     for name, w in warm.items():
         entry = summary["families"][name]
         if w.ok:
@@ -324,14 +335,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     shutil.rmtree(args.workdir_root, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
-    warmup.enable_compilation_cache(args.compile_cache or os.path.join(args.workdir_root, "jax_cache"))
+    cache_problems = warmup.enable_compilation_cache(
+        args.compile_cache or os.path.join(args.workdir_root, "jax_cache")
+    )
     log = warmup.CompileLog.install()
     runtime.start()
+    logging.set_verbosity(logging.ERROR)  # Orbax warns about every read-only checkpoint folder it opens
     signal.signal(signal.SIGTERM, _on_sigterm)
     base = family_config(args.names[0], args, num_train=1)
     data = load_splits(base.data, ("train", "val"), cache_dir=base.data.cache_dir, announce=say)
     configs = {n: family_config(n, args, len(data["train"])) for n in args.names}
     summary = new_summary(args, configs)
+    summary["notes"] += [f"JAX's compilation cache option not set: {p}" for p in cache_problems]
     summary["phases"]["start-up and data"] = round(time.monotonic() - START, 1)
     say(
         f"{summary['device']}, {summary['versions']}; data {summary['data']}; "
@@ -364,6 +379,10 @@ def main(argv: list[str] | None = None) -> None:
     size, files = outputs.folder_bytes(args.out)
     say(f"done in {summary['phases']['total']:.0f} s: {files} files, {size / 2**20:.1f} MiB in {args.out}")
     print(outputs.summary_markdown(summary), flush=True)
+    if warmup.still_compiling():  # a late compilation would hold the process at exit; the files are out
+        say("a compilation past its deadline is still running: leaving without waiting for it")
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
