@@ -2,7 +2,8 @@
 
   python -m benchmarks.compare_torch [--models cnn,beefy,resnet18] [--batch 128] [--windows 5]
       [--steps 5] [--warmup 3] [--torch_memory_format channels_last|contiguous] [--torch_threads N]
-      [--dtype float32|bfloat16] [--augment | --no_augment] [--malloc reuse|defaults] [--json out.json]
+      [--dtype float32|bfloat16] [--augment | --no_augment] [--torch_compile auto|on|off]
+      [--torch_compile_mode default|reduce-overhead|max-autotune] [--malloc reuse|defaults] [--json out.json]
 
 Needs PyTorch (`pip install -e ".[bench]"`, i.e. torch==2.13.0).
 
@@ -26,9 +27,15 @@ both sides by default (`--no_augment`); `--augment` turns on the recipe's pad-cr
 and erasing 0.25 on both sides (fer_flax's own on-device augmentation; in PyTorch the equivalent batched
 work: one affine_grid + grid_sample resample with mirrored borders and a random-erasing mask).
 
-Timing: `--warmup` steps of each (plus fer_flax's compilation), then `--windows` rounds of a PyTorch
-window of `--steps` steps followed by a fer_flax window of `--steps` steps, so slow drifts of the machine
-hit both alike. Reported: the median images/s over each framework's windows and fer_flax / PyTorch.
+PyTorch runs eager, and with `--torch_compile on` (the default `auto` on a GPU) a second copy of the
+same network, with the same weights and its own optimizer, runs with the model under `torch.compile`
+(Inductor, default mode: the forward and backward passes compiled, the SGD update eager): the
+"compiled" columns, and the seconds its first step took (the compilation).
+
+Timing: `--warmup` steps of each (plus fer_flax's and torch.compile's compilation), then `--windows`
+rounds of a PyTorch window of `--steps` steps (eager, then compiled) followed by a fer_flax window of
+`--steps` steps, so slow drifts of the machine hit all alike. Reported: the median images/s over each
+one's windows and fer_flax / PyTorch.
 PyTorch runs on `--torch_threads` threads (default: every CPU) in `channels_last` memory format (its
 fastest on CPU; `--torch_memory_format contiguous` for NCHW). The process starts as every fer_flax entry
 point does (`fer_flax.runtime.start()`), so it runs with the CPU corner's glibc malloc settings
@@ -59,19 +66,11 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
-from benchmarks.torch_models import (
-    TORCH_MODELS,
-    count_flax_params,
-    count_torch_params,
-    decay_param_groups,
-    load_flax_variables,
-    torch_model_like,
-)
-from benchmarks.torch_step import make_torch_step
+from benchmarks.torch_models import TORCH_MODELS, count_flax_params
+from benchmarks.torch_step import torch_twins
 from benchmarks.train_step_setup import build_train_step, make_config
 from fer_flax import models, runtime
 from fer_flax.core import parallel
@@ -126,47 +125,34 @@ def compare(
     mesh,
     dtype: str = "float32",
     device: str = "cpu",
+    torch_compile: bool = False,
+    compile_options: dict | None = None,
 ) -> dict[str, Any]:
     """Times fer_flax's step on `mesh` against PyTorch's on `device` ("cpu" or "cuda"), both
-    computing in `dtype` (fer_flax's config.dtype; PyTorch's autocast for bfloat16)."""
+    computing in `dtype` (fer_flax's config.dtype; PyTorch's autocast for bfloat16); PyTorch eager,
+    and with `torch_compile` also with the model under `torch.compile` (its own copy, same start;
+    `compile_options`: torch.compile's mode and backend)."""
     config = make_config(family, variant, batch, augment, dtype)
     # fer_flax: the step every speed benchmark times (benchmarks/train_step_setup.py).
     setup = build_train_step(config, mesh)
-    model, schedule, state = setup.model, setup.schedule, setup.state
-    flax_params = count_flax_params(state.params)
-    images, labels = setup.images, setup.labels
-
-    # PyTorch: the same network, checked by its parameter count, starting from the same weights.
-    fmt = MEMORY_FORMATS[memory_format]
-    # The PyTorch network is described by the float32 module (autocast supplies the compute dtype).
-    tmodel = torch_model_like(model.clone(dtype=jnp.float32) if dtype != "float32" else model)
-    torch_params = count_torch_params(tmodel)
-    assert torch_params == flax_params, (
-        f"{family}:{variant}: the PyTorch model has {torch_params:,} parameters, fer_flax's {flax_params:,}"
-    )
-    load_flax_variables(tmodel, {"params": state.params, "batch_stats": state.batch_stats})
-    tmodel = tmodel.to(device=device, memory_format=fmt).train()
-    o = config.optim
-    optimizer = torch.optim.SGD(
-        decay_param_groups(tmodel, o.weight_decay), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
-    )
-    torch_step = make_torch_step(
-        tmodel,
-        optimizer,
-        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
-        torch.from_numpy(labels).long().to(device),
-        memory_format=fmt,
-        label_smoothing=config.label_smoothing,
-        augment=config.augment if augment else None,
+    modes = ("eager", "compile") if torch_compile else ("eager",)
+    torch_steps, torch_params = torch_twins(
+        setup,
+        config,
+        modes=modes,
+        device=device,
+        memory_format=MEMORY_FORMATS[memory_format],
+        augment=augment,
+        dtype=dtype,
+        compile_options=compile_options,
         # The same learning rate at every step as fer_flax's schedule (its warmup, at these step counts):
         # a constant peak rate from step 0 makes a fresh net diverge, and then the two would not be
         # doing the same arithmetic any more.
-        learning_rates=np.asarray(jax.vmap(schedule)(np.arange(max(warmup, 1) + windows * steps + 1))),
-        autocast_dtype={"float32": None, "bfloat16": torch.bfloat16}[dtype],
+        learning_rates=np.asarray(jax.vmap(setup.schedule)(np.arange(max(warmup, 1) + windows * steps + 1))),
     )
-
+    flax_params = count_flax_params(setup.state.params)
     last_loss: dict[str, float] = {}
-    faults = {"flax": 0, "torch": 0}  # minor page faults during the timed windows
+    faults = dict.fromkeys(("flax", *modes), 0)  # minor page faults during the timed windows
 
     def run_flax(n: int) -> float:
         f0, t0 = _minor_faults(), time.perf_counter()
@@ -177,27 +163,32 @@ def compare(
         last_loss["flax"] = float(metrics["loss"])
         return seconds
 
-    def run_torch(n: int) -> float:
+    def run_torch(mode: str, n: int) -> float:
         f0, t0 = _minor_faults(), time.perf_counter()
         for _ in range(n):
-            loss = torch_step()
+            loss = torch_steps[mode]()
         if device == "cuda":
             torch.cuda.synchronize()  # on a CPU the work is done when the eager call returns
         seconds = time.perf_counter() - t0
-        faults["torch"] += _minor_faults() - f0
-        last_loss["torch"] = loss.detach().item()
+        faults[mode] += _minor_faults() - f0
+        last_loss[mode] = loss.detach().item()
         return seconds
 
     compile_s = run_flax(1)  # compilation + the first step
     if warmup > 1:
         run_flax(warmup - 1)
-    run_torch(max(warmup, 1))
-    torch_rates, flax_rates = [], []
-    faults.update(flax=0, torch=0)
+    first = {mode: run_torch(mode, 1) for mode in modes}  # torch.compile compiles at its first step
+    for mode in modes:
+        if warmup > 1:
+            run_torch(mode, warmup - 1)
+    rates: dict[str, list[float]] = {key: [] for key in ("flax", *modes)}
+    faults.update(dict.fromkeys(faults, 0))
     for _ in range(windows):
-        torch_rates.append(steps * batch / run_torch(steps))
-        flax_rates.append(steps * batch / run_flax(steps))
-    torch_ips, flax_ips = statistics.median(torch_rates), statistics.median(flax_rates)
+        for mode in modes:
+            rates[mode].append(steps * batch / run_torch(mode, steps))
+        rates["flax"].append(steps * batch / run_flax(steps))
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    per_step = windows * steps
     row = {
         "model": family,
         "variant": variant,
@@ -205,17 +196,26 @@ def compare(
         "torch_device": device,
         "params": flax_params,
         "torch_params": torch_params,
-        "torch_images_per_s": torch_ips,
-        "flax_images_per_s": flax_ips,
-        "ratio_flax_over_torch": flax_ips / torch_ips,
-        "torch_window_images_per_s": torch_rates,
-        "flax_window_images_per_s": flax_rates,
+        "torch_images_per_s": median["eager"],
+        "flax_images_per_s": median["flax"],
+        "ratio_flax_over_torch": median["flax"] / median["eager"],
+        "torch_window_images_per_s": rates["eager"],
+        "flax_window_images_per_s": rates["flax"],
         "flax_compile_s": compile_s,
-        "torch_page_faults_per_step": faults["torch"] / (windows * steps),
-        "flax_page_faults_per_step": faults["flax"] / (windows * steps),
-        "torch_final_loss": last_loss["torch"],
+        "torch_page_faults_per_step": faults["eager"] / per_step,
+        "flax_page_faults_per_step": faults["flax"] / per_step,
+        "torch_final_loss": last_loss["eager"],
         "flax_final_loss": last_loss["flax"],
     }
+    if torch_compile:
+        row.update(
+            torch_compile_images_per_s=median["compile"],
+            ratio_flax_over_torch_compile=median["flax"] / median["compile"],
+            torch_compile_window_images_per_s=rates["compile"],
+            torch_compile_s=first["compile"],  # torch.compile's compilation + the first step
+            torch_compile_page_faults_per_step=faults["compile"] / per_step,
+            torch_compile_final_loss=last_loss["compile"],
+        )
     return row
 
 
@@ -223,7 +223,7 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def settings_lines(args, threads: int, device: str, malloc: str) -> list[str]:
+def settings_lines(args, threads: int, device: str, malloc: str, torch_compile: bool = False) -> list[str]:
     c = make_config("cnn", "small", args.batch, args.augment)
     a, o = c.augment, c.optim
     aug = (
@@ -234,7 +234,7 @@ def settings_lines(args, threads: int, device: str, malloc: str) -> list[str]:
     )
     return [
         f"jax {jax.__version__} ({jax.device_count()} {jax.devices()[0].platform} device(s)), "
-        f"torch {torch.__version__} (eager on {device}"
+        f"torch {torch.__version__} (eager{' and torch.compile' if torch_compile else ''} on {device}"
         + (f" {torch.cuda.get_device_name()}, cudnn.benchmark, TF32" if device == "cuda" else "")
         + (f", {threads} threads" if device == "cpu" else "")
         + f", {args.torch_memory_format}); "
@@ -243,24 +243,37 @@ def settings_lines(args, threads: int, device: str, malloc: str) -> list[str]:
         f"batch {args.batch} {args.dtype} 48x48x1; softmax CE + label smoothing {c.label_smoothing:g}; "
         f"SGD{' Nesterov' if o.nesterov else ''} momentum {o.momentum:g}, weight decay "
         f"{o.weight_decay:g} on conv/linear weights; augmentation: {aug}",
-        f"{args.windows} alternating windows of {args.steps} steps (torch, then fer_flax) after "
+        f"{args.windows} alternating windows of {args.steps} steps "
+        f"({'torch eager, torch.compile' if torch_compile else 'torch'}, then fer_flax) after "
         f"{args.warmup} warm-up steps each; medians over the windows; glibc malloc: {malloc}",
     ]
 
 
 def print_table(rows: list[dict]) -> None:
+    """One line per model; with torch.compile rows, its images/s, fer_flax's ratio to it and its
+    compilation seconds too."""
+    compiled = any("torch_compile_images_per_s" in r for r in rows)
     header = f"{'model':<8} {'variant':<16} {'dtype':<9} {'params':>12} {'torch img/s':>12} "
+    if compiled:
+        header += f"{'compiled img/s':>15} "
     header += f"{'fer_flax img/s':>15} "
-    header += f"{'flax/torch':>10} {'faults/step torch, flax':>24}"
+    header += f"{'flax/torch':>10} "
+    if compiled:
+        header += f"{'flax/compiled':>13} {'compile s':>9} "
+    header += f"{'faults/step torch, flax':>24}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(
-            f"{r['model']:<8} {r['variant']:<16} {r['dtype']:<9} {r['params']:>12,} "
-            f"{r['torch_images_per_s']:>12,.1f} "
-            f"{r['flax_images_per_s']:>15,.1f} {r['ratio_flax_over_torch']:>9.2f}x "
-            f"{r['torch_page_faults_per_step']:>12,.0f}, {r['flax_page_faults_per_step']:>9,.0f}"
-        )
+        line = f"{r['model']:<8} {r['variant']:<16} {r['dtype']:<9} {r['params']:>12,} "
+        line += f"{r['torch_images_per_s']:>12,.1f} "
+        if compiled:
+            line += f"{r.get('torch_compile_images_per_s', float('nan')):>15,.1f} "
+        line += f"{r['flax_images_per_s']:>15,.1f} {r['ratio_flax_over_torch']:>9.2f}x "
+        if compiled:
+            line += f"{r.get('ratio_flax_over_torch_compile', float('nan')):>12.2f}x "
+            line += f"{r.get('torch_compile_s', float('nan')):>9.1f} "
+        line += f"{r['torch_page_faults_per_step']:>12,.0f}, {r['flax_page_faults_per_step']:>9,.0f}"
+        print(line)
 
 
 def main() -> None:
@@ -296,6 +309,14 @@ def main() -> None:
         help="reuse: the CPU corner's glibc settings, as every entry point applies them (the process "
         "is shared, so PyTorch runs with them too); defaults: glibc's defaults for both",
     )
+    parser.add_argument(
+        "--torch_compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also time PyTorch with the model under torch.compile (auto: on a GPU only; on a CPU "
+        "Inductor needs a C++ compiler and minutes)",
+    )
+    parser.add_argument("--torch_compile_mode", default="default", help="torch.compile's mode")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.windows < 1 or args.steps < 1:
@@ -326,11 +347,12 @@ def main() -> None:
     else:
         malloc = "defaults (for both)"
 
+    torch_compile = args.torch_compile == "on" or (args.torch_compile == "auto" and device == "cuda")
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     specs = [resolve_model(s) for s in args.models.split(",") if s]
     mesh = parallel.make_mesh()
-    lines = settings_lines(args, torch.get_num_threads(), device, malloc)
+    lines = settings_lines(args, torch.get_num_threads(), device, malloc, torch_compile)
     print("\n".join(lines), flush=True)
     rows = []
     for family, variant in specs:
@@ -346,6 +368,8 @@ def main() -> None:
             mesh=mesh,
             dtype=args.dtype,
             device=device,
+            torch_compile=torch_compile,
+            compile_options={"mode": args.torch_compile_mode},
         )
         rows.append(row)
         gc.collect()  # free this model's state before the next one is built

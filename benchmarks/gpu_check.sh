@@ -14,14 +14,17 @@
 #        with each step's TFLOP/s and model FLOP utilisation (benchmarks.device_peaks);
 #     3. the input pipeline's images/s on the real training set (Grain + copy to the device);
 #     4. fer_flax against PyTorch on the GPU (python -m benchmarks.compare_torch: the small CNN, BeefyModel
-#        and ResNet-18 in bfloat16 at batch GPU_CHECK_COMPARE_BATCH, PyTorch with cudnn.benchmark);
+#        and ResNet-18 in bfloat16 at batch GPU_CHECK_COMPARE_BATCH, PyTorch eager with cudnn.benchmark,
+#        and with GPU_CHECK_TORCH_COMPILE=on also under torch.compile);
 #     5. one strong recipe (configs/beefy.py, bf16) trained on the real data for as long as fits,
 #        printing validation accuracy against wall time;
 #   and ends with a short table. Everything is logged to $OUT/gpu_check.log, with the JSON results.
 #
 # Knobs (environment): GPU_CHECK_BATCH (throughput batch, default 2048), GPU_CHECK_STEPS (20),
 # GPU_CHECK_FAMILIES (comma-separated, default every family in fer_flax.models.FAMILIES),
-# GPU_CHECK_COMPARE_BATCH (1024), GPU_CHECK_CONFIG (configs/beefy.py), GPU_CHECK_EPOCHS (30),
+# GPU_CHECK_COMPARE_BATCH (1024), GPU_CHECK_TORCH_COMPILE (off: torch.compile's compilation of three
+# models needs more than phase 4's time; with on, give the phase GPU_CHECK_COMPARE_SECONDS=300 and skip
+# phase 5), GPU_CHECK_COMPARE_SECONDS (120), GPU_CHECK_CONFIG (configs/beefy.py), GPU_CHECK_EPOCHS (30),
 # GPU_CHECK_TRAIN_SECONDS (120; 0 skips phase 5), GPU_CHECK_DATA_SRC (the tarball `prepare` copies),
 # GPU_CHECK_MAX_MIB (60: the most the copy to the GPU machine may hold). Results go to $OUT
 # (default /tmp/gpu_check_out).
@@ -66,14 +69,16 @@ prepare() {
   local max_mib=${GPU_CHECK_MAX_MIB:-60}
   echo "working tree + .whl + .gpu_data: $((tree_bytes / 1024 / 1024)) MiB (limit $max_mib MiB)"
   ((tree_bytes < max_mib * 1024 * 1024)) || { echo "gpu_check: too large to send" >&2; exit 1; }
-  # benchmarks/gpu_suite.sh prepares through this function and sets GPU_CHECK_SCRIPT to itself.
+  # benchmarks/gpu_suite.sh and gpu_comparison.sh prepare through this function and set
+  # GPU_CHECK_SCRIPT to themselves (gpu_comparison.sh also GPU_CHECK_RUN_SECONDS and a command prefix,
+  # GPU_CHECK_RUN_PREFIX).
   local script=${GPU_CHECK_SCRIPT:-benchmarks/gpu_check.sh}
   cat <<EOF
 
 Ready. Copy the working tree with .whl/ and .gpu_data/ to the GPU machine and run this there, from
-the repository root (at most 570 s; the log and results go to \$OUT, default /tmp/$(basename "$script" .sh)_out):
+the repository root (at most ${GPU_CHECK_RUN_SECONDS:-570} s; the log and results go to \$OUT, default /tmp/$(basename "$script" .sh)_out):
 
-  $INSTALL bash $script run
+  ${GPU_CHECK_RUN_PREFIX:-}$INSTALL bash $script run
 EOF
 }
 
@@ -108,10 +113,11 @@ print(jax.devices())
     echo "gpu_check: loader stopped (exit $?)"
 
   phase "4/5 fer_flax against PyTorch on the GPU, bfloat16, batch $compare_batch"
-  # 120 s at most, so that every phase at its limit (45 + 150 + 60 + 120 + 120 s) leaves the summary
-  # inside the check's 570 s.
-  timeout -k 10 120 python3 -m benchmarks.compare_torch --models cnn,beefy,resnet18 --dtype bfloat16 \
-    --batch "$compare_batch" --windows 3 --steps 5 --json "$OUT/compare_torch.json" ||
+  # 120 s at most by default, so that every phase at its limit (45 + 150 + 60 + 120 + 120 s) leaves the
+  # summary inside the check's 570 s.
+  timeout -k 10 "${GPU_CHECK_COMPARE_SECONDS:-120}" python3 -m benchmarks.compare_torch \
+    --models cnn,beefy,resnet18 --dtype bfloat16 --batch "$compare_batch" --windows 3 --steps 5 \
+    --torch_compile "${GPU_CHECK_TORCH_COMPILE:-off}" --json "$OUT/compare_torch.json" ||
     echo "gpu_check: compare_torch stopped (exit $?)"
 
   local start
@@ -164,8 +170,10 @@ compare = load("compare_torch.json")
 if compare and compare.get("rows"):
     print("fer_flax against PyTorch on the same device (images/s):")
     for r in compare["rows"]:
+        compiled = (f", PyTorch torch.compile {r['torch_compile_images_per_s']:,.0f} (ratio "
+                    f"{r['ratio_flax_over_torch_compile']:.2f}x)") if "torch_compile_images_per_s" in r else ""
         print(f"  {r['model']}/{r['variant']} {r['dtype']}: PyTorch {r['torch_images_per_s']:,.0f}, "
-              f"fer_flax {r['flax_images_per_s']:,.0f}, ratio {r['ratio_flax_over_torch']:.2f}x")
+              f"fer_flax {r['flax_images_per_s']:,.0f}, ratio {r['ratio_flax_over_torch']:.2f}x{compiled}")
 else:
     print("no fer_flax/PyTorch comparison")
 metrics = os.path.join(out, "train_metrics.jsonl")

@@ -1,5 +1,6 @@
 """The PyTorch side of benchmarks/compare_torch.py's train step: fer_flax's preprocessing and recipe
-augmentation written in batched PyTorch, and one SGD step of a PyTorch model."""
+augmentation written in batched PyTorch, one SGD step of a PyTorch model, eager or with the model under
+`torch.compile`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ import contextlib
 import functools
 import math
 
+import jax.numpy as jnp
 import torch
 import torch.nn.functional as F
 
+from benchmarks.torch_models import (
+    count_flax_params,
+    count_torch_params,
+    decay_param_groups,
+    load_flax_variables,
+    torch_model_like,
+)
 from fer_flax.core.augment import ERASE_RATIO, MEAN, STD
 
 # ---------------------------------------------------------------------------------- torch step
@@ -98,3 +107,57 @@ def make_torch_step(
         return loss
 
     return step
+
+
+def compiled_model(model, *, mode: str = "default", backend: str = "inductor"):
+    """`model` under `torch.compile` (TorchDynamo graphs, AOTAutograd's backward, Inductor's kernels by
+    default): the forward and backward passes of `make_torch_step` then run compiled, the SGD update
+    stays eager. The parameters are `model`'s own, so an optimizer over them trains both."""
+    return torch.compile(model, mode=mode, backend=backend)
+
+
+def torch_twins(
+    setup,
+    config,
+    *,
+    modes,
+    device,
+    memory_format,
+    augment,
+    dtype,
+    learning_rates,
+    compile_options: dict | None = None,
+):
+    """For each of `modes` ("eager", "compile"): a PyTorch twin of fer_flax's model in `setup`
+    (`benchmarks.train_step_setup.build_train_step`) with its initial weights (the parameter counts
+    checked), its own SGD optimizer and one-step function on `setup`'s batch, so every mode starts
+    from the same network and does the same updates. `compile_options` go to `compiled_model` (mode,
+    backend). Returns ({mode: step}, PyTorch parameters)."""
+    model, state, o = setup.model, setup.state, config.optim
+    flax_params = count_flax_params(state.params)
+    out = {}
+    for mode in modes:
+        # The PyTorch network is described by the float32 module (autocast supplies the compute dtype).
+        tmodel = torch_model_like(model.clone(dtype=jnp.float32) if dtype != "float32" else model)
+        torch_params = count_torch_params(tmodel)
+        assert torch_params == flax_params, (
+            f"{type(model).__name__}: the PyTorch model has {torch_params:,} parameters, fer_flax's "
+            f"{flax_params:,}"
+        )
+        load_flax_variables(tmodel, {"params": state.params, "batch_stats": state.batch_stats})
+        tmodel = tmodel.to(device=device, memory_format=memory_format).train()
+        optimizer = torch.optim.SGD(
+            decay_param_groups(tmodel, o.weight_decay), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
+        )
+        out[mode] = make_torch_step(
+            compiled_model(tmodel, **(compile_options or {})) if mode == "compile" else tmodel,
+            optimizer,
+            torch.from_numpy(setup.images).permute(0, 3, 1, 2).contiguous().to(device),
+            torch.from_numpy(setup.labels).long().to(device),
+            memory_format=memory_format,
+            label_smoothing=config.label_smoothing,
+            augment=config.augment if augment else None,
+            learning_rates=learning_rates,
+            autocast_dtype={"float32": None, "bfloat16": torch.bfloat16}[dtype],
+        )
+    return out, torch_params

@@ -12,7 +12,19 @@ from ml_collections import ConfigDict
 from fer_flax.config.defaults import get_base_config
 from fer_flax.config.schema import check_choice
 
-__all__ = ["check_arg", "get_base_config", "use_adamw_recipe", "use_sgd_recipe", "use_smoke_settings"]
+__all__ = [
+    "FER2013_STEPS_PER_EPOCH",
+    "check_arg",
+    "get_base_config",
+    "use_adamw_recipe",
+    "use_gpu_settings",
+    "use_sgd_recipe",
+    "use_smoke_settings",
+    "use_strong_augmentation",
+]
+
+# FER2013's 28,709 Training faces at batch 128: ceil(28709 / 128) = 225 steps an epoch (= 9 x 25).
+FER2013_STEPS_PER_EPOCH = 225
 
 
 def use_sgd_recipe(
@@ -68,6 +80,45 @@ def use_adamw_recipe(
         warmup_epochs=warmup_epochs,
         grad_clip_norm=grad_clip_norm,
     )
+
+
+def use_strong_augmentation(c: ConfigDict, *, erase_prob: float = 0.5) -> None:
+    """The augmentation of the long FER2013 recipes the GPU configs follow (Khaireddin & Chen 2021's
+    VGG: random rescaling, shifts, flips, ±10° rotations and random erasing at p 0.5; the ResNet
+    recipes are alike): random-resized crops of 80-100% of the face (aspect 0.9-1.1) composed with the
+    pad-crop shift of ±4 pixels, the flip and the rotation into one resampling, then erasing."""
+    c.augment.update(
+        pad_crop=4,
+        random_resized_crop=True,
+        rrc_scale=(0.8, 1.0),
+        rrc_ratio=(0.9, 1.1),
+        flip=True,
+        rotate_degrees=10.0,
+        erase_prob=erase_prob,
+        erase_scale=(0.02, 0.2),
+    )
+
+
+def use_gpu_settings(c: ConfigDict, *, epochs: int, evaluations: int = 10, steps_per_call: int = 25) -> None:
+    """One GPU: bfloat16 compute (parameters and optimizer state stay float32), the training split on
+    the device (`data.pipeline=device`) and `steps_per_call` steps per host call, a log record every
+    epoch and `evaluations` evaluations (each also a checkpoint) spread evenly over `epochs`.
+
+    `steps_per_call` divides FER2013's 225 steps an epoch and every evaluation falls on a whole epoch,
+    so each call of the run has the same length and the run compiles one training program (a call
+    cut short by a log or evaluation step would compile a second, one-step program)."""
+    if FER2013_STEPS_PER_EPOCH % steps_per_call or epochs % evaluations:
+        raise ValueError(
+            f"steps_per_call={steps_per_call} must divide {FER2013_STEPS_PER_EPOCH} and "
+            f"evaluations={evaluations} must divide epochs={epochs}"
+        )
+    c.dtype = "bfloat16"
+    c.data.pipeline = "device"
+    c.steps_per_call = steps_per_call
+    c.log_every_steps = FER2013_STEPS_PER_EPOCH
+    c.num_epochs = float(epochs)
+    c.eval_every_epochs = float(epochs // evaluations)
+    c.wandb.histogram_every_steps = 0
 
 
 def use_smoke_settings(c: ConfigDict, variant: str | None = None) -> None:

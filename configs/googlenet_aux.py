@@ -12,16 +12,38 @@ Real FER2013:
 
 PublicTest accuracy: not measured yet (a GPU run); measured figures are in benchmarks/RESULTS.md.
 
-`get_config(arg)` variants: '' (inception_v1_bn, full Table 1 widths), 'small' (half widths, ~1/4 of the
-FLOPs), 'smoke' (a few steps of the quarter-width net cut to modules 3a, 4a and 4d).
+`get_config(arg)` variants: '' (inception_v1_bn, full Table 1 widths), 'gpu' (below), 'small' (half
+widths, ~1/4 of the FLOPs), 'smoke' (a few steps of the quarter-width net cut to modules 3a, 4a and 4d).
+
+'gpu': GoogLeNet's share of the one-call GPU comparison (benchmarks/gpu_comparison.sh), run alone with
+  python -m fer_flax.main --config configs/googlenet_aux.py:gpu --workdir workdirs/googlenet_gpu \
+      --config.data.path=../shared/data/fer2013/fer2013.csv.gz
+The recipe above (SGD-Nesterov lr 0.1, cosine, label smoothing 0.1, sqrt-balanced sampling, aux heads
+at 0.3) for 30 epochs with 6 evaluations, with the long recipes' augmentation (random-resized crops,
+shifts, flips, ±10° rotations, random erasing at p 0.5), EMA 0.999, flip TTA, bfloat16, the device
+pipeline and 25 steps per call. 30 epochs is what fits the comparison's budget after this network's
+compilation, the longest of the five (the faithful GoogLeNet's first call compiled for about 110 s on
+one H200, RESULTS.md "Time to accuracy"). Estimated time on one NVIDIA H200 (not measured): a training
+image costs 6.49 GFLOP (convolutions and matrix products of the train step, `fer_flax.core.flops`),
+and Inception's narrow 1x1 branches and concatenations should use the GPU about half as well as
+ResNet-18 (24.5% of the bf16 peak): at about 10%, some 15,000 images/s, 1.9 s an epoch, so about 57 s
+of training plus 6 evaluations with checkpoints at about 1.5 s: about 66 s. PublicTest accuracy: not
+measured yet.
 """
 
-from configs.common import check_arg, get_base_config, use_sgd_recipe, use_smoke_settings
+from configs.common import (
+    check_arg,
+    get_base_config,
+    use_gpu_settings,
+    use_sgd_recipe,
+    use_smoke_settings,
+    use_strong_augmentation,
+)
 from fer_flax.models import googlenet
 
 
 def get_config(arg: str = ""):
-    check_arg(arg, ("", "small", "smoke"))
+    check_arg(arg, ("", "gpu", "small", "smoke"))
     c = get_base_config()
     c.model_name = "googlenet"
     c.model.variant = "inception_v1_bn_small" if arg == "small" else "inception_v1_bn"
@@ -32,6 +54,10 @@ def get_config(arg: str = ""):
     # proportion to the square root of its size: disgust goes from 1.5% of the stream to ~4.9%, where
     # "balanced" (14%) would repeat its 436 images nine times as often and overfit them.
     c.data.sampling = "sqrt"
+    if arg == "gpu":
+        use_sgd_recipe(c, epochs=30.0, erase_prob=0.5)
+        use_strong_augmentation(c)
+        use_gpu_settings(c, epochs=30, evaluations=6)
     if arg == "smoke":
         use_smoke_settings(c, "inception_v1_bn_tiny")
         # Three of the nine modules: 3a, then 4a and 4d, which carry the auxiliary heads. Every branch

@@ -100,6 +100,19 @@ def test_compare_in_bfloat16_autocasts_pytorch_and_sets_fer_flax_dtype():
     assert np.isfinite(row["torch_final_loss"]) and np.isfinite(row["flax_final_loss"])
 
 
+def test_compare_adds_torch_compile_beside_eager():
+    """The torch.compile column: its own copy of the network from the same weights. TorchDynamo's
+    "eager" backend keeps the test quick (Inductor's code generation takes minutes on a CPU); the
+    compiled module, its parameters under the optimizer and the timing are the ones Inductor gets."""
+    row = compare_tiny(torch_compile=True, compile_options={"backend": "eager"})
+    assert row["torch_compile_images_per_s"] > 0 and row["torch_compile_s"] > 0
+    assert row["ratio_flax_over_torch_compile"] == pytest.approx(
+        row["flax_images_per_s"] / row["torch_compile_images_per_s"]
+    )
+    assert np.isfinite(row["torch_compile_final_loss"])
+    assert "torch_compile_images_per_s" not in compare_tiny()  # eager only unless asked
+
+
 def test_torch_step_runs_its_forward_pass_under_autocast():
     model = tm.torch_model_like(models.create_model("cnn", variant="tiny"))
     seen = []

@@ -21,20 +21,20 @@ CONFIG_DIR = REPO / "configs"
 
 # Every experiment config and the `get_config(arg)` arguments its docstring documents.
 CONFIG_ARGS = {
-    "beefy": ("", "smoke"),
+    "beefy": ("", "gpu", "smoke"),
     "cct": ("", "2_3x2", "smoke"),
-    "cpu_recipe": ("", "tuned", "smoke"),
+    "cpu_recipe": ("", "tuned", "gpu", "smoke"),
     "cpu_teacher": ("", "wide", "smoke"),
     "distill_cpu": ("", "tuned", "smoke"),
     "ferplus": ("", "gpu", "smoke"),
     "googlenet": ("", "noaux", "smoke"),
-    "googlenet_aux": ("", "small", "smoke"),
-    "resnet18": ("", "cpu", "smoke"),
+    "googlenet_aux": ("", "gpu", "small", "smoke"),
+    "resnet18": ("", "gpu", "cpu", "smoke"),
     "resnet34": ("", "smoke"),
     "resnet_complex": ("", "smoke"),
     "simple_cnn": ("", "real", "smoke"),
     "vit_hybrid": ("", "smoke"),
-    "vit_small": ("", "p4", "smoke"),
+    "vit_small": ("", "gpu", "p4", "smoke"),
     "vit_spt_lsa": ("", "smoke"),
     "vit_tiny": ("", "p6_gap", "smoke"),
 }
