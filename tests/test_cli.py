@@ -67,6 +67,10 @@ def _commands(tmp: Path) -> dict[str, dict]:
             required=["--workdir", ABSENT, "--out", str(tmp / "explain")],
             failing=["--workdir", ABSENT, "--out", str(tmp / "explain")],
         ),
+        "fer_flax.compare": dict(
+            module="fer_flax.research.compare", flag="--tta", arguments=True,
+            required=["--out", str(tmp / "compare")], failing=["--out", str(tmp / "compare"), ABSENT],
+        ),
         "fer_flax.multiseed": dict(
             module="fer_flax.research.multiseed", flag="--seeds", arguments=False,
             required=["--config", SMOKE, "--workdir", str(tmp / "multiseed")],

@@ -102,7 +102,7 @@ def render(manifest: dict, *, synthetic: bool) -> str:
         else "parameters: see config.json"
     )
     size = manifest["bytes"] / 1e6
-    tta = manifest["tta"] + (f" (crops of {manifest['crop_size']})" if manifest.get("crop_size") else "")
+    tta = manifest["tta"] + (f" (crops of {manifest['crop_size']})" if manifest["crop_size"] else "")
     lines = [f"# Model card: fer_flax's bundled model ({src['model_name']}/{src['variant']})", ""]
     if synthetic:
         lines += [

@@ -33,10 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
-from fer_flax import runtime
-from fer_flax.base import atomic_files
+from fer_flax import cli
+from fer_flax.base import atomic_files, output_paths
 from fer_flax.core import flops, parallel, tta
 from fer_flax.core.model import create_model
 from fer_flax.data.splits import SPLITS
@@ -232,14 +232,16 @@ def define_flags() -> None:
     flags.mark_flag_as_required("out")
 
 
+# Workdirs as arguments; absl at ERROR: Orbax warns about read-only checkpoint folders.
+COMMAND = cli.Command(arguments=True, log_level="error")
+
+
 def main(argv: list[str]) -> None:
     workdirs = argv[1:]
     if not workdirs:
         raise app.UsageError("give one or more training workdirs to compare")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
-    runtime.start()
     f = flags.FLAGS
+    output_paths.check_folder("--out", f.out)  # before any run is read
     # A folder that is not a run, a damaged checkpoint, missing data: one line, via cli.run.
     result = compare(workdirs, split=f.split, data_path=f.data, tta_mode=f.tta)
     if jax.process_index() == 0:

@@ -91,7 +91,7 @@ def data_set(config: dict, derived: dict) -> str:
     """What a run trained on, as the leaderboard groups it: the data's name (the file or folder of
     `data.path` without its archive suffixes; "synthetic" without a path) and its class count (from
     the run's recorded data spec; FER2013's 7 for runs that predate the record)."""
-    path = config["data"].get("path")
+    path = config["data"]["path"]
     name = SYNTHETIC
     if path:
         name = os.path.basename(os.path.normpath(path))

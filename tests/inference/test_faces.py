@@ -125,7 +125,7 @@ def test_without_the_dnn_extra_auto_takes_the_haar_cascade_and_says_so(monkeypat
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(mtcnn.importlib.metadata, "distribution", not_installed)
-    with pytest.raises(MissingDependencyError, match=r"fer_flax\[faces-dnn\]"):
+    with pytest.raises(MissingDependencyError, match=r"\.\[faces-dnn\]"):
         make_detector("dnn")
     said = []
     detector = make_detector("auto", log=said.append)

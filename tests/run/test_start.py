@@ -17,9 +17,9 @@ import pytest
 
 from fer_flax.run import lock as workdir_lock
 from fer_flax.run import start as run_start
-from tests.helpers import REPO
-from tests.helpers.trained_runs import write_fer_csv
-from tests.run.test_workdir_reliability import TINY_FLAGS, _env, _files, _flip_a_bit, _largest_file
+from tests.helpers import REPO, folder_files, repo_env
+from tests.helpers.fault_injection import flip_a_bit, largest_file
+from tests.helpers.trained_runs import TINY_FLAGS, write_fer_csv
 
 pytestmark = pytest.mark.xdist_group("trained_run")
 
@@ -28,7 +28,7 @@ SMOKE = "--config=configs/simple_cnn.py:smoke"
 
 def _train(*flags: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "fer_flax.main", *flags]
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=300)
 
 
 def _bad_row_csv(path: Path) -> Path:
@@ -69,11 +69,11 @@ def test_a_failed_resume_keeps_every_file_of_the_run(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     for step in ("2", "4"):  # no checkpoint left to resume from: the run stops after opening them
-        _flip_a_bit(_largest_file(run / "checkpoints" / step / "state"))
-    before = _files(run)
+        flip_a_bit(largest_file(run / "checkpoints" / step / "state"))
+    before = folder_files(run)
     result = _train(*TINY_FLAGS, f"--workdir={run}")
     _one_error_line(result, f"error: No usable checkpoint in {run}/checkpoints: damaged")
-    after = _files(run)
+    after = folder_files(run)
     assert workdir_lock.LOCK_FILE in after  # rewritten with the last holder's PID, not removed
     assert {k: v for k, v in after.items() if k != workdir_lock.LOCK_FILE} == {
         k: v for k, v in before.items() if k != workdir_lock.LOCK_FILE

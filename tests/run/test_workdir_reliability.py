@@ -30,7 +30,7 @@ from fer_flax.run import checkpoint as checkpoint_lib
 from fer_flax.run import lock as workdir_lock
 from fer_flax.run import trained
 from fer_flax.training import loop as train
-from tests.helpers import REPO
+from tests.helpers import REPO, folder_files, repo_env
 from tests.helpers.fault_injection import flip_a_bit, largest_file
 from tests.helpers.trained_runs import TINY_FLAGS, tiny_config
 
@@ -46,14 +46,6 @@ def copy(trained_run, tmp_path) -> Path:
     return target
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _same_final_weights(a: str, b: str) -> None:
     left, right = trained.restore(a, "latest"), trained.restore(b, "latest")
     assert left.step == right.step
@@ -65,13 +57,13 @@ def _same_final_weights(a: str, b: str) -> None:
 
 
 def test_a_second_trainer_is_refused_before_it_touches_the_workdir(copy):
-    before = _files(copy)
+    before = folder_files(copy)
     fd = workdir_lock.acquire(str(copy))  # this test process is the first trainer
     try:
-        held = _files(copy)
+        held = folder_files(copy)
         cmd = [sys.executable, "-m", "fer_flax.main", *TINY_FLAGS, f"--workdir={copy}", "--debug"]
-        second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-        assert _files(copy) == held  # nothing written, moved or deleted: the first run is unharmed
+        second = subprocess.run(cmd, cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=300)
+        assert folder_files(copy) == held  # nothing written, moved or deleted: the first run is unharmed
     finally:
         workdir_lock.release(fd)
     assert second.returncode == 1, second.stderr[-3000:]
@@ -92,7 +84,7 @@ def test_a_killed_holder_releases_the_lock_at_once(tmp_path):
             "print('locked', flush=True); time.sleep(120)",
             str(tmp_path),
         ],
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True,
+        cwd=REPO, env=repo_env(), stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -149,7 +141,7 @@ def test_a_failed_save_stops_with_one_line_and_resumes_identically(trained_run, 
     # The commit of checkpoints/4 fails with ENOSPC (tests/helpers/fault_injection.py), as on a full disk.
     cmd = [sys.executable, str(REPO / "tests" / "helpers" / "fault_injection.py"), "nospace:4", *TINY_FLAGS]
     failed = subprocess.run(
-        [*cmd, f"--workdir={workdir}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+        [*cmd, f"--workdir={workdir}"], cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=300
     )
     assert failed.returncode == 1, failed.stderr[-3000:]
     assert failed.stderr.count("\n") == 1, failed.stderr[-3000:]  # one line, no traceback
@@ -210,7 +202,7 @@ def test_the_writability_probe_leaves_nothing_behind_on_a_full_disk(tmp_path):
     workdir, outside = tmp_path / "run", tmp_path / "outside.txt"
     done = subprocess.run(
         [sys.executable, "-c", script, str(workdir), str(outside)],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=repo_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert "write failed: File too large" in done.stdout, done.stdout + done.stderr  # writes do fail
     assert done.returncode == 0, done.stderr[-3000:]

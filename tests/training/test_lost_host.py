@@ -23,7 +23,7 @@ import pytest
 
 from fer_flax.core import liveness
 from tests.helpers import REPO
-from tests.training.test_multihost import OVERRIDES, _env, _free_port, run_two_processes
+from tests.helpers.multihost import OVERRIDES, free_port, job_env, run_two_processes
 
 HOST_TIMEOUT_S = 3.0
 # The survivor's own detection bound, plus room for a loaded machine (the suite shares two cores).
@@ -37,8 +37,8 @@ NATIVE_NOISE = ("Check failure stack trace", "Terminating process", "Fatal Pytho
 def _start_job(workdir: Path, logs: Path) -> tuple[list[subprocess.Popen], list[Path]]:
     """Both processes, each in a session of its own (so that the test can find and end everything
     each one started, the coordination service's process included)."""
-    port = _free_port()
-    env = {**_env(logs / "jax_cache"), liveness.ENV_HOST_TIMEOUT: str(HOST_TIMEOUT_S)}
+    port = free_port()
+    env = {**job_env(logs / "jax_cache"), liveness.ENV_HOST_TIMEOUT: str(HOST_TIMEOUT_S)}
     procs, paths = [], []
     for pid in range(2):
         path = logs / f"lost_host_process{pid}.log"
