@@ -107,7 +107,7 @@ def test_command_line_json_and_csv(trained_run, images, tmp_path):
     out_csv, out_dir = tmp_path / "preds.csv", tmp_path / "out"
     cmd = [
         sys.executable, "-m", "fer_flax.predict", f"--workdir={trained_run}", "--format=json",
-        f"--out={out_csv}", f"--out_dir={out_dir}", str(tmp_path / "astronaut.png"),
+        "--detector=haar", f"--out={out_csv}", f"--out_dir={out_dir}", str(tmp_path / "astronaut.png"),
         str(images / "d_48.png"), str(images / "a_rgb.png"),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

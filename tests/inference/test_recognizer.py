@@ -25,14 +25,14 @@ face_pictures = pytest.importorskip("tests.helpers.face_pictures")
 
 @pytest.fixture(scope="module")
 def recognizer(trained_run):
-    return Recognizer(trained_run)
+    return Recognizer(trained_run, detector="haar")  # the tests check the cascade's exact boxes
 
 
 def test_every_kind_of_image_gives_what_predict_gives(recognizer, tmp_path):
     photo = face_pictures.group_picture()
     photo.save(tmp_path / "group.png")
     classifier = predict.make_classifier(engine.load_members([recognizer.describe()[0]["workdir"]]))
-    (record,) = predict.predict_inputs([str(tmp_path / "group.png")], classifier)[0]
+    (record,) = predict.predict_inputs([str(tmp_path / "group.png")], classifier, detector="haar")[0]
     rgb = np.asarray(photo)
     inputs = {
         "path": (str(tmp_path / "group.png"), {}),
