@@ -56,6 +56,16 @@ def job_env(cache_dir: Path) -> dict[str, str]:
     return env
 
 
+def job_command(workdir: Path, num_epochs: float, port: int, process_id: int) -> list[str]:
+    """`python -m fer_flax.main` of process `process_id` of the tiny two-process job on `port`."""
+    return [
+        sys.executable, "-m", "fer_flax.main", "--config", "configs/simple_cnn.py:smoke",
+        "--workdir", str(workdir), f"--config.num_epochs={num_epochs}",
+        *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={process_id}",
+    ]  # fmt: skip
+
+
 def run_two_processes(workdir: Path, num_epochs: float, logs: Path) -> list[str]:
     """Starts both processes, waits for both (killing stragglers), returns their stdout."""
     port = free_port()
@@ -63,20 +73,7 @@ def run_two_processes(workdir: Path, num_epochs: float, logs: Path) -> list[str]
     for pid in range(2):
         out = open(logs / f"epochs{num_epochs}_process{pid}.log", "w")  # noqa: SIM115 (closed below)
         files.append(out)
-        cmd = [
-            sys.executable,
-            "-m",
-            "fer_flax.main",
-            "--config",
-            "configs/simple_cnn.py:smoke",
-            "--workdir",
-            str(workdir),
-            f"--config.num_epochs={num_epochs}",
-            *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={pid}",
-        ]
+        cmd = job_command(workdir, num_epochs, port, pid)
         procs.append(
             subprocess.Popen(
                 cmd,

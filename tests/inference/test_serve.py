@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import shutil
 import struct
 import zlib
 
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import http_server
+from tests.helpers.browser import headless_chromium
 from tests.helpers.http_server import post_images, request
 
 pytest.importorskip("starlette")
@@ -163,21 +163,6 @@ def test_a_streamed_upload_is_refused_once_it_passes_the_limit_with_bounded_memo
     _healthy(server)
 
 
-def _headless_chromium(*extra_args: str):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1280,1600")
-    for arg in extra_args:
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-
-
 def test_the_page_shows_a_photos_faces_in_a_headless_browser(server, tmp_path):
     face_pictures = pytest.importorskip("tests.helpers.face_pictures")
     from selenium.webdriver.support.ui import WebDriverWait
@@ -186,7 +171,7 @@ def test_the_page_shows_a_photos_faces_in_a_headless_browser(server, tmp_path):
     assert status == 200 and not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched elsewhere
     photo = tmp_path / "astronaut.png"
     face_pictures.astronaut().save(photo)
-    browser = _headless_chromium()
+    browser = headless_chromium()
     try:
         browser.get(server.url)
         WebDriverWait(browser, 30).until(lambda b: "cnn/tiny" in b.find_element("id", "model").text)
@@ -211,7 +196,7 @@ def test_the_page_posts_a_webcam_frame(server):
     goes to /predict and its answer is drawn."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _headless_chromium("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    browser = headless_chromium("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
     try:
         before = _healthy(server)["requests"]
         browser.get(server.url)

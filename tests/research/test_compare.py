@@ -4,7 +4,6 @@ families give, opened in a real headless Chromium."""
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from fer_flax.research import compare
 from fer_flax.training import loop as train
+from tests.helpers.browser import headless_chromium
 from tests.helpers.trained_runs import tiny_config
 
 # One worker trains the two runs the module's fixture shares.
@@ -110,25 +110,12 @@ def test_the_command_writes_the_table_and_the_numbers(report):
     assert sorted(os.listdir(out)) == ["report.html", "report.json", "report.md"]  # no temporary files
 
 
-def _headless_chromium():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1280,2000")
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-
-
 @pytest.mark.slow
 def test_the_page_renders_in_a_headless_browser(report):
     out, _ = report
     page = (out / "report.html").read_text()
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # self-contained: nothing fetched
-    browser = _headless_chromium()
+    browser = headless_chromium(height=2000)
     try:
         browser.get((out / "report.html").as_uri())
         rows = browser.find_elements("css selector", "table#runs tbody tr.run")

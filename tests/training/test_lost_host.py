@@ -15,7 +15,6 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from fer_flax.core import liveness
 from tests.helpers import REPO
-from tests.helpers.multihost import OVERRIDES, free_port, job_env, run_two_processes
+from tests.helpers.multihost import free_port, job_command, job_env, run_two_processes
 
 HOST_TIMEOUT_S = 3.0
 # The survivor's own detection bound, plus room for a loaded machine (the suite shares two cores).
@@ -42,20 +41,7 @@ def _start_job(workdir: Path, logs: Path) -> tuple[list[subprocess.Popen], list[
     procs, paths = [], []
     for pid in range(2):
         path = logs / f"lost_host_process{pid}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "fer_flax.main",
-            "--config",
-            "configs/simple_cnn.py:smoke",
-            "--workdir",
-            str(workdir),
-            f"--config.num_epochs={EPOCHS}",
-            *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={pid}",
-        ]
+        cmd = job_command(workdir, EPOCHS, port, pid)
         with open(path, "w") as out:
             procs.append(
                 subprocess.Popen(
