@@ -138,6 +138,10 @@ SCENARIOS = {
 }
 
 
+# One worker runs the module, so that the three jobs (the module fixture) run once.
+pytestmark = pytest.mark.xdist_group("lost_host")
+
+
 @pytest.fixture(scope="module")
 def losses(tmp_path_factory) -> dict[str, Loss]:
     """The three jobs run at once, so that their start-ups and waits overlap."""
