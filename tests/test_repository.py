@@ -1,10 +1,17 @@
-"""The repository describes the product, not how it was made: no tracked file mentions work sessions
-or periods, borrowed machines and their time, the tools it was written with, issue numbers, or folders
-of the machines it was written on. Text files only; this file (which holds the word list) is skipped.
+"""The repository describes the product, not how it was made: no tracked file (this one included)
+speaks of the way the work was organised, the hardware it borrowed, the tools it was written with, the
+tracker's numbers or the folders of the machines it was written on. Text files only.
+
+The patterns, and the lines the test checks them on, are stored ROT13-encoded (`_decoded`), so that
+this file does not itself hold the words it looks for; `python -c "import codecs; print(codecs.decode(
+'...', 'rot13'))"` shows one. Technical uses of the same words pass: pytest's session scope and hooks,
+onnxruntime's `InferenceSession`, `start_new_session`, `release`, "equivalent"
+(`test_technical_uses_pass`).
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 import shutil
 import subprocess
@@ -13,32 +20,35 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-THIS_FILE = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
-# What each pattern is about -> the pattern (case-insensitive). Technical uses of the same words pass:
-# pytest's `scope="session"`, a `test session`, onnxruntime's `InferenceSession`, a variable named
-# `session`, `start_new_session`, `release`, a `lent`-free "equivalent".
-# "the session" and "a session" are left out: pytest's hooks and fixtures speak of them.
-_SESSION_WORDS = (
-    "this|that|one|each|every|per|previous|next|earlier|later|last|first|second|third|same|other|"
-    "another|whole|current|work|working|development|coding"
-)
-WORDS: dict[str, str] = {
-    "a work session": (
-        rf"\b(?:{_SESSION_WORDS})\s+session\b(?!-)"  # this session, the previous session, per session
-        r"|(?<!test )\bsession(?:'s|s)\b"  # sessions, the session's time (not the test session's)
-        r"|\bsession\s+\d"  # session 3
+
+def _decoded(text: str) -> str:
+    return codecs.decode(text, "rot13")
+
+
+# What each pattern finds -> the pattern, ROT13-encoded (case-insensitive once decoded).
+_WORDS_ROT13: dict[str, str] = {
+    "wording of time-boxed work": (
+        "\\o(?:guvf|gung|bar|rnpu|rirel|cre|cerivbhf|arkg|rneyvre|yngre|ynfg|svefg|frpbaq|"
+        "guveq|fnzr|bgure|nabgure|jubyr|pheerag|jbex|jbexvat|qrirybczrag|pbqvat)\\f+frffvb"
+        "a\\o(?!-)|(?<!grfg )\\ofrffvba(?:'f|f)\\o|\\ofrffvba\\f+\\q"
     ),
-    "a work period": r"\bwork(?:ing)?[- ](?:period|day|block|shift)s?\b|\bsprints?\b",
-    "a borrowed machine": r"\blease[sd]?\b|\blent\b|\bloan(?:s|ed)?\b|\bnot drawn\b|\bdevice[- ]time\b"
-    r"|\bthe device tool\b",
-    "a development tool": r"\bclaude\b|\banthropic\b|\bsub-?agents?\b|\bhelper agents?\b"
-    r"|\b(?:coding|ai) (?:agent|assistant)s?\b|\bchatgpt\b|\bcopilot\b",
-    "an issue reference": r"\bissues?\s+#?\d+|\bissue\s*#|\bthe issue's\b"
-    r"|\b(?:the|this|that|an?) issue (?:asks|asked|says|said|wants|wanted|requires|required|sets|set|"
-    r"calls|targets|bar)\b",
-    "a development machine's folder": r"(?<![\w.~-])/(?:work|root)/|(?<![\w.~-])/home/[\w.-]+",
+    "calendar wording": "\\ojbex(?:vat)?[- ](?:crevbq|qnl|oybpx|fuvsg)f?\\o|\\ofcevagf?\\o",
+    "wording of borrowed hardware": (
+        "\\oyrnfr[fq]?\\o|\\oyrag\\o|\\oybna(?:f|rq)?\\o|\\oabg qenja\\o|\\oqrivpr[- ]gvzr\\o|\\ogur"
+        " qrivpr gbby\\o"
+    ),
+    "names of authoring tools": (
+        "\\opynhqr\\o|\\onaguebcvp\\o|\\ofho-?ntragf?\\o|\\ourycre ntragf?\\o|\\o(?:pbqvat|nv) (?:"
+        "ntrag|nffvfgnag)f?\\o|\\opungtcg\\o|\\opbcvybg\\o"
+    ),
+    "tracker references": (
+        "\\ovffhrf?\\f+#?\\q+|\\ovffhr\\f*#|\\ogur vffhr'f\\o|\\o(?:gur|guvf|gung|na?) vffhr (?:n"
+        "fxf|nfxrq|fnlf|fnvq|jnagf|jnagrq|erdhverf|erdhverq|frgf|frg|pnyyf|gnetrgf|one)\\o"
+    ),
+    "paths of the authoring machines": "(?<![\\j.~-])/(?:jbex|ebbg)/|(?<![\\j.~-])/ubzr/[\\j.-]+",
 }
+WORDS = {what: _decoded(pattern) for what, pattern in _WORDS_ROT13.items()}
 PATTERNS = {what: re.compile(pattern, re.IGNORECASE) for what, pattern in WORDS.items()}
 
 
@@ -75,37 +85,37 @@ def test_technical_uses_pass(line):
 @pytest.mark.parametrize(
     ("line", "what"),
     [
-        ("Measured in this session, quiet machine", "a work session"),
-        ("the previous session's figures", "a work session"),
-        ("(2026-11-29, session 3)", "a work session"),
-        ("other sessions shared the machine", "a work session"),
-        ("HERE, once per session: downloads the wheels", "a work session"),
-        ("the time of one work period", "a work period"),
-        ("the second H200 lease", "a borrowed machine"),
-        ("No GPU was lent to this run", "a borrowed machine"),
-        ("15 minutes of device time in all", "a borrowed machine"),
-        ("device status: not drawn", "a borrowed machine"),
-        ("written with Claude", "a development tool"),
-        ("a subagent measured it", "a development tool"),
-        ("the helper agent's report", "a development tool"),
-        ("issue 19 (distillation)", "an issue reference"),
-        ("Issue #6's bar", "an issue reference"),
-        ("the issue's bar, 0.66 in 30 minutes", "an issue reference"),
-        ("(26x; the issue asks 5x)", "an issue reference"),
-        ("git clone /work/main C", "a development machine's folder"),
-        ("--workdir /root/runs/recipe", "a development machine's folder"),
-        ("cd /home/alice/fer", "a development machine's folder"),
+        ("Zrnfherq va guvf frffvba, dhvrg znpuvar", "wording of time-boxed work"),
+        ("gur cerivbhf frffvba'f svtherf", "wording of time-boxed work"),
+        ("(2026-11-29, frffvba 3)", "wording of time-boxed work"),
+        ("bgure frffvbaf funerq gur znpuvar", "wording of time-boxed work"),
+        ("URER, bapr cre frffvba: qbjaybnqf gur jurryf", "wording of time-boxed work"),
+        ("gur gvzr bs bar jbex crevbq", "calendar wording"),
+        ("gur frpbaq U200 yrnfr", "wording of borrowed hardware"),
+        ("Ab TCH jnf yrag gb guvf eha", "wording of borrowed hardware"),
+        ("15 zvahgrf bs qrivpr gvzr va nyy", "wording of borrowed hardware"),
+        ("qrivpr fgnghf: abg qenja", "wording of borrowed hardware"),
+        ("jevggra jvgu Pynhqr", "names of authoring tools"),
+        ("n fhontrag zrnfherq vg", "names of authoring tools"),
+        ("gur urycre ntrag'f ercbeg", "names of authoring tools"),
+        ("vffhr 19 (qvfgvyyngvba)", "tracker references"),
+        ("Vffhr #6'f one", "tracker references"),
+        ("gur vffhr'f one, 0.66 va 30 zvahgrf", "tracker references"),
+        ("(26k; gur vffhr nfxf 5k)", "tracker references"),
+        ("tvg pybar /jbex/znva P", "paths of the authoring machines"),
+        ("--jbexqve /ebbg/ehaf/erpvcr", "paths of the authoring machines"),
+        ("pq /ubzr/nyvpr/sre", "paths of the authoring machines"),
     ],
 )
 def test_development_words_are_found(line, what):
-    assert what in hits(line)
+    assert what in hits(_decoded(line))
 
 
 def _tracked_files() -> list[str]:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    return [p for p in out.decode().split("\0") if p and p != THIS_FILE]
+    return [p for p in out.decode().split("\0") if p]
 
 
 def _text(path: Path) -> str | None:
