@@ -28,14 +28,11 @@ from typing import Any
 import jax
 from ml_collections import ConfigDict
 
-from fer_flax.core import ema as ema_lib
 from fer_flax.core import model as model_lib
-from fer_flax.core import optim
-from fer_flax.core import state as model_state
 from fer_flax.data import ArraySplit, resolve_spec
 from fer_flax.training import feed as train_feed
 from fer_flax.training import loop, multi_step, validation
-from fer_flax.training.step_plan import step_plan
+from fer_flax.training.step_plan import start_state, step_plan
 
 # JAX's monitoring events: a backend compilation (its duration; also reported for an executable loaded
 # from the persistent cache, which then takes a fraction of the time) and the cache's verdicts.
@@ -159,15 +156,7 @@ def _train_calls(config, data, mesh, lengths: list[int], out: WarmUp) -> tuple[A
     distinct length has run twice (compiled, then timed); returns the model and the state."""
     spec = resolve_spec(config.data)
     model = model_lib.create_model(config, spec)
-    plan = step_plan(config, len(data["train"]))
-    schedule = optim.create_learning_rate_schedule(
-        config.optim, steps_per_epoch=plan["steps_per_epoch"], total_steps=plan["total_steps"]
-    )
-    tx = optim.create_optimizer(config.optim, schedule)
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = model_state.create_train_state(
-        model, tx, init_rng, mesh, ema=ema_lib.ema_enabled(config), image_shape=spec.image_shape
-    )
+    _, schedule, _, state, train_rng = start_state(config, model, spec, mesh, len(data["train"]))
     feed = train_feed.make_feed(config, data["train"], mesh)
     compiled = loop.compile_steps(config, schedule, data["train"].class_counts(), mesh)
     runs: dict[int, list[float]] = {}

@@ -22,7 +22,6 @@ import optax
 from ml_collections import ConfigDict
 
 from fer_flax.config import schema as config_schema
-from fer_flax.core import ema as ema_lib
 from fer_flax.core import model as model_lib
 from fer_flax.core import optim, parallel
 from fer_flax.core import state as model_state
@@ -35,7 +34,7 @@ from fer_flax.run.interrupts import NonFiniteError, StopRequest, TrainingInterru
 from fer_flax.training import distill, init_from, multi_step, steps, validation
 from fer_flax.training import feed as train_feed
 from fer_flax.training.metric_window import MetricWindow
-from fer_flax.training.step_plan import step_plan
+from fer_flax.training.step_plan import start_state
 from fer_flax.training.validation import Evaluation
 
 
@@ -121,15 +120,7 @@ def _prepare(config: ConfigDict, workdir: str, opened: contextlib.ExitStack) -> 
     data = load_splits(config.data, ("train", "val"), cache_dir=cache_dir, announce=say)
     if teachers:  # cached mode: the teachers' probabilities of every training image, made or read once
         data["train"], teachers = distill.with_targets(teachers, data["train"], config, mesh, cache_dir, say)
-    plan = step_plan(config, len(data["train"]))
-    schedule = optim.create_learning_rate_schedule(
-        config.optim, steps_per_epoch=plan["steps_per_epoch"], total_steps=plan["total_steps"]
-    )
-    tx = optim.create_optimizer(config.optim, schedule)
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    state = model_state.create_train_state(
-        model, tx, init_rng, mesh, ema=ema_lib.ema_enabled(config), image_shape=spec.image_shape
-    )
+    plan, schedule, tx, state, train_rng = start_state(config, model, spec, mesh, len(data["train"]))
     if init_plan is not None:
         state = init_from.apply(state, init_plan, tx, mesh)
         say(init_plan.describe())

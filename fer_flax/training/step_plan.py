@@ -1,10 +1,19 @@
-"""All epoch <-> step arithmetic of a run, in one place."""
+"""All epoch <-> step arithmetic of a run, and what every run of a config starts from: its plan,
+learning-rate schedule, optimizer, initial train state and training rng."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import jax
+import optax
 from ml_collections import ConfigDict
+
+from fer_flax.core import ema as ema_lib
+from fer_flax.core import optim
+from fer_flax.core import state as model_state
+from fer_flax.data.spec import DataSpec
 
 
 def step_plan(config: ConfigDict, num_train: int) -> dict[str, int]:
@@ -17,3 +26,21 @@ def step_plan(config: ConfigDict, num_train: int) -> dict[str, int]:
         "total_steps": total_steps,
         "eval_every_steps": eval_every,
     }
+
+
+def start_state(
+    config: ConfigDict, model: Any, spec: DataSpec, mesh: jax.sharding.Mesh, num_train: int
+) -> tuple[dict[str, int], optax.Schedule, optax.GradientTransformation, Any, jax.Array]:
+    """A run's step plan, learning-rate schedule, optimizer, initial train state (replicated over
+    `mesh`) and training rng, for `num_train` training images: what every run of `config` starts
+    from, whatever loads its data or restores its checkpoint afterwards."""
+    plan = step_plan(config, num_train)
+    schedule = optim.create_learning_rate_schedule(
+        config.optim, steps_per_epoch=plan["steps_per_epoch"], total_steps=plan["total_steps"]
+    )
+    tx = optim.create_optimizer(config.optim, schedule)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    state = model_state.create_train_state(
+        model, tx, init_rng, mesh, ema=ema_lib.ema_enabled(config), image_shape=spec.image_shape
+    )
+    return plan, schedule, tx, state, train_rng
