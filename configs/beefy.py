@@ -31,6 +31,7 @@ PublicTest accuracy: not measured yet.
 from configs.common import (
     check_arg,
     get_base_config,
+    use_cpu_budget,
     use_gpu_settings,
     use_sgd_recipe,
     use_smoke_settings,
@@ -39,7 +40,7 @@ from configs.common import (
 
 
 def get_config(arg: str = ""):
-    check_arg(arg, ("", "gpu", "smoke"))
+    check_arg(arg, ("", "gpu", "cpu", "smoke"))
     c = get_base_config()
     c.model_name = "beefy"
     c.model.variant = "base"
@@ -48,6 +49,9 @@ def get_config(arg: str = ""):
         use_sgd_recipe(c, epochs=60.0, erase_prob=0.5)
         use_strong_augmentation(c)
         use_gpu_settings(c, epochs=60, evaluations=10)
+    if arg == "cpu":
+        c.model.variant = "cpu"
+        use_cpu_budget(c, epochs=8)
     if arg == "smoke":
         use_smoke_settings(c, "small")
     return c

@@ -17,6 +17,7 @@ __all__ = [
     "check_arg",
     "get_base_config",
     "use_adamw_recipe",
+    "use_cpu_budget",
     "use_gpu_settings",
     "use_sgd_recipe",
     "use_smoke_settings",
@@ -118,6 +119,21 @@ def use_gpu_settings(c: ConfigDict, *, epochs: int, evaluations: int = 10, steps
     c.log_every_steps = FER2013_STEPS_PER_EPOCH
     c.num_epochs = float(epochs)
     c.eval_every_epochs = float(epochs // evaluations)
+    c.wandb.histogram_every_steps = 0
+
+
+def use_cpu_budget(c: ConfigDict, *, epochs: float, evaluations: int = 5) -> None:
+    """The CPU-budget comparison's settings (every family's `:cpu` config, benchmarks/cpu_comparison.sh):
+    `epochs` sized so that training fits about 25 of the 30 minutes on 2 CPU cores, one warmup epoch,
+    no random erasing (it pays off only in long runs), an EMA of 0.998, `evaluations` evaluations, one
+    JAX device (RESULTS.md, "Devices") and no weight histograms."""
+    c.num_epochs = float(epochs)
+    c.optim.warmup_epochs = 1.0
+    c.augment.erase_prob = 0.0
+    c.ema.decay = 0.998
+    c.eval_every_epochs = float(epochs) / evaluations
+    c.cpu_devices = 1
+    c.log_every_steps = 50
     c.wandb.histogram_every_steps = 0
 
 

@@ -34,6 +34,7 @@ measured yet.
 from configs.common import (
     check_arg,
     get_base_config,
+    use_cpu_budget,
     use_gpu_settings,
     use_sgd_recipe,
     use_smoke_settings,
@@ -43,7 +44,7 @@ from fer_flax.models import googlenet
 
 
 def get_config(arg: str = ""):
-    check_arg(arg, ("", "gpu", "small", "smoke"))
+    check_arg(arg, ("", "gpu", "cpu", "small", "smoke"))
     c = get_base_config()
     c.model_name = "googlenet"
     c.model.variant = "inception_v1_bn_small" if arg == "small" else "inception_v1_bn"
@@ -58,6 +59,9 @@ def get_config(arg: str = ""):
         use_sgd_recipe(c, epochs=30.0, erase_prob=0.5)
         use_strong_augmentation(c)
         use_gpu_settings(c, epochs=30, evaluations=6)
+    if arg == "cpu":
+        c.model.variant = "inception_v1_bn_tiny_s2"
+        use_cpu_budget(c, epochs=11)
     if arg == "smoke":
         use_smoke_settings(c, "inception_v1_bn_tiny")
         # Three of the nine modules: 3a, then 4a and 4d, which carry the auxiliary heads. Every branch

@@ -32,6 +32,7 @@ checkpoints at about 1.3 s each: about 82 s. PublicTest accuracy: not measured y
 from configs.common import (
     check_arg,
     get_base_config,
+    use_cpu_budget,
     use_gpu_settings,
     use_sgd_recipe,
     use_smoke_settings,
@@ -51,8 +52,7 @@ def get_config(arg: str = ""):
         use_gpu_settings(c, epochs=70, evaluations=10)
     elif arg == "cpu":
         c.model.variant = "resnet18_half_s2"
-        c.num_epochs = 10.0
-        c.optim.warmup_epochs = 1.0
+        use_cpu_budget(c, epochs=10)
     elif arg == "smoke":
         use_smoke_settings(c, "resnet10_half")
     return c

@@ -42,6 +42,7 @@ from configs.common import (
     check_arg,
     get_base_config,
     use_adamw_recipe,
+    use_cpu_budget,
     use_gpu_settings,
     use_smoke_settings,
     use_strong_augmentation,
@@ -49,7 +50,7 @@ from configs.common import (
 
 
 def get_config(arg: str = ""):
-    check_arg(arg, ("", "gpu", "p4", "smoke"))
+    check_arg(arg, ("", "gpu", "cpu", "p4", "smoke"))
     c = get_base_config()
     c.model_name = "vit"
     c.model.variant = "vit_small_p4" if arg == "p4" else "vit_small_p6"
@@ -58,6 +59,10 @@ def get_config(arg: str = ""):
         use_adamw_recipe(c, lr=5e-4, epochs=60.0)
         use_strong_augmentation(c, erase_prob=0.25)
         use_gpu_settings(c, epochs=60, evaluations=10)
+    if arg == "cpu":
+        c.model.variant = "vit_cpu"
+        use_adamw_recipe(c, lr=1e-3, epochs=14.0, warmup_epochs=1.0)
+        use_cpu_budget(c, epochs=14)
     if arg == "smoke":
         use_smoke_settings(c, "vit_micro")
     return c

@@ -193,6 +193,16 @@ VARIANTS: dict[str, dict] = {
         block_dropout=0.05,
         head_dropout=0.3,
     ),
+    # Four stages 16-32-64-128, one block each (~0.5M params, ~0.05 GFLOP): the CPU-budget comparison's
+    # size, light dropout because a 30-minute CPU run underfits.
+    "cpu": dict(
+        width=16,
+        num_stages=4,
+        blocks_per_stage=1,
+        head_widths=(256,),
+        block_dropout=0.0,
+        head_dropout=0.2,
+    ),
     # Three stages 128-256-512, one block each: final map 12×12, ~3× base's FLOPs.
     "wide": dict(
         width=128,

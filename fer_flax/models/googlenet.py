@@ -19,6 +19,7 @@ max-pool and the two between-stage pools remain:
 
     stem  "fer":      48 (convs) → 24 (3×3/2 max-pool) | 3a, 3b: 24 | 4a-4e: 12 | 5a, 5b: 6 → global avg
     stem  "fer_hires": 48 (convs, no pool)             | 3a, 3b: 48 | 4a-4e: 24 | 5a, 5b: 12 (≈3× FLOPs)
+    stem  "fer_s2":   24 (stride-2 first conv) → 12 (pool) | 3a, 3b: 12 | 4a-4e: 6 | 5a, 5b: 3 (≈¼ of the FLOPs: CPUs)
     stem  "imagenet": 7×7/2 conv, 3×3/2 pool, 1×1, 3×3, 3×3/2 pool: 48 → 24 → 12 → 6 | 3a: 6 | 4a: 3 | 5a: 2
 
 With "fer" the last map is 6×6, the counterpart of the paper's 7×7 before its 7×7 average pool.
@@ -70,7 +71,7 @@ INCEPTION_V1_STAGES: tuple[tuple[tuple[str, tuple[int, int, int, int, int, int]]
 )
 # The paper's auxiliary classifiers sit on the outputs of these modules.
 AUX_AFTER: tuple[str, ...] = ("4a", "4d")
-STEMS: tuple[str, ...] = ("fer", "fer_hires", "imagenet")
+STEMS: tuple[str, ...] = ("fer", "fer_hires", "fer_s2", "imagenet")
 
 # He-normal: without BatchNorm a 22-layer ReLU stack needs variance-preserving init to train from scratch
 # (the paper's DistBelief init is unpublished; the reference Caffe model used Xavier plus the aux heads).
@@ -208,7 +209,8 @@ class GoogLeNet(nn.Module):
 
     Attributes:
       width: multiplies every conv's channel count (stem, all branches, aux-head convs); Table 1 at 1.0.
-      stem: "fer" (stride-1 stem, one max-pool; default), "fer_hires" (no stem pool) or "imagenet".
+      stem: "fer" (stride-1 stem, one max-pool; default), "fer_hires" (no stem pool), "fer_s2" (a
+        stride-2 first conv: a quarter of the FLOPs, for CPU budgets) or "imagenet".
       batch_norm: BatchNorm after every conv (the modified variant) instead of the paper's plain ReLU.
       lrn: the paper's local response normalisation in the stem.
       aux_heads: build the two auxiliary classifiers (on 4a and 4d).
@@ -242,7 +244,8 @@ class GoogLeNet(nn.Module):
             x = ConvUnit(c64, 7, strides=2, **unit, name="stem_conv1")(x, train=train)
             x = self.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         else:
-            x = ConvUnit(c64, 3, **unit, name="stem_conv1")(x, train=train)
+            strides = 2 if self.stem == "fer_s2" else 1
+            x = ConvUnit(c64, 3, strides=strides, **unit, name="stem_conv1")(x, train=train)
         if self.lrn:
             x = local_response_norm(x)
         x = ConvUnit(c64, 1, **unit, name="stem_conv2_reduce")(x, train=train)
@@ -306,6 +309,15 @@ _MODIFIED = dict(batch_norm=True, lrn=False, dropout=0.5, aux_dropout=0.5, spati
 VARIANTS: dict[str, dict] = {
     # Quarter of every Table 1 width, BN + aux heads: the test and CPU-demo size (~0.42M parameters).
     "inception_v1_bn_tiny": dict(**_MODIFIED, width=0.25, aux_pool_size=2, aux_hidden=128),
+    # bn_tiny with the stride-2 stem (3a at 12×12, ~0.03 GFLOP) and less dropout: the CPU-budget
+    # comparison's size, where a 30-minute run underfits.
+    "inception_v1_bn_tiny_s2": dict(
+        **{**_MODIFIED, "dropout": 0.3, "spatial_dropout": 0.0},
+        width=0.25,
+        stem="fer_s2",
+        aux_pool_size=2,
+        aux_hidden=128,
+    ),
     # The faithful network (no BN, LRN, paper aux heads) at quarter width, for smoke runs (~0.65M).
     "inception_v1_tiny": dict(width=0.25, aux_hidden=256),
     # Half widths: a cheaper modified GoogLeNet (~1.7M parameters).
