@@ -337,8 +337,6 @@ VARIANTS: dict[str, dict] = {
         stem_widths=(16, 32),
         stem_strides=(2, 2),
     ),  # 144 tokens
-    # 4 layers of 128 on 6x6 patches (~0.5M parameters, 64 tokens): the CPU-budget comparison's size.
-    "vit_cpu": dict(dim=128, depth=4, num_heads=4, mlp_dim=256, patch_size=6),
     # CCT-2/3x2: 2 layers, two conv-pool tokenizer stages; 12x12 = 144 tokens, sequence pooling.
     "cct_2_3x2": dict(
         dim=128,
@@ -352,6 +350,8 @@ VARIANTS: dict[str, dict] = {
         drop_path=0.1,
         qkv_bias=False,
     ),
+    # 4 layers of 128 on 6x6 patches (~0.5M parameters, 64 tokens): the CPU-budget comparison's size.
+    "vit_cpu": dict(dim=128, depth=4, num_heads=4, mlp_dim=256, patch_size=6),
     # Lee et al.'s small-dataset ViT (depth 9, 12 heads of 16 dims, MLP ratio 2) with SPT + LSA;
     # 144 tokens.
     "vit_spt_lsa_tiny": dict(

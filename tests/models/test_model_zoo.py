@@ -29,6 +29,7 @@ PINNED_PARAMETER_COUNTS = {
     ("cnn", "small_bn"): 1_274_855,
     ("cnn", "cpu"): 980_455,
     ("cnn", "cpu_fast"): 980_455,  # the same parameters as "cpu", pooled before BatchNorm
+    ("beefy", "cpu"): 525_111,
     ("beefy", "small"): 515_943,
     ("beefy", "wide"): 8_070_791,
     ("beefy", "base"): 8_218_055,
@@ -45,6 +46,7 @@ PINNED_PARAMETER_COUNTS = {
     ("resnet", "resnet34"): 21_279_431,
     ("resnet", "resnet34_complex"): 21_672_391,
     ("googlenet", "inception_v1_bn_tiny"): 421_165,
+    ("googlenet", "inception_v1_bn_tiny_s2"): 421_165,  # bn_tiny's parameters, a stride-2 stem
     ("googlenet", "inception_v1_tiny"): 650_705,
     ("googlenet", "inception_v1_bn_small"): 1_669_093,
     ("googlenet", "inception_v1_noaux"): 5_971_895,
@@ -54,6 +56,7 @@ PINNED_PARAMETER_COUNTS = {
     ("vit", "vit_spt_lsa_micro"): 83_251,
     ("vit", "vit_hybrid_micro"): 83_767,
     ("vit", "cct_2_3x2"): 292_424,
+    ("vit", "vit_cpu"): 544_135,
     ("vit", "vit_spt_lsa_tiny"): 2_713_427,
     ("vit", "cct_7_3x1"): 3_836_680,
     ("vit", "vit_tiny_p6_gap"): 5_359_495,
