@@ -69,11 +69,17 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise FERDataError(file, f"cannot read the records description ({type(e).__name__}: {e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    header = {"format": FORMAT, "version": VERSION}
+    if not isinstance(meta, dict) or any(meta.get(key) != value for key, value in header.items()):
         raise FERDataError(file, f"not a {FORMAT} version {VERSION} description")
-    if meta.get("kind") not in KINDS or meta.get("encoding") != "raw":
+    if (
+        meta.get("kind") not in KINDS
+        or meta.get("encoding") != "raw"
+        or not isinstance(meta.get("splits"), dict)
+    ):
         raise FERDataError(
-            file, f"unknown record kind {meta.get('kind')!r} or encoding {meta.get('encoding')!r}"
+            file,
+            f"unknown record kind {meta.get('kind')!r} or encoding {meta.get('encoding')!r}, or no splits",
         )
     try:
         DataSpec.from_dict(meta["spec"])

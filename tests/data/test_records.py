@@ -276,3 +276,60 @@ def test_the_convert_command(converted, tmp_path):
         timeout=120,
     )
     assert again.returncode == 1 and "already exists" in again.stderr + again.stdout
+
+
+def test_ferplus_folders_and_tars_convert_with_their_votes(tmp_path):
+    from tests.helpers.ferplus import face, make_tar, write_split
+
+    rows = [
+        ("fer0000000.png", [0, 8, 0, 0, 0, 0, 0, 2, 0, 0], face(0)),
+        ("fer0000001.png", [6, 0, 0, 0, 0, 0, 0, 4, 0, 0], face(1)),
+        ("fer0000002.png", [0, 0, 0, 0, 0, 0, 0, 0, 2, 8], face(2)),  # not a face: dropped
+    ]
+    write_split(tmp_path / "fp", "train", rows)
+    write_split(tmp_path / "fp", "val", [("fer0000009.png", [0, 0, 9, 1, 0, 0, 0, 0, 0, 0], face(9))])
+    for i, source in enumerate((tmp_path / "fp", make_tar(tmp_path / "fp", tmp_path / "fp.tar.gz"))):
+        out = tmp_path / f"rec{i}"
+        meta = to_records.convert(_data_config(source), out, ("train", "val"), say=lambda _: None)
+        assert meta["kind"] == "votes" and meta["splits"]["train"]["histogram"][9] == 1
+        memory = sources.load_splits(
+            _data_config(source, label_mode="multi_target"), ("train", "val"), cache_dir=str(tmp_path / "c")
+        )
+        lazy = sources.load_splits(_data_config(out, label_mode="multi_target"), ("train", "val"))
+        for split in ("train", "val"):
+            np.testing.assert_array_equal(
+                lazy[split].images[np.arange(len(lazy[split]))], memory[split].images
+            )
+            np.testing.assert_array_equal(lazy[split].labels, memory[split].labels)
+            np.testing.assert_array_equal(lazy[split].targets, memory[split].targets)
+
+
+def test_a_damaged_records_folder_names_the_file(converted, tmp_path):
+    import shutil
+
+    _, rec = converted
+    broken = tmp_path / "broken"
+    shutil.copytree(rec, broken)
+    np.save(broken / "val.labels.npy", np.zeros(3, np.int32))
+    with pytest.raises(FERDataError, match=r"val\.labels\.npy: 3 int32 rows for 25 records"):
+        records.load_splits(broken, ("val",))
+    (broken / "records.json").write_text("{")
+    with pytest.raises(FERDataError, match=r"records\.json: cannot read the records description"):
+        sources.resolve_spec(_data_config(broken))
+
+
+def test_distillation_keys_records_by_their_description(splits):
+    from types import SimpleNamespace
+
+    from fer_flax.training import distill
+
+    config = defaults.get_base_config()
+    teacher = SimpleNamespace(
+        restored=SimpleNamespace(config=config, variables={"w": np.ones(3, np.float32)}),
+        tta_mode="none",
+        crop_size=None,
+    )
+    lazy = splits["records"]["train"]
+    key = distill._digest(teacher, 2.0, lazy)  # would raise if it converted the images to one array
+    assert key == distill._digest(teacher, 2.0, lazy) != distill._digest(teacher, 3.0, lazy)
+    assert distill._digest(teacher, 2.0, splits["memory"]["train"]) != key
