@@ -23,8 +23,9 @@ PIPELINES: tuple[str, ...] = ("grain", "device")
 DEVICE_LAYOUTS: tuple[str, ...] = ("auto", "replicated", "sharded")
 WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 # What `data.path` holds ("auto": a CSV is FER2013; a folder or archive is FER+ when it has the
-# FER2013Train/Valid/Test folders, else an image-folder set); fer_flax.data.sources reads each.
-DATA_FORMATS: tuple[str, ...] = ("auto", "fer2013", "folder", "ferplus")
+# FER2013Train/Valid/Test folders, a folder with records.json is a records folder, else an image-folder
+# set); fer_flax.data.sources reads each.
+DATA_FORMATS: tuple[str, ...] = ("auto", "fer2013", "folder", "ferplus", "records")
 # Knowledge distillation (training/distill.py): the teachers' probabilities computed once per training
 # image ("cached") or by their forward pass inside each train step ("on_the_fly").
 DISTILL_MODES: tuple[str, ...] = ("cached", "on_the_fly")

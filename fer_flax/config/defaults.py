@@ -97,7 +97,8 @@ def _data(c: ConfigDict) -> None:
     c.data = ConfigDict()
     c.data.path = config_dict.placeholder(str)
     # What the path holds: auto (a CSV is FER2013; a folder or archive is FER+ when it has
-    # FER2013Train/Valid/Test folders, else an image-folder set) | fer2013 | folder | ferplus.
+    # FER2013Train/Valid/Test folders, else an image-folder set; a folder with records.json is ArrayRecord
+    # files, read lazily: docs/data.md) | fer2013 | folder | ferplus | records.
     c.data.format = choice("auto", DATA_FORMATS)
     # FER+ label mode (fer_flax/data/labels.py): majority | probability | crossentropy | multi_target.
     # Accuracy is always measured against the majority vote.

@@ -73,5 +73,6 @@ def _check_path(data_config: ConfigDict) -> None:
         raise FileNotFoundError(
             f"config.data.path={data_config.path!r} does not exist. Point it at a FER2013 CSV "
             "(emotion,pixels,Usage; .csv or .csv.gz), an image-folder tree, a FER+ folder or a .tar.gz "
-            "of one, or leave it unset for the built-in synthetic faces."
+            "of one, a records folder (python -m fer_flax.convert), or leave it unset for the built-in "
+            "synthetic faces."
         )

@@ -5,9 +5,11 @@ loading the requested splits through the cache.
 image-folder set, with `data.classes`, `data.class_folders`, `data.image_size`, `data.channels` and
 `data.convert_images` when it is not FER2013-shaped), "ferplus" (FER+ votes, trained in
 `data.label_mode`), or "auto": a CSV is FER2013, a folder or archive is FER+ when it holds the
-FER2013Train/Valid/Test folders and an image-folder set otherwise. No `data.path` means the synthetic
-faces. The spec is known before any data is parsed (an archive is only peeked at), so a model can be
-built and checked first.
+FER2013Train/Valid/Test folders and an image-folder set otherwise; "records": a records folder
+(`fer_flax.data.records`, made by `python -m fer_flax.convert`; "auto" knows one by its records.json),
+whose images are read lazily during training. No `data.path` means the synthetic faces. The spec is
+known before any data is parsed (an archive is only peeked at), so a model can be built and checked
+first.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fer_flax.base.errors import ConfigError
-from fer_flax.data import cache, fer2013, ferplus, image_folders, labels
+from fer_flax.data import cache, fer2013, ferplus, image_folders, labels, records
 from fer_flax.data.spec import FER2013, FERPLUS, DataSpec
 from fer_flax.data.splits import CLASS_NAMES, IMAGE_SIZE, ArraySplit, FERDataError
 
@@ -47,13 +49,20 @@ def _or(value: Any, default: Any) -> Any:
 
 
 def resolve_format(data_config: Any) -> str:
-    """ "synthetic", "fer2013", "folder" or "ferplus": what `data_config` reads."""
+    """ "synthetic", "fer2013", "folder", "ferplus" or "records": what `data_config` reads."""
     if data_config.path is None:
         return "synthetic"
     fmt = data_config.format
+    path = Path(os.path.expanduser(data_config.path))
+    if fmt == "records" and not records.is_records(path):
+        raise ConfigError(
+            f"config.data.format='records' but config.data.path={data_config.path!r} holds no "
+            f"{records.META}: convert the source first (python -m fer_flax.convert)"
+        )
     if fmt != "auto":
         return fmt
-    path = Path(os.path.expanduser(data_config.path))
+    if records.is_records(path):
+        return "records"
     kind = fer2013.source_kind(path)
     if kind == "csv":
         return "fer2013"
@@ -100,6 +109,8 @@ def resolve_spec(data_config: Any, fmt: str | None = None, *, strict: bool = Tru
             f"classes and images; the keys {', '.join(FOLDER_KEYS)} apply to image-folder sets "
             "(config.data.format='folder')"
         )
+    if fmt == "records":
+        return records.spec_of(data_config.path)
     return FERPLUS if fmt == "ferplus" else FER2013
 
 
@@ -127,7 +138,11 @@ def load_splits(
     splits = fer2013.check_splits(splits)
     fmt = resolve_format(data_config)
     label_mode = label_mode or data_config.label_mode
-    check_label_mode(fmt, label_mode)
+    votes = fmt == "records" and records.kind_of(data_config.path) == "votes"
+    check_label_mode("ferplus" if votes else fmt, label_mode)
+    if fmt == "records":
+        announce(f"Reading {data_config.path} lazily (ArrayRecord files)")
+        return records.load_splits(data_config.path, splits, label_mode)
     if fmt == "synthetic":
         from fer_flax.data.synthetic import generate_synthetic
 

@@ -60,7 +60,7 @@ from ml_collections import ConfigDict
 
 from fer_flax.base import atomic_files
 from fer_flax.core import metrics
-from fer_flax.data import ArraySplit
+from fer_flax.data import ArraySplit, records
 from fer_flax.data.spec import DataSpec
 from fer_flax.inference import engine as inference
 from fer_flax.run import trained
@@ -262,7 +262,10 @@ def _digest(teacher: Teacher, temperature: float, split: ArraySplit) -> str:
     for leaf in jax.tree.leaves(teacher.restored.variables):
         local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
         h.update(np.ascontiguousarray(np.asarray(local)).tobytes())
-    h.update(np.ascontiguousarray(split.images).tobytes())
+    if records.is_lazy(split):  # records: their description and files, not a read of every image
+        h.update(split.images.fingerprint().encode())
+    else:
+        h.update(np.ascontiguousarray(split.images).tobytes())
     return h.hexdigest()[:32]
 
 

@@ -26,8 +26,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from fer_flax.base.errors import ConfigError
 from fer_flax.core import input_pipeline, parallel
-from fer_flax.data import ArraySplit
+from fer_flax.data import ArraySplit, records
 from fer_flax.training import device_input, multi_step, steps
 
 
@@ -110,6 +111,12 @@ class DeviceFeed:
 
 
 def make_feed(config: ConfigDict, split: ArraySplit, mesh: jax.sharding.Mesh) -> GrainFeed | DeviceFeed:
+    if config.data.pipeline == "device" and records.is_lazy(split):
+        raise ConfigError(
+            "config.data.pipeline='device' places the whole training split on the devices, but "
+            f"config.data.path={config.data.path!r} is a records folder, read lazily so that the split "
+            "need not fit in memory: use config.data.pipeline='grain'"
+        )
     return (DeviceFeed if config.data.pipeline == "device" else GrainFeed)(config, split, mesh)
 
 
