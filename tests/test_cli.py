@@ -41,6 +41,11 @@ def _commands(tmp: Path) -> dict[str, dict]:
             required=["--config", SMOKE, "--workdir", str(tmp / "main")],
             failing=["--config", SMOKE, "--workdir", str(tmp / "main"), absent_csv],
         ),
+        "fer_flax.convert": dict(
+            module="fer_flax.convert", flag="--records_per_shard", arguments=False,
+            required=["--source", ABSENT, "--out", str(tmp / "records")],
+            failing=["--source", f"{ABSENT}.csv", "--out", str(tmp / "records")],
+        ),
         "fer_flax.evaluate": dict(
             module="fer_flax.inference.evaluate", flag="--split", arguments=False,
             required=["--workdir", ABSENT], failing=["--workdir", ABSENT],
