@@ -130,3 +130,51 @@ def test_the_page_renders_in_a_headless_browser(report):
         assert all(w > 0 for w in widths), widths  # every embedded PNG decoded
     finally:
         browser.quit()
+
+
+# ------------------------------------------------------------ the CPU-budget comparison's report
+
+CPU_COMPARISON = REPO / "docs" / "cpu_comparison"
+CPU_BUDGET_MODELS = [
+    ["cnn", "cnn/cpu_fast"],
+    ["resnet", "resnet/resnet18_half_s2"],
+    ["beefy", "beefy/cpu"],
+    ["googlenet", "googlenet/inception_v1_bn_tiny_s2"],
+    ["vit", "vit/vit_cpu"],
+]
+
+
+def _markdown_accuracies(text: str) -> dict[str, str]:
+    """Run name -> accuracy cell of a compare report.md table."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    column = header.index("accuracy")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    return {row[0]: row[column] for row in rows}
+
+
+def test_the_cpu_comparison_report_shows_the_five_families_in_a_headless_browser():
+    """The report of the five CPU-budget runs (benchmarks/cpu_comparison.sh), as docs/ shows it: a
+    real browser reads the five families from its table with the accuracies of its report.md and of
+    the README's "Model comparison" table, and decodes every figure."""
+    page = CPU_COMPARISON / "report.html"
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.read_text())
+    accuracies = _markdown_accuracies((CPU_COMPARISON / "report.md").read_text())
+    assert list(accuracies) == [name for name, _ in CPU_BUDGET_MODELS]
+    readme = (REPO / "README.md").read_text().split("## Model comparison", 1)[1].split("\n## ", 1)[0]
+    for name, accuracy in accuracies.items():
+        assert re.fullmatch(r"0\.\d{4}", accuracy), (name, accuracy)
+        assert f"{accuracy} " in readme, (name, accuracy)  # the README quotes the report
+    browser = headless_chromium(height=2000)
+    try:
+        browser.get(page.as_uri())
+        rows = browser.find_elements("css selector", "table#runs tbody tr.run")
+        cells = [[td.text for td in row.find_elements("tag name", "td")] for row in rows]
+        assert [c[:2] for c in cells] == CPU_BUDGET_MODELS
+        assert [c[5] for c in cells] == list(accuracies.values())
+        images = browser.find_elements("css selector", "figure img")
+        assert len(images) == 4
+        widths = [browser.execute_script("return arguments[0].naturalWidth", img) for img in images]
+        assert all(w > 0 for w in widths), widths
+    finally:
+        browser.quit()
