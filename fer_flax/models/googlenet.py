@@ -19,7 +19,7 @@ max-pool and the two between-stage pools remain:
 
     stem  "fer":      48 (convs) → 24 (3×3/2 max-pool) | 3a, 3b: 24 | 4a-4e: 12 | 5a, 5b: 6 → global avg
     stem  "fer_hires": 48 (convs, no pool)             | 3a, 3b: 48 | 4a-4e: 24 | 5a, 5b: 12 (≈3× FLOPs)
-    stem  "fer_s2":   24 (stride-2 first conv) → 12 (pool) | 3a, 3b: 12 | 4a-4e: 6 | 5a, 5b: 3 (≈¼ of the FLOPs: CPUs)
+    stem  "fer_s2":   24 (stride-2 conv) → 12 (pool) | 3a, 3b: 12 | 4a-4e: 6 | 5a, 5b: 3 (≈¼ of the FLOPs)
     stem  "imagenet": 7×7/2 conv, 3×3/2 pool, 1×1, 3×3, 3×3/2 pool: 48 → 24 → 12 → 6 | 3a: 6 | 4a: 3 | 5a: 2
 
 With "fer" the last map is 6×6, the counterpart of the paper's 7×7 before its 7×7 average pool.
