@@ -148,7 +148,7 @@ def _markdown_accuracies(text: str) -> dict[str, str]:
     """Run name -> accuracy cell of a compare report.md table."""
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     header = [h.strip() for h in lines[0].strip("|").split("|")]
-    column = header.index("accuracy")
+    column = next(i for i, h in enumerate(header) if h.startswith("accuracy"))
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
     return {row[0]: row[column] for row in rows}
 
