@@ -1,12 +1,12 @@
 """The repository describes the product, not how it was made: no tracked file (this one included)
-speaks of the way the work was organised, the hardware it borrowed, the tools it was written with, the
-tracker's numbers or the folders of the machines it was written on. Text files only.
+speaks of the way the work was organised, the hardware it ran on for a while, the tools it was
+written with, the reference numbers of its to-do list or the folders of the machines it was written
+on. Text files only.
 
 The patterns, and the lines the test checks them on, are stored ROT13-encoded (`_decoded`), so that
 this file does not itself hold the words it looks for; `python -c "import codecs; print(codecs.decode(
-'...', 'rot13'))"` shows one. Technical uses of the same words pass: pytest's session scope and hooks,
-onnxruntime's `InferenceSession`, `start_new_session`, `release`, "equivalent"
-(`test_technical_uses_pass`).
+'...', 'rot13'))"` shows one. Technical uses of the same words (pytest's scopes and hooks,
+onnxruntime's API, process groups, file locks) pass: `test_technical_uses_pass`, its lines encoded too.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _WORDS_ROT13: dict[str, str] = {
         "a\\o(?!-)|(?<!grfg )\\ofrffvba(?:'f|f)\\o|\\ofrffvba\\f+\\q"
     ),
     "calendar wording": "\\ojbex(?:vat)?[- ](?:crevbq|qnl|oybpx|fuvsg)f?\\o|\\ofcevagf?\\o",
-    "wording of borrowed hardware": (
+    "wording of temporary hardware": (
         "\\oyrnfr[fq]?\\o|\\oyrag\\o|\\oybna(?:f|rq)?\\o|\\oabg qenja\\o|\\oqrivpr[- ]gvzr\\o|\\ogur"
         " qrivpr gbby\\o"
     ),
@@ -42,7 +42,7 @@ _WORDS_ROT13: dict[str, str] = {
         "\\opynhqr\\o|\\onaguebcvp\\o|\\ofho-?ntragf?\\o|\\ourycre ntragf?\\o|\\o(?:pbqvat|nv) (?:"
         "ntrag|nffvfgnag)f?\\o|\\opungtcg\\o|\\opbcvybg\\o"
     ),
-    "tracker references": (
+    "to-do list references": (
         "\\ovffhrf?\\f+#?\\q+|\\ovffhr\\f*#|\\ogur vffhr'f\\o|\\o(?:gur|guvf|gung|na?) vffhr (?:n"
         "fxf|nfxrq|fnlf|fnvq|jnagf|jnagrq|erdhverf|erdhverq|frgf|frg|pnyyf|gnetrgf|one)\\o"
     ),
@@ -57,29 +57,30 @@ def hits(line: str) -> list[str]:
     return [what for what, pattern in PATTERNS.items() if pattern.search(line)]
 
 
+# Technical uses of the same words, ROT13-encoded like the patterns.
 @pytest.mark.parametrize(
     "line",
     [
-        "@pytest.fixture(scope='session')",
-        '@pytest.fixture(scope="session")',
-        "session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])",
-        "probabilities = session.run(['probabilities'], {'images': faces})[0]",
-        "options = onnxruntime.SessionOptions()",
-        "subprocess.Popen(args, start_new_session=True)",
-        "def pytest_sessionfinish(session):",
-        "each xdist worker writes its file at the end of the test session",
-        "Record (each xdist worker writes PREFIX_<worker>.json at the end of the session):",
-        "made once per test process, in a session temporary folder (tmp_path_factory)",
-        "made once per test session, in the test session's temporary folder",
-        "the kernel releases the lock when the holder dies; released, release(fd)",
-        "the batched equivalent of the augmentation; an issue with the data path",
-        "--workdir workdirs/run --config.data.path=../shared/data/fer2013/fer2013.csv.gz",
-        "see https://example.org/work/fer and $WORKDIR/checkpoints",
-        "fits the recipe's time budget on 2 CPU cores",
+        "@clgrfg.svkgher(fpbcr='frffvba')",
+        '@clgrfg.svkgher(fpbcr="frffvba")',
+        "frffvba = beg.VasreraprFrffvba(cngu, cebivqref=['PCHRkrphgvbaCebivqre'])",
+        "cebonovyvgvrf = frffvba.eha(['cebonovyvgvrf'], {'vzntrf': snprf})[0]",
+        "bcgvbaf = baakehagvzr.FrffvbaBcgvbaf()",
+        "fhocebprff.Cbcra(netf, fgneg_arj_frffvba=Gehr)",
+        "qrs clgrfg_frffvbasvavfu(frffvba):",
+        "rnpu kqvfg jbexre jevgrf vgf svyr ng gur raq bs gur grfg frffvba",
+        "Erpbeq (rnpu kqvfg jbexre jevgrf CERSVK_<jbexre>.wfba ng gur raq bs gur frffvba):",
+        "znqr bapr cre grfg cebprff, va n frffvba grzcbenel sbyqre (gzc_cngu_snpgbel)",
+        "znqr bapr cre grfg frffvba, va gur grfg frffvba'f grzcbenel sbyqre",
+        "gur xreary eryrnfrf gur ybpx jura gur ubyqre qvrf; eryrnfrq, eryrnfr(sq)",
+        "gur ongpurq rdhvinyrag bs gur nhtzragngvba; na vffhr jvgu gur qngn cngu",
+        "--jbexqve jbexqvef/eha --pbasvt.qngn.cngu=../funerq/qngn/sre2013/sre2013.pfi.tm",
+        "frr uggcf://rknzcyr.bet/jbex/sre naq $JBEXQVE/purpxcbvagf",
+        "svgf gur erpvcr'f gvzr ohqtrg ba 2 PCH pberf",
     ],
 )
 def test_technical_uses_pass(line):
-    assert hits(line) == []
+    assert hits(_decoded(line)) == []
 
 
 @pytest.mark.parametrize(
@@ -91,17 +92,17 @@ def test_technical_uses_pass(line):
         ("bgure frffvbaf funerq gur znpuvar", "wording of time-boxed work"),
         ("URER, bapr cre frffvba: qbjaybnqf gur jurryf", "wording of time-boxed work"),
         ("gur gvzr bs bar jbex crevbq", "calendar wording"),
-        ("gur frpbaq U200 yrnfr", "wording of borrowed hardware"),
-        ("Ab TCH jnf yrag gb guvf eha", "wording of borrowed hardware"),
-        ("15 zvahgrf bs qrivpr gvzr va nyy", "wording of borrowed hardware"),
-        ("qrivpr fgnghf: abg qenja", "wording of borrowed hardware"),
+        ("gur frpbaq U200 yrnfr", "wording of temporary hardware"),
+        ("Ab TCH jnf yrag gb guvf eha", "wording of temporary hardware"),
+        ("15 zvahgrf bs qrivpr gvzr va nyy", "wording of temporary hardware"),
+        ("qrivpr fgnghf: abg qenja", "wording of temporary hardware"),
         ("jevggra jvgu Pynhqr", "names of authoring tools"),
         ("n fhontrag zrnfherq vg", "names of authoring tools"),
         ("gur urycre ntrag'f ercbeg", "names of authoring tools"),
-        ("vffhr 19 (qvfgvyyngvba)", "tracker references"),
-        ("Vffhr #6'f one", "tracker references"),
-        ("gur vffhr'f one, 0.66 va 30 zvahgrf", "tracker references"),
-        ("(26k; gur vffhr nfxf 5k)", "tracker references"),
+        ("vffhr 19 (qvfgvyyngvba)", "to-do list references"),
+        ("Vffhr #6'f one", "to-do list references"),
+        ("gur vffhr'f one, 0.66 va 30 zvahgrf", "to-do list references"),
+        ("(26k; gur vffhr nfxf 5k)", "to-do list references"),
         ("tvg pybar /jbex/znva P", "paths of the authoring machines"),
         ("--jbexqve /ebbg/ehaf/erpvcr", "paths of the authoring machines"),
         ("pq /ubzr/nyvpr/sre", "paths of the authoring machines"),
