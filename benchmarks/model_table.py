@@ -47,9 +47,8 @@ def _readme_rows() -> dict[tuple[str, str], str]:
     """The README table's rows, by (family, variant)."""
     with open(README) as f:
         text = f.read()
-    rows = re.findall(r"^\| (\w+) \| `(\w+)` \|.*$", text.split(START)[-1].split(END)[0], flags=re.M)
-    lines = re.findall(r"^\| \w+ \| `\w+` \|.*$", text.split(START)[-1].split(END)[0], flags=re.M)
-    return {tuple(key): line for key, line in zip(rows, lines, strict=True)}
+    table = text.split(START)[-1].split(END)[0]
+    return {(m[2], m[3]): m[1] for m in re.finditer(r"^(\| (\w+) \| `(\w+)` \|.*)$", table, flags=re.M)}
 
 
 def main() -> None:

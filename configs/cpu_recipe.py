@@ -40,7 +40,14 @@ Why these choices (each one is about accuracy per CPU-second):
 - One JAX device (see `cpu_devices` below).
 """
 
-from configs.common import check_arg, get_base_config, use_gpu_settings, use_sgd_recipe, use_smoke_settings
+from configs.common import (
+    check_arg,
+    get_base_config,
+    use_cpu_budget,
+    use_gpu_settings,
+    use_sgd_recipe,
+    use_smoke_settings,
+)
 
 # The best trial of the recipe's sweep (sweeps/cpu_recipe.py, 8 trials of 6 epochs), unrounded so that
 # the config reproduces the measured runs: a higher learning rate, slightly more weight decay, less label
@@ -61,13 +68,11 @@ def get_config(arg: str = ""):
     c = get_base_config()
     c.model_name = "cnn"
     c.model.variant = "cpu_fast"
-    use_sgd_recipe(c, lr=0.1, epochs=25.0, warmup_epochs=1.0, erase_prob=0.0, ema_decay=0.998)
-    c.eval_every_epochs = 5.0  # 5 points on the curve; each evaluation scores raw and EMA weights
-    # One JAX device: with the CPU compiler options (fer_flax/cpu/) XLA's convolutions already use every
-    # core, and this net runs faster on one device than on two (RESULTS.md, "Devices").
-    c.cpu_devices = 1
-    c.log_every_steps = 50
-    c.wandb.histogram_every_steps = 0
+    use_sgd_recipe(c, lr=0.1)
+    # 25 epochs, 5 evaluations (each scores raw and EMA weights), EMA 0.998, no erasing, one JAX device:
+    # with the CPU compiler options (fer_flax/cpu/) XLA's convolutions already use every core, and this
+    # net runs faster on one device than on two (RESULTS.md, "Devices").
+    use_cpu_budget(c, epochs=25)
     if arg in ("tuned", "gpu"):
         c.update_from_flattened_dict(TUNED)
     if arg == "gpu":

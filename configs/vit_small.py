@@ -61,8 +61,8 @@ def get_config(arg: str = ""):
         use_gpu_settings(c, epochs=60, evaluations=10)
     if arg == "cpu":
         c.model.variant = "vit_cpu"
-        use_adamw_recipe(c, lr=1e-3, epochs=14.0, warmup_epochs=1.0)
-        use_cpu_budget(c, epochs=14)
+        use_adamw_recipe(c, lr=1e-3)
+        use_cpu_budget(c, epochs=14)  # also its epochs and one warmup epoch
     if arg == "smoke":
         use_smoke_settings(c, "vit_micro")
     return c
